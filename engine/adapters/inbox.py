@@ -1,0 +1,217 @@
+"""The inbox: durable intake of webhooks and their processing (the service layer around the
+pure engine: it opens transactions, calls reconcile, and records each event's fate)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Callable, Sequence
+
+from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from engine.adapters.models import InboxEvent
+from engine.adapters.store import SqlLedgerStore
+from engine.catalog import Catalog
+from engine.errors import TerminalError, TransientError
+from engine.ports import Cause, SubscriberSource
+from engine.reconcile import ReconcileOutcome, ReconcilePolicy, apply_event_facts, reconcile_user
+from engine.revenuecat import INFORMATIONAL_EVENT_TYPES, PROVIDER, RECONCILE_EVENT_TYPES, MalformedEvent, parse_event
+
+log = logging.getLogger(__name__)
+
+_inbox = InboxEvent.__table__
+
+
+@dataclass(frozen=True)
+class Stored:
+    """The outcome of storing one webhook: its row, and whether it should be enqueued now."""
+
+    inbox_id: int | None
+    duplicate: bool
+    enqueue: bool
+    status: str
+
+
+def store_webhook(engine: Engine, body: bytes, event_id: str | None, event_type: str | None, *, malformed_reason: str | None = None) -> Stored:
+    """Insert the raw webhook and commit before anything else (duplicates insert nothing).
+
+    Core, not the ORM: this is the intake's hot path.
+    """
+    if malformed_reason is not None:
+        status = "malformed"
+    elif event_type in RECONCILE_EVENT_TYPES:
+        status = "received"
+    else:
+        status = "ignored"  # unknown or informational type: kept, answered 200, not processed
+    values = {
+        "provider": PROVIDER,
+        "event_id": event_id,
+        "event_type": event_type,
+        "status": status,
+        "attempts": 0,
+        "body": body,
+        "last_error": malformed_reason,
+    }
+    insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+    stmt = insert(_inbox).values(**values).on_conflict_do_nothing().returning(_inbox.c.id)
+    with engine.begin() as conn:
+        inserted = conn.execute(stmt).scalar_one_or_none()
+    if inserted is None:
+        return Stored(None, True, False, "duplicate")
+    return Stored(inserted, False, status == "received", status)
+
+
+@dataclass
+class EventProcessing:
+    """What processing one inbox row needs from its process (built once per worker process)."""
+
+    session_factory: sessionmaker[Session]
+    provider: SubscriberSource
+    catalog: Catalog
+    policy: ReconcilePolicy
+    clock_ms: Callable[[], int]
+
+
+@dataclass(frozen=True)
+class EventResult:
+    status: str  # processed | skipped | degraded | failed | ignored
+    outcomes: tuple[ReconcileOutcome, ...] = ()
+
+
+def _mark(factory: sessionmaker[Session], inbox_id: int, **values: object) -> None:
+    with factory() as session, session.begin():
+        session.execute(update(InboxEvent).where(InboxEvent.id == inbox_id).values(**values))
+
+
+def process_inbox_event(inbox_id: int, ctx: EventProcessing, *, final_attempt: bool) -> EventResult:
+    """Process one stored webhook by re-reading the provider for every user it names.
+
+    Idempotent: a processed row is skipped; reconciling twice changes nothing. Raises
+    TransientError when the provider is unreachable (after applying the event's own facts in
+    degraded mode), unless this is the final attempt, when the row is left ``degraded`` and the
+    customers dirty for the sweep.
+    """
+    with ctx.session_factory() as session, session.begin():
+        row = session.get(InboxEvent, inbox_id)
+        if row is None:
+            raise TerminalError(f"inbox row {inbox_id} does not exist")
+        if row.status in {"processed", "ignored", "malformed", "failed"}:
+            return EventResult("skipped")
+        row.status, row.attempts = "processing", row.attempts + 1
+        body = row.body
+    try:
+        event = parse_event(json.loads(body))
+    except (MalformedEvent, ValueError) as exc:
+        _mark(ctx.session_factory, inbox_id, status="failed", last_error=f"unparseable: {exc}", processed_at=_utcnow())
+        raise TerminalError(f"inbox row {inbox_id}: {exc}") from exc
+    if event.event_type in INFORMATIONAL_EVENT_TYPES or not event.app_user_ids:
+        _mark(ctx.session_factory, inbox_id, status="ignored", processed_at=_utcnow())
+        return EventResult("ignored")
+    cause = Cause("event", f"{event.event_type}:{event.event_id}")
+    uow = lambda: _unit_of_work(ctx.session_factory)  # noqa: E731
+    outcomes: list[ReconcileOutcome] = []
+    try:
+        if event.identities:
+            with uow() as store:
+                store.record_identities(event.identities)
+        for app_user_id in event.app_user_ids:
+            outcomes.append(
+                reconcile_user(
+                    app_user_id,
+                    provider=ctx.provider,
+                    unit_of_work=uow,
+                    catalog=ctx.catalog,
+                    now_ms=ctx.clock_ms(),
+                    cause=cause,
+                    policy=ctx.policy,
+                )
+            )
+    except TransientError as exc:
+        degraded = apply_event_facts(
+            event, unit_of_work=uow, catalog=ctx.catalog, now_ms=ctx.clock_ms(), cause=Cause("degraded", cause.ref), policy=ctx.policy
+        )
+        status = "degraded" if final_attempt else "retrying"
+        _mark(ctx.session_factory, inbox_id, status=status, last_error=str(exc)[:2000])
+        if final_attempt:
+            log.warning("event %s left degraded after its last attempt: %s", event.event_id, exc)
+            return EventResult("degraded", tuple(degraded))
+        raise
+    except TerminalError as exc:
+        _mark(ctx.session_factory, inbox_id, status="failed", last_error=str(exc)[:2000], processed_at=_utcnow())
+        raise
+    _mark(ctx.session_factory, inbox_id, status="processed", last_error=None, processed_at=_utcnow())
+    return EventResult("processed", tuple(outcomes))
+
+
+class _unit_of_work:
+    """Context manager: one transaction, yielding the LedgerStore port over it."""
+
+    def __init__(self, factory: sessionmaker[Session]):
+        self.factory = factory
+
+    def __enter__(self) -> SqlLedgerStore:
+        self.session = self.factory()
+        self.session.begin()
+        return SqlLedgerStore(self.session)
+
+    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
+        try:
+            if exc_type is None:
+                self.session.commit()
+            else:
+                self.session.rollback()
+        finally:
+            self.session.close()
+
+
+def unit_of_work(factory: sessionmaker[Session]) -> Callable[[], _unit_of_work]:
+    return lambda: _unit_of_work(factory)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def rows_to_redrive(factory: sessionmaker[Session], *, older_than_s: int, stuck_processing_s: int, now: datetime, limit: int = 1000) -> list[int]:
+    """Inbox rows whose task was lost (broker down at intake, worker killed): re-enqueue them.
+
+    Marks them re-enqueued now, so a backlog is re-sent at most once per ``older_than_s``.
+    """
+    cutoff = now - timedelta(seconds=older_than_s)
+    stuck_cutoff = now - timedelta(seconds=stuck_processing_s)
+    waiting_since = InboxEvent.enqueued_at
+    with factory() as session, session.begin():
+        ids = list(
+            session.scalars(
+                select(InboxEvent.id)
+                .where(
+                    or_(
+                        and_(InboxEvent.status == "received", InboxEvent.received_at < cutoff,
+                             or_(waiting_since.is_(None), waiting_since < cutoff)),
+                        and_(InboxEvent.status == "processing", InboxEvent.received_at < stuck_cutoff,
+                             or_(waiting_since.is_(None), waiting_since < stuck_cutoff)),
+                    )
+                )
+                .order_by(InboxEvent.id)
+                .limit(limit)
+            )
+        )
+        if ids:
+            session.execute(update(InboxEvent).where(InboxEvent.id.in_(ids)).values(enqueued_at=now))
+    return ids
+
+
+def inbox_counts(factory: sessionmaker[Session]) -> dict[str, int]:
+    from sqlalchemy import func
+
+    with factory() as session:
+        return dict(session.execute(select(InboxEvent.status, func.count()).group_by(InboxEvent.status)).all())  # type: ignore[arg-type]
+
+
+def statuses(factory: sessionmaker[Session], ids: Sequence[int]) -> dict[int, str]:
+    with factory() as session:
+        return dict(session.execute(select(InboxEvent.id, InboxEvent.status).where(InboxEvent.id.in_(list(ids)))).all())  # type: ignore[arg-type]

@@ -1,0 +1,88 @@
+"""RevenueCatClient: the provider's REST v1 over HTTP (one small client class, psf/requests style).
+
+Transport failures are mapped to the engine's errors here, not in tasks: connection errors,
+timeouts, 5xx, 423/429/529 are TransientError (with the provider's Retry-After when given);
+other 4xx are TerminalError.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+from urllib.parse import quote
+
+import requests
+
+from engine.errors import TerminalError, TransientError
+
+TRANSIENT_STATUSES = frozenset({408, 423, 425, 429, 500, 502, 503, 504, 529})
+
+
+def _retry_after_s(response: requests.Response) -> float | None:
+    header = response.headers.get("Retry-After")
+    if header:
+        try:
+            return max(0.0, float(header))
+        except ValueError:
+            pass
+    try:
+        backoff_ms = response.json().get("backoff_ms")
+        if backoff_ms is not None:
+            return max(0.0, float(backoff_ms) / 1000.0)
+    except (ValueError, AttributeError):
+        pass
+    return None
+
+
+class RevenueCatClient:
+    """``GET /v1/subscribers/{id}`` and ``POST /v1/receipts`` with a secret key and timeouts."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        connect_timeout_s: float = 3.05,
+        read_timeout_s: float = 10.0,
+        session: requests.Session | None = None,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = (connect_timeout_s, read_timeout_s)
+        self.session = session or requests.Session()
+        self.session.headers.update({"Authorization": f"Bearer {api_key}", "Accept": "application/json"})
+
+    def get_subscriber(self, app_user_id: str) -> Mapping[str, Any]:
+        """The subscriber's v1 body (200 or 201: v1 is get-or-create)."""
+        # App user ids contain '$' and ':' and may contain anything else: encode every byte.
+        url = f"{self.base_url}/v1/subscribers/{quote(app_user_id, safe='')}"
+        return self._call("GET", url)
+
+    def post_receipt(self, platform: str, payload: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Send a store receipt/token to the provider (``X-Platform`` is required)."""
+        return self._call("POST", f"{self.base_url}/v1/receipts", json=dict(payload), headers={"X-Platform": platform})
+
+    def _call(self, method: str, url: str, **kwargs: Any) -> Mapping[str, Any]:
+        try:
+            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise TransientError(f"provider unreachable: {exc.__class__.__name__}: {exc}") from exc
+        except requests.RequestException as exc:
+            raise TransientError(f"provider request failed: {exc}") from exc
+        if response.status_code in TRANSIENT_STATUSES:
+            raise TransientError(
+                f"provider answered {response.status_code} for {method} {response.request.path_url}",
+                retry_after_s=_retry_after_s(response),
+                status=response.status_code,
+            )
+        if response.status_code >= 400:
+            raise TerminalError(
+                f"provider refused {method} {response.request.path_url}: {response.status_code} {response.text[:300]}",
+                status=response.status_code,
+            )
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise TransientError(f"provider answered non-JSON with {response.status_code}") from exc
+        if not isinstance(body, dict):
+            raise TerminalError("provider answered a JSON value that is not an object")
+        return body

@@ -1,0 +1,189 @@
+"""The product catalog: which store products grant which accesses, and how.
+
+Loaded from TOML (design.md, "Products and what they grant"). Pure: parsing and look-ups only.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from engine.errors import CatalogError
+
+Policy = Literal["period", "credit", "lifetime"]
+ProductKind = Literal["subscription", "non_consumable", "consumable"]
+
+POLICIES: frozenset[str] = frozenset({"period", "credit", "lifetime"})
+KINDS: frozenset[str] = frozenset({"subscription", "non_consumable", "consumable"})
+
+# Modes from weakest to strongest; "highest mode" when several products grant one resource.
+# Open edX course modes first (audit < honor < verified < professional), then app-level modes.
+DEFAULT_MODE_RANK: tuple[str, ...] = (
+    "audit",
+    "honor",
+    "verified",
+    "no-id-professional",
+    "professional",
+    "paid",
+    "basic",
+    "full",
+)
+
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class GrantRule:
+    """One access a product grants: ``resource`` in ``mode`` under ``policy``."""
+
+    resource: str
+    mode: str
+    policy: Policy
+    days: int = 0  # credit policy only
+
+
+@dataclass(frozen=True)
+class Product:
+    name: str
+    store_ids: tuple[str, ...]
+    kind: ProductKind
+    grants: tuple[GrantRule, ...]
+    title: str = ""
+    # RevenueCat entitlements whose promotional grants (rc_promo_<entitlement>_<duration>) map here.
+    entitlements: tuple[str, ...] = ()
+    # Apple Family Sharing: shared access follows the purchaser's, but never earns credits.
+    family_shareable: bool = True
+
+
+@dataclass(frozen=True)
+class Catalog:
+    products: Mapping[str, Product]
+    mode_rank: tuple[str, ...] = DEFAULT_MODE_RANK
+
+    def __post_init__(self) -> None:
+        by_store: dict[str, Product] = {}
+        by_entitlement: dict[str, Product] = {}
+        for product in self.products.values():
+            for store_id in product.store_ids:
+                by_store[store_id] = product
+            for entitlement in product.entitlements:
+                by_entitlement[entitlement] = product
+        object.__setattr__(self, "_by_store_id", by_store)
+        object.__setattr__(self, "_by_entitlement", by_entitlement)
+
+    def product_for(self, store_product_id: str) -> Product | None:
+        """The catalog product for a store product id, or None when the catalog lacks it.
+
+        Google Play ids of products made after Feb 2023 read ``<subscription_id>:<base_plan_id>``;
+        the catalog may name either form. Promotional grants read ``rc_promo_<entitlement>_<duration>``.
+        """
+        by_store: dict[str, Product] = self._by_store_id  # type: ignore[attr-defined]
+        product = by_store.get(store_product_id)
+        if product is not None:
+            return product
+        if ":" in store_product_id:
+            product = by_store.get(store_product_id.split(":", 1)[0])
+            if product is not None:
+                return product
+        if store_product_id.startswith("rc_promo_"):
+            by_entitlement: dict[str, Product] = self._by_entitlement  # type: ignore[attr-defined]
+            rest = store_product_id[len("rc_promo_"):]
+            # The entitlement id may itself contain underscores: try the longest prefix first.
+            parts = rest.split("_")
+            for cut in range(len(parts) - 1, 0, -1):
+                product = by_entitlement.get("_".join(parts[:cut]))
+                if product is not None:
+                    return product
+        return None
+
+    def product_named(self, name: str) -> Product | None:
+        return self.products.get(name)
+
+    def mode_rank_of(self, mode: str) -> int:
+        try:
+            return self.mode_rank.index(mode)
+        except ValueError:
+            return -1
+
+
+def parse_catalog(data: Mapping[str, Any]) -> Catalog:
+    """Build a Catalog from parsed TOML, reporting every problem at once."""
+    problems: list[str] = []
+    products: dict[str, Product] = {}
+    seen_store_ids: dict[str, str] = {}
+    raw_products = data.get("products", {})
+    if not isinstance(raw_products, dict):
+        raise CatalogError(["[products] must be a table"])
+    for name, raw in raw_products.items():
+        where = f"products.{name}"
+        if not isinstance(raw, dict):
+            problems.append(f"{where}: must be a table")
+            continue
+        store_ids = raw.get("store_ids", [])
+        if not isinstance(store_ids, list) or not store_ids or not all(isinstance(s, str) and s for s in store_ids):
+            problems.append(f"{where}.store_ids: a non-empty list of strings is required")
+            store_ids = []
+        for store_id in store_ids:
+            if store_id in seen_store_ids:
+                problems.append(f"{where}.store_ids: {store_id!r} is also listed by products.{seen_store_ids[store_id]}")
+            seen_store_ids[store_id] = name
+        kind = raw.get("kind", "")
+        if kind not in KINDS:
+            problems.append(f"{where}.kind: {kind!r} is not one of {sorted(KINDS)}")
+        grants: list[GrantRule] = []
+        raw_grants = raw.get("grants", [])
+        if not isinstance(raw_grants, list) or not raw_grants:
+            problems.append(f"{where}.grants: a non-empty list is required")
+            raw_grants = []
+        for i, g in enumerate(raw_grants):
+            gwhere = f"{where}.grants[{i}]"
+            if not isinstance(g, dict):
+                problems.append(f"{gwhere}: must be a table")
+                continue
+            resource, mode, policy = g.get("resource"), g.get("mode"), g.get("policy")
+            days = g.get("days", 0)
+            if not isinstance(resource, str) or not resource:
+                problems.append(f"{gwhere}.resource: required")
+            if not isinstance(mode, str) or not mode:
+                problems.append(f"{gwhere}.mode: required")
+            if policy not in POLICIES:
+                problems.append(f"{gwhere}.policy: {policy!r} is not one of {sorted(POLICIES)}")
+            if policy == "credit" and (not isinstance(days, int) or isinstance(days, bool) or days <= 0):
+                problems.append(f"{gwhere}.days: a positive integer is required for policy 'credit'")
+            if policy == "period" and kind in {"non_consumable", "consumable"}:
+                problems.append(f"{gwhere}.policy: 'period' needs a subscription (use 'credit' or 'lifetime')")
+            grants.append(GrantRule(str(resource), str(mode), policy, int(days) if isinstance(days, int) else 0))  # type: ignore[arg-type]
+        entitlements = raw.get("entitlements", [])
+        if not isinstance(entitlements, list) or not all(isinstance(e, str) for e in entitlements):
+            problems.append(f"{where}.entitlements: must be a list of strings")
+            entitlements = []
+        products[name] = Product(
+            name=name,
+            store_ids=tuple(store_ids),
+            kind=kind,  # type: ignore[arg-type]
+            grants=tuple(grants),
+            title=str(raw.get("title", "")),
+            entitlements=tuple(entitlements),
+            family_shareable=bool(raw.get("family_shareable", True)),
+        )
+    mode_rank = data.get("mode_rank", list(DEFAULT_MODE_RANK))
+    if not isinstance(mode_rank, list) or not all(isinstance(m, str) for m in mode_rank):
+        problems.append("mode_rank: must be a list of strings")
+        mode_rank = list(DEFAULT_MODE_RANK)
+    if problems:
+        raise CatalogError(problems)
+    return Catalog(products=products, mode_rank=tuple(mode_rank))
+
+
+def load_catalog(path: Path) -> Catalog:
+    """Read and validate the catalog file."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise CatalogError([f"{path}: no such file"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CatalogError([f"{path}: {exc}"]) from None
+    return parse_catalog(data)

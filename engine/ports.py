@@ -1,0 +1,63 @@
+"""The engine's ports: what reconcile needs from storage and from the provider (Protocols)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Literal, Mapping, Protocol, Sequence
+
+from engine.access import Access
+from engine.facts import Transaction
+from engine.plan import Action
+
+CauseKind = Literal["event", "sweep", "request", "expiry", "operator", "degraded"]
+
+
+@dataclass(frozen=True)
+class Cause:
+    """Why a reconcile ran: which event, sweep, request or operator command."""
+
+    kind: CauseKind
+    ref: str = ""
+
+    @property
+    def is_drift_repair(self) -> bool:
+        """Changes made without a webhook telling us are drift: something was missed."""
+        return self.kind in {"sweep", "operator"}
+
+
+@dataclass(frozen=True)
+class CustomerState:
+    customer_id: str
+    last_snapshot_ms: int | None
+    snapshot_digest: str | None
+    dirty: bool
+
+
+class SubscriberSource(Protocol):
+    """The provider: the current state of one subscriber, or TransientError/TerminalError."""
+
+    def get_subscriber(self, app_user_id: str) -> Mapping[str, Any]: ...
+
+
+class LedgerStore(Protocol):
+    """Storage inside one open transaction; the caller commits (convention 3)."""
+
+    def lock_customer(self, customer_id: str) -> CustomerState: ...
+
+    def record_identities(self, identities: Mapping[str, str]) -> None: ...
+
+    def customer_for(self, app_user_id: str) -> str | None: ...
+
+    def transactions(self, customer_ids: Iterable[str], transaction_ids: Iterable[str]) -> dict[str, Transaction]: ...
+
+    def save_transactions(self, transactions: Sequence[Transaction]) -> None: ...
+
+    def save_snapshot(self, customer_id: str, request_ms: int, digest: str, body: Mapping[str, Any]) -> None: ...
+
+    def granted(self, customer_id: str) -> list[Access]: ...
+
+    def apply(self, customer_id: str, actions: Sequence[Action], cause: Cause, now_ms: int) -> None: ...
+
+    def record_unknown_products(self, customer_id: str, product_ids: Sequence[str], now_ms: int) -> None: ...
+
+    def mark_checked(self, customer_id: str, *, now_ms: int, next_check_ms: int, dirty: bool) -> None: ...

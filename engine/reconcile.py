@@ -1,0 +1,171 @@
+"""reconcile_user: make one customer's granted access equal what the provider says they paid for.
+
+fetch snapshot (no DB transaction open) -> observe (ledger) -> project -> diff -> apply.
+Every path (webhook, client sync, sweep) ends here. Storage and provider come in as ports.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+from engine.catalog import Catalog
+from engine.facts import Transaction, observe_all, observe_snapshot
+from engine.plan import Action, diff_access
+from engine.ports import Cause, LedgerStore, SubscriberSource
+from engine.projection import Projection, project_access
+from engine.revenuecat import WebhookEvent, parse_subscriber
+from engine.facts import TransactionObservation
+
+UnitOfWork = Callable[[], AbstractContextManager[LedgerStore]]
+
+# After a projected expiry, look again a little later: the renewal (or EXPIRATION) should
+# have reached the provider by then; if its webhook was lost, this is where it shows.
+RECHECK_AFTER_EXPIRY_MS = 10 * 60 * 1000
+RECHECK_DIRTY_MS = 60 * 1000
+
+
+@dataclass(frozen=True)
+class ReconcileOutcome:
+    customer_id: str
+    actions: tuple[Action, ...]
+    unknown_products: tuple[str, ...]
+    snapshot_changed: bool
+    next_check_ms: int
+
+
+@dataclass(frozen=True)
+class ReconcilePolicy:
+    grant_sandbox: bool = False
+    max_staleness_ms: int = 24 * 3600 * 1000
+
+
+def next_check_ms(projection: Projection, now_ms: int, policy: ReconcilePolicy, *, dirty: bool) -> int:
+    """When to read this customer from the provider again (dirty: at once)."""
+    if dirty:
+        return now_ms + RECHECK_DIRTY_MS
+    latest = now_ms + policy.max_staleness_ms
+    if projection.next_change_ms is not None:
+        return min(latest, max(now_ms, projection.next_change_ms) + RECHECK_AFTER_EXPIRY_MS)
+    return latest
+
+
+def converge(
+    store: LedgerStore,
+    customer_id: str,
+    owned: Sequence[Transaction],
+    catalog: Catalog,
+    now_ms: int,
+    cause: Cause,
+    policy: ReconcilePolicy,
+) -> tuple[Projection, list[Action]]:
+    """Project the customer's owned transactions and apply the difference to the grants."""
+    projection = project_access(owned, catalog, now_ms, grant_sandbox=policy.grant_sandbox)
+    actions = diff_access(projection.accesses, store.granted(customer_id))
+    if actions:
+        store.apply(customer_id, actions, cause, now_ms)
+    if projection.unknown_products:
+        store.record_unknown_products(customer_id, projection.unknown_products, now_ms)
+    return projection, actions
+
+
+def reconcile_user(
+    app_user_id: str,
+    *,
+    provider: SubscriberSource,
+    unit_of_work: UnitOfWork,
+    catalog: Catalog,
+    now_ms: int,
+    cause: Cause,
+    policy: ReconcilePolicy = ReconcilePolicy(),
+) -> ReconcileOutcome:
+    """Re-read ``app_user_id`` from the provider and converge its customer's grants.
+
+    Raises TransientError when the provider cannot be reached (nothing is written), and
+    TerminalError when it answers something unusable.
+    """
+    body = provider.get_subscriber(app_user_id)  # outside any DB transaction (convention 3)
+    snapshot = parse_subscriber(body)
+    customer_id = snapshot.customer_id
+    with unit_of_work() as store:
+        state = store.lock_customer(customer_id)
+        store.record_identities({app_user_id: customer_id, customer_id: customer_id})
+        stale = state.last_snapshot_ms is not None and snapshot.request_ms < state.last_snapshot_ms
+        unchanged = state.snapshot_digest == snapshot.digest and not state.dirty
+        named = [o.transaction_id for o in snapshot.observations]
+        known = store.transactions([customer_id], named)
+        changed: list[Transaction] = []
+        if not stale and not unchanged:
+            changed = observe_snapshot(known, snapshot)
+            store.save_transactions(changed)
+            store.save_snapshot(customer_id, snapshot.request_ms, snapshot.digest, body)
+        merged = {**known, **{t.transaction_id: t for t in changed}}
+        owned = [t for t in merged.values() if t.owner == customer_id]
+        projection, actions = converge(store, customer_id, owned, catalog, now_ms, cause, policy)
+        check_at = next_check_ms(projection, now_ms, policy, dirty=False)
+        store.mark_checked(customer_id, now_ms=now_ms, next_check_ms=check_at, dirty=False)
+    return ReconcileOutcome(customer_id, tuple(actions), projection.unknown_products, bool(changed), check_at)
+
+
+def apply_event_facts(
+    event: WebhookEvent,
+    *,
+    unit_of_work: UnitOfWork,
+    catalog: Catalog,
+    now_ms: int,
+    cause: Cause,
+    policy: ReconcilePolicy = ReconcilePolicy(),
+) -> list[ReconcileOutcome]:
+    """Degraded mode: the provider is unreachable, so apply what the event itself asserts.
+
+    Guarded by timestamps (an event older than what the ledger holds changes nothing), and
+    every customer touched is marked dirty so that the next poll re-reads the truth.
+    """
+    outcomes: list[ReconcileOutcome] = []
+    with unit_of_work() as store:
+        if event.identities:
+            store.record_identities(event.identities)
+        resolve: Mapping[str, str] = {u: store.customer_for(u) or u for u in event.app_user_ids}
+        observations: list[TransactionObservation] = list(event.observations)
+        if event.transferred_from and event.transferred_to:
+            # The event does not say which transactions moved: assume all of them, as the
+            # default restore behaviour does; the next poll of both sides corrects this.
+            target = resolve[event.transferred_to[0]]
+            sources = [resolve[u] for u in event.transferred_from]
+            for tx in store.transactions(sources, []).values():
+                if tx.owner in sources:
+                    observations.append(
+                        TransactionObservation(transaction_id=tx.transaction_id, observed_ms=event.timestamp_ms, owner=target)
+                    )
+        customers = sorted(set(resolve.values()) | {o.owner for o in observations if isinstance(o.owner, str)})
+        for customer_id in customers:
+            store.lock_customer(customer_id)
+        known = store.transactions(customers, [o.transaction_id for o in observations])
+        changed = observe_all(known, observations)
+        store.save_transactions(changed)
+        merged = {**known, **{t.transaction_id: t for t in changed}}
+        for customer_id in customers:
+            owned = [t for t in merged.values() if t.owner == customer_id]
+            projection, actions = converge(store, customer_id, owned, catalog, now_ms, cause, policy)
+            check_at = next_check_ms(projection, now_ms, policy, dirty=True)
+            store.mark_checked(customer_id, now_ms=now_ms, next_check_ms=check_at, dirty=True)
+            outcomes.append(ReconcileOutcome(customer_id, tuple(actions), projection.unknown_products, bool(changed), check_at))
+    return outcomes
+
+
+def reproject_customer(
+    customer_id: str,
+    *,
+    unit_of_work: UnitOfWork,
+    catalog: Catalog,
+    now_ms: int,
+    cause: Cause,
+    policy: ReconcilePolicy = ReconcilePolicy(),
+) -> list[Action]:
+    """Converge grants from the ledger alone (no provider call): expiries that fell due."""
+    with unit_of_work() as store:
+        store.lock_customer(customer_id)
+        owned = [t for t in store.transactions([customer_id], []).values() if t.owner == customer_id]
+        _, actions = converge(store, customer_id, owned, catalog, now_ms, cause, policy)
+    return actions

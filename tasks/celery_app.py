@@ -1,0 +1,64 @@
+"""The Celery application, built from the Settings (``celery -A tasks.celery_app worker``)."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from config.settings import Settings
+from engine.adapters.embedded_redis import broker_url
+
+
+def create_celery(settings: Settings) -> Celery:
+    """A Celery app whose reliability settings follow ../shared/reference/celery.md §7."""
+    app = Celery("entitlements", set_as_current=False)
+    url = broker_url(settings)
+    transport_options = {
+        # One visibility timeout everywhere (celery.md §1.3: set it in all three places);
+        # every retry countdown stays below it so nothing is redelivered while it waits.
+        "visibility_timeout": settings.visibility_timeout_s,
+        "socket_connect_timeout": 2,
+        "socket_timeout": 10,
+    }
+    app.conf.update(
+        broker_url=url,
+        broker_transport_options=transport_options,
+        result_backend=None,
+        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        visibility_timeout=settings.visibility_timeout_s,
+        task_ignore_result=True,
+        task_acks_late=True,  # tasks are idempotent: a crash mid-task re-runs it
+        task_reject_on_worker_lost=True,  # a killed child requeues its message instead of acking it
+        task_acks_on_failure_or_timeout=True,  # failures end in the inbox row + Sentry, not a loop
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        broker_connection_retry_on_startup=True,
+        task_time_limit=120,
+        task_soft_time_limit=90,
+        task_serializer="json",
+        accept_content=["json"],
+        timezone="UTC",
+        enable_utc=True,
+        worker_hijack_root_logger=False,
+        beat_schedule=beat_schedule(settings),
+    )
+    app.conf.engine_settings = settings
+    from tasks import jobs
+
+    jobs.register(app)
+    return app
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
+    """The beat schedule as data. Each entry expires before its next run would be due."""
+    redrive_every = max(15.0, settings.redrive_after_s / 2)
+    return {
+        "redrive-inbox": {
+            "task": "engine.redrive_inbox",
+            "schedule": redrive_every,
+            "options": {"expires": redrive_every},
+        },
+    }
+
+
+def default_app() -> Celery:
+    return create_celery(Settings.from_env())

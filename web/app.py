@@ -1,0 +1,48 @@
+"""Flask app factory (gunicorn: ``web.app:create_app()``)."""
+
+from __future__ import annotations
+
+from celery import Celery
+from flask import Flask, jsonify
+
+from config.settings import Settings
+from engine.adapters.runtime import runtime_for
+
+
+def create_app(settings: Settings | None = None, *, celery: Celery | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    # Bodies over the limit are refused with 413 while being read, before any parsing.
+    app.config["MAX_CONTENT_LENGTH"] = settings.webhook_max_bytes
+    app.config["ENGINE_SETTINGS"] = settings
+    app.extensions["engine_runtime"] = runtime_for(settings)
+    if celery is None:
+        from tasks.celery_app import create_celery
+
+        celery = create_celery(settings)
+    app.extensions["celery"] = celery
+
+    from config.observability import init_sentry
+
+    init_sentry(settings, component="web")
+
+    from web import api, cli, health, intake
+
+    app.register_blueprint(intake.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(health.bp)
+    cli.register(app)
+
+    @app.errorhandler(413)
+    def too_large(_exc):  # noqa: ANN001, ANN202
+        return jsonify(error="payload_too_large", message=f"body exceeds {settings.webhook_max_bytes} bytes"), 413
+
+    @app.errorhandler(404)
+    def not_found(_exc):  # noqa: ANN001, ANN202
+        return jsonify(error="not_found", message="no such route"), 404
+
+    @app.errorhandler(405)
+    def not_allowed(_exc):  # noqa: ANN001, ANN202
+        return jsonify(error="method_not_allowed", message="method not allowed on this route"), 405
+
+    return app

@@ -1,0 +1,59 @@
+"""POST /webhooks/revenuecat: authenticate, store the raw body durably, enqueue, answer 200.
+
+Nothing here decides anything about access: the row is the contract, the task does the work.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+
+from flask import Blueprint, current_app, jsonify, request
+from sqlalchemy.exc import SQLAlchemyError
+
+from engine.revenuecat import MalformedEvent, envelope_key
+from engine.adapters.inbox import store_webhook
+
+log = logging.getLogger(__name__)
+bp = Blueprint("intake", __name__)
+
+
+@bp.post("/webhooks/revenuecat")
+def revenuecat_webhook():  # noqa: ANN201
+    settings = current_app.config["ENGINE_SETTINGS"]
+    expected = settings.revenuecat_webhook_auth
+    if not expected:
+        # Never accept unauthenticated webhooks; 503 so RevenueCat retries once this is fixed.
+        return jsonify(
+            error="webhook_auth_not_configured",
+            message="REVENUECAT_WEBHOOK_AUTH is empty: set it to the Authorization value configured in RevenueCat",
+        ), 503
+    provided = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(provided.encode("utf-8", "surrogateescape"), expected.encode("utf-8")):
+        return jsonify(error="unauthorized", message="Authorization header does not match"), 401
+    body = request.get_data(cache=False)  # 413 is raised here past MAX_CONTENT_LENGTH
+    runtime = current_app.extensions["engine_runtime"]
+    try:
+        parsed = json.loads(body)
+        key = envelope_key(parsed)
+    except (ValueError, MalformedEvent) as exc:
+        reason = str(exc) if isinstance(exc, MalformedEvent) else "body is not valid JSON"
+        try:
+            stored = store_webhook(runtime.db, body, None, None, malformed_reason=reason)
+        except SQLAlchemyError:
+            log.exception("could not keep a malformed webhook")
+            return jsonify(error="storage_unavailable", message="could not store the webhook"), 503
+        return jsonify(error="malformed", message=reason, inbox_id=stored.inbox_id), 400
+    try:
+        stored = store_webhook(runtime.db, body, key.event_id, key.event_type)
+    except SQLAlchemyError:
+        log.exception("could not store webhook %s", key.event_id)
+        # Not 200: RevenueCat retries (5, 10, 20, 40, 80 minutes) while the database is down.
+        return jsonify(error="storage_unavailable", message="could not store the webhook, retry later"), 503
+    if stored.enqueue:
+        try:
+            current_app.extensions["celery"].send_task("engine.process_event", args=(stored.inbox_id,), retry=False)
+        except Exception:  # noqa: BLE001 - any broker failure: the row is safe, redrive sends it
+            log.warning("broker unavailable; inbox row %s waits for redrive", stored.inbox_id, exc_info=True)
+    return jsonify(status=stored.status, duplicate=stored.duplicate, inbox_id=stored.inbox_id), 200
