@@ -33,6 +33,20 @@ DEFAULT_MODE_RANK: tuple[str, ...] = (
 
 DAY_MS = 86_400_000
 
+# Durations RevenueCat appends to promotional product ids (rc_promo_<entitlement>_<duration>).
+PROMO_DURATIONS = (
+    "three_month", "six_month", "two_month", "three_day", "two_week",
+    "daily", "weekly", "monthly", "yearly", "lifetime", "custom",
+)
+
+
+def _promo_entitlement(rest: str) -> str:
+    """The entitlement id inside ``<entitlement>_<duration>`` (entitlement ids may hold '_')."""
+    for duration in PROMO_DURATIONS:
+        if rest.endswith("_" + duration):
+            return rest[: -len(duration) - 1]
+    return rest.rsplit("_", 1)[0]
+
 
 @dataclass(frozen=True)
 class GrantRule:
@@ -88,14 +102,9 @@ class Catalog:
             if product is not None:
                 return product
         if store_product_id.startswith("rc_promo_"):
+            entitlement = _promo_entitlement(store_product_id[len("rc_promo_"):])
             by_entitlement: dict[str, Product] = self._by_entitlement  # type: ignore[attr-defined]
-            rest = store_product_id[len("rc_promo_"):]
-            # The entitlement id may itself contain underscores: try the longest prefix first.
-            parts = rest.split("_")
-            for cut in range(len(parts) - 1, 0, -1):
-                product = by_entitlement.get("_".join(parts[:cut]))
-                if product is not None:
-                    return product
+            return by_entitlement.get(entitlement)
         return None
 
     def product_named(self, name: str) -> Product | None:

@@ -10,9 +10,9 @@ idempotent and order-independent. The rules, field by field:
   that knows a field sets it; later observations only fill fields still unknown.
 * State fields (expiry, grace expiry, refund time, owner) change over the purchase's life
   (renewal extension, grace, refund, refund reversal, transfer): the observation with the newest
-  ``observed_ms`` wins, field by field for the fields it knows; an observation no newer than the
-  one recorded for a field changes nothing, so the same fact twice is a no-op and an older fact
-  after a newer one changes nothing.
+  ``observed_ms`` wins, field by field for the fields it knows; an observation older than the
+  one recorded for a field changes nothing (an older fact after a newer one is a no-op), and the
+  same fact twice sets the same values (a no-op). Equal timestamps go to the later-processed.
 * Ownership by omission: a snapshot of customer C that no longer lists a transaction C owned
   (transferred away, or a refunded one-time purchase, which RevenueCat stops listing) clears
   its owner, if that snapshot is newer than what set the owner.
@@ -138,7 +138,9 @@ def merge_observation(current: Transaction | None, obs: TransactionObservation) 
         value = getattr(obs, name)
         if value is UNKNOWN:
             continue
-        if obs.observed_ms > observed.get(name, -1):
+        # Ties go to the later-processed observation: same-millisecond reads are ambiguous,
+        # and the one processed last was fetched last when reads are serialized per customer.
+        if obs.observed_ms >= observed.get(name, -1):
             observed[name] = obs.observed_ms
             if getattr(base, name) != value:
                 changes[name] = value
