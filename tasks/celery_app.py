@@ -18,6 +18,12 @@ def create_celery(settings: Settings) -> Celery:
         "visibility_timeout": settings.visibility_timeout_s,
         "socket_connect_timeout": 2,
         "socket_timeout": 10,
+        # Publishing gives up fast when the broker is down: the intake answers at once and the
+        # inbox row waits for the redrive job instead of holding a web worker.
+        "max_retries": 1,
+        "interval_start": 0,
+        "interval_step": 0.2,
+        "interval_max": 0.2,
     }
     app.conf.update(
         broker_url=url,

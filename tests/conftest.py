@@ -1,0 +1,86 @@
+"""Fixtures: one migrated database and one Redis per session (SQLite + embedded Redis by
+default; PostgreSQL and a real Redis when DATABASE_URL / REDIS_URL are set), cleaned per test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import redis as redis_lib
+from sqlalchemy import delete
+
+from config.settings import Settings
+from engine.adapters.database import make_engine, upgrade_database
+from engine.adapters.embedded_redis import redis_url
+from engine.adapters.models import Base
+from engine.adapters.runtime import Runtime, runtime_for
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+WEBHOOK_AUTH = "Bearer test-webhook-secret"
+API_TOKEN = "test-api-token"
+SIM_KEY = "sk_test_simulator"
+
+
+@pytest.fixture(scope="session")
+def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    env = Settings.from_env()
+    instance = tmp_path_factory.mktemp("instance")
+    database_url = env.database_url
+    if database_url.startswith("sqlite"):
+        database_url = f"sqlite:///{instance / 'test.sqlite3'}"
+    settings = env.with_(
+        instance_path=instance,
+        database_url=database_url,
+        revenuecat_webhook_auth=WEBHOOK_AUTH,
+        api_token=API_TOKEN,
+        revenuecat_api_key=SIM_KEY,
+        catalog_path=FIXTURES / "catalog.toml",
+        sentry_dsn="",
+    )
+    upgrade_database(settings)
+    return settings
+
+
+@pytest.fixture
+def clean_state(base_settings: Settings) -> Iterator[None]:
+    """Empty tables and an empty Redis database before the test."""
+    engine = make_engine(base_settings)
+    with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(delete(table))
+    engine.dispose()
+    redis_lib.Redis.from_url(redis_url(base_settings)).flushdb()
+    yield
+
+
+@pytest.fixture
+def simulator(base_settings: Settings):
+    from engine.simulator.server import SimulatorServer
+
+    with SimulatorServer(api_key=SIM_KEY, webhook_auth=WEBHOOK_AUTH) as sim:
+        yield sim
+
+
+@pytest.fixture
+def settings(base_settings: Settings, simulator, clean_state) -> Settings:
+    return base_settings.with_(revenuecat_api_url=simulator.url)
+
+
+@pytest.fixture
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    rt = runtime_for(settings)
+    yield rt
+    rt.close()
+
+
+@pytest.fixture
+def app(settings: Settings, runtime: Runtime):
+    from web.app import create_app
+
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
