@@ -26,7 +26,8 @@ def _task(app: Celery, name: str, **options: Any) -> Callable[[Callable[..., Any
         raise TypeError(f"unknown task options for {name}: {sorted(unknown)}")
     options.setdefault("acks_late", True)
     options.setdefault("ignore_result", True)
-    return app.task(name=name, **options)
+    # Not shared: each app (tests build several) keeps its own tasks and its own broker.
+    return app.task(name=name, shared=False, **options)
 
 
 def retry_countdown(retries: int, retry_after_s: float | None, cap_s: int) -> float:
@@ -50,8 +51,8 @@ def register(app: Celery) -> None:
             countdown = retry_countdown(self.request.retries, exc.retry_after_s, settings.retry_backoff_max_s)
             raise self.retry(exc=exc, countdown=countdown)
 
-    @_task(app, "engine.redrive_inbox")
-    def redrive_inbox() -> int:
+    @_task(app, "engine.redrive_inbox", bind=True)
+    def redrive_inbox(self: Task) -> int:
         rt = runtime_for(settings)
         ids = rows_to_redrive(
             rt.session_factory,
@@ -60,7 +61,7 @@ def register(app: Celery) -> None:
             now=datetime.now(timezone.utc),
         )
         for inbox_id in ids:
-            process_event.apply_async((inbox_id,))
+            self.app.send_task("engine.process_event", args=(inbox_id,))
         if ids:
             log.info("re-enqueued %d inbox rows", len(ids))
         return len(ids)

@@ -72,7 +72,8 @@ def _entitlements(
     """Per entitlement, the purchase with the furthest-out expiry (null = lifetime), expired ones included."""
     # Candidate: (expires_ms or None, grace_ms, product_id, purchased_ms)
     candidates: list[tuple[int | None, int | None, str, int]] = [
-        (p.effective_expires_at_ms(), p.grace_period_expires_at_ms, p.product_id, p.purchased_at_ms) for p in latest_periods
+        (p.effective_expires_at_ms(), p.grace_period_expires_at_ms, p.product_id, p.purchased_at_ms)
+        for p in latest_periods
     ]
     candidates += [(None, None, p.product_id, p.purchased_at_ms) for p in purchases]
     best: dict[str, tuple[int | None, int | None, str, int]] = {}
@@ -100,12 +101,11 @@ def subscriber_body(customer: Customer, *, now_ms: int, entitlements_for: Callab
     latest = {product: periods[-1] for product, periods in sorted(customer.subscriptions.items()) if periods}
     # RevenueCat drops refunded one-time purchases from CustomerInfo.
     listed = {
-        product: [p for p in purchases if p.refunded_at_ms is None] for product, purchases in sorted(customer.one_time_purchases.items())
+        product: [p for p in purchases if p.refunded_at_ms is None]
+        for product, purchases in sorted(customer.one_time_purchases.items())
     }
     listed = {product: purchases for product, purchases in listed.items() if purchases}
-    active_paid = [
-        p for p in latest.values() if p.store != "promotional" and p.effective_expires_at_ms() > now_ms
-    ]
+    active_paid = [p for p in latest.values() if p.store != "promotional" and p.effective_expires_at_ms() > now_ms]
     management_url = None
     if active_paid:
         management_url = _MANAGEMENT_URLS.get(max(active_paid, key=SubscriptionPeriod.effective_expires_at_ms).store)
@@ -116,7 +116,9 @@ def subscriber_body(customer: Customer, *, now_ms: int, entitlements_for: Callab
         "request_date": iso_ms(now_ms),
         "request_date_ms": now_ms,
         "subscriber": {
-            "entitlements": _entitlements(list(latest.values()), [p for ps in listed.values() for p in ps], entitlements_for),
+            "entitlements": _entitlements(
+                list(latest.values()), [p for ps in listed.values() for p in ps], entitlements_for
+            ),
             "first_seen": iso_ms(customer.first_seen_ms),
             "last_seen": iso_ms(customer.last_seen_ms),
             "management_url": management_url,

@@ -12,7 +12,18 @@ DAY_MS = 86_400_000
 
 # Lowercase store names as the v1 API spells them (reference/revenuecat.md §3); webhooks upper-case them.
 STORES = frozenset(
-    {"app_store", "mac_app_store", "play_store", "amazon", "stripe", "promotional", "roku", "paddle", "rc_billing", "test_store"}
+    {
+        "app_store",
+        "mac_app_store",
+        "play_store",
+        "amazon",
+        "stripe",
+        "promotional",
+        "roku",
+        "paddle",
+        "rc_billing",
+        "test_store",
+    }
 )
 APPLE_STORES = frozenset({"app_store", "mac_app_store"})
 PERIOD_TYPES = frozenset({"normal", "trial", "intro"})

@@ -19,10 +19,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Self
 
 import requests
 from flask import Flask, Response, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.serving import make_server
 
 from engine.simulator.state import ERROR_BAD_REQUEST, ProviderState, SimulatorError
@@ -55,13 +56,17 @@ def _fault_response(status: int, retry_after_s: float | None) -> Response:
     return response
 
 
+class _DocumentOrderJSON(DefaultJSONProvider):
+    sort_keys = False  # keep the documented field order in bodies
+
+
 def create_simulator_app(state: ProviderState, *, api_key: str, deliver: Deliver | None = None) -> Flask:
     """A Flask app serving ``state`` over the provider and admin APIs.
 
     ``deliver(body, headers=...)`` backs ``POST /_sim/deliver``; without it that route answers 409.
     """
     app = Flask("engine.simulator")
-    app.json.sort_keys = False  # keep the documented field order in bodies
+    app.json = _DocumentOrderJSON(app)
 
     @app.before_request
     def provider_gate() -> Response | None:
@@ -225,7 +230,7 @@ class SimulatorServer:
         """Base URL, e.g. ``http://127.0.0.1:54321`` (the provider API lives under ``/v1``)."""
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> SimulatorServer:
+    def start(self) -> Self:
         """Serve in a daemon thread; returns self."""
         if self._thread is not None:
             return self
@@ -257,7 +262,7 @@ class SimulatorServer:
             self._thread = None
         self._server.server_close()
 
-    def __enter__(self) -> SimulatorServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -302,4 +307,3 @@ class SimulatorServer:
         """``delivery_log`` as plain dicts (a copy)."""
         with self._log_lock:
             return [asdict(d) for d in self.delivery_log]
-

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from engine.simulator.customer_info import subscriber_body
 from engine.simulator.records import (
@@ -37,7 +37,15 @@ from engine.simulator.webhook_events import Subject, period_event, purchase_even
 DEFAULT_PRICE = 9.99
 DEFAULT_ENTITLEMENT = "pro"
 EXPIRATION_REASONS = frozenset(
-    {"UNSUBSCRIBE", "BILLING_ERROR", "DEVELOPER_INITIATED", "PRICE_INCREASE", "CUSTOMER_SUPPORT", "UNKNOWN", "SUBSCRIPTION_PAUSED"}
+    {
+        "UNSUBSCRIBE",
+        "BILLING_ERROR",
+        "DEVELOPER_INITIATED",
+        "PRICE_INCREASE",
+        "CUSTOMER_SUPPORT",
+        "UNKNOWN",
+        "SUBSCRIPTION_PAUSED",
+    }
 )
 
 # RevenueCat backend error codes (purchases-ios BackendErrorCode) used by POST /v1/receipts.
@@ -48,6 +56,7 @@ ERROR_EMPTY_APP_USER_ID = 7220
 ERROR_BAD_REQUEST = 7226
 
 Listener = Callable[[dict[str, Any]], None]
+R = TypeVar("R", SubscriptionPeriod, OneTimePurchase)
 
 
 class SimulatorError(Exception):
@@ -68,6 +77,38 @@ class ReceiptResult(NamedTuple):
     status: int
     body: dict[str, Any]
     events: list[dict[str, Any]]
+
+
+def _check_store(store: str) -> None:
+    if store not in STORES or store == "promotional":
+        raise SimulatorError(f"unsupported store {store!r} (use grant_promotional for promotional grants)")
+
+
+def _check_subscription_terms(*, store: str, period_ms: int, period_type: str, family_shared: bool) -> None:
+    """Refuse impossible subscriptions before anything is created."""
+    _check_store(store)
+    if period_type not in PERIOD_TYPES:
+        raise SimulatorError(f"period_type must be one of {sorted(PERIOD_TYPES)}")
+    if family_shared and store not in APPLE_STORES:
+        raise SimulatorError("family sharing exists only on Apple stores")
+    if period_ms <= 0:
+        raise SimulatorError("period_ms must be positive")
+
+
+def _take(by_product: dict[str, list[R]], matches: Callable[[R], bool]) -> dict[str, list[R]]:
+    """Remove the matching records from ``by_product`` (dropping emptied products) and return them."""
+    taken: dict[str, list[R]] = {}
+    for product_id, records in list(by_product.items()):
+        hits = [r for r in records if matches(r)]
+        if not hits:
+            continue
+        taken[product_id] = hits
+        kept = [r for r in records if not matches(r)]
+        if kept:
+            by_product[product_id] = kept
+        else:
+            del by_product[product_id]
+    return taken
 
 
 def _receipt_error(code: int, message: str) -> ReceiptResult:
@@ -197,7 +238,9 @@ class ProviderState:
         customer = self._customers.get(app_user_id)
         if customer is not None:
             return customer, False
-        customer = Customer(original_app_user_id=app_user_id, first_seen_ms=now, last_seen_ms=now, aliases={app_user_id})
+        customer = Customer(
+            original_app_user_id=app_user_id, first_seen_ms=now, last_seen_ms=now, aliases={app_user_id}
+        )
         self._customers[app_user_id] = customer
         return customer, True
 
@@ -215,13 +258,15 @@ class ProviderState:
             customer = self._find(app_user_id)
             return sorted(customer.aliases) if customer else []
 
-    def _merge(self, absorbed: Customer, survivor: Customer) -> None:
+    def _merge_customers(self, one: Customer, other: Customer) -> Customer:
+        """Fold the customer seen later into the one seen first (whose original id stays); returns it."""
+        survivor, absorbed = (one, other) if one.first_seen_ms <= other.first_seen_ms else (other, one)
         self._move_purchases(absorbed, survivor)
         survivor.aliases |= absorbed.aliases
         for alias in absorbed.aliases:
             self._customers[alias] = survivor
-        survivor.first_seen_ms = min(survivor.first_seen_ms, absorbed.first_seen_ms)
         survivor.last_seen_ms = max(survivor.last_seen_ms, absorbed.last_seen_ms)
+        return survivor
 
     # ----- ids ---------------------------------------------------------------------------
 
@@ -274,14 +319,6 @@ class ProviderState:
         now: int,
         transaction_id: str | None = None,
     ) -> SubscriptionPeriod:
-        if period_type not in PERIOD_TYPES:
-            raise SimulatorError(f"period_type must be one of {sorted(PERIOD_TYPES)}")
-        if store not in STORES or store == "promotional":
-            raise SimulatorError(f"unsupported store {store!r} (use grant_promotional for promotional grants)")
-        if family_shared and store not in APPLE_STORES:
-            raise SimulatorError("family sharing exists only on Apple stores")
-        if period_ms <= 0:
-            raise SimulatorError("period_ms must be positive")
         txn = transaction_id or self._new_transaction_id(store)
         # Trials and family-shared access earn nothing.
         price = 0.0 if period_type == "trial" or family_shared else self.price_of(product_id)
@@ -305,10 +342,15 @@ class ProviderState:
         return period
 
     def _add_one_time_purchase(
-        self, customer: Customer, product_id: str, *, store: str, sandbox: bool, now: int, transaction_id: str | None = None
+        self,
+        customer: Customer,
+        product_id: str,
+        *,
+        store: str,
+        sandbox: bool,
+        now: int,
+        transaction_id: str | None = None,
     ) -> OneTimePurchase:
-        if store not in STORES or store == "promotional":
-            raise SimulatorError(f"unsupported store {store!r}")
         serial = self._next_serial()
         purchase = OneTimePurchase(
             id=hashlib.sha1(f"purchase:{self._id_seed}:{serial}".encode()).hexdigest()[:10],
@@ -339,57 +381,38 @@ class ProviderState:
     ) -> list[SubscriptionPeriod | OneTimePurchase]:
         """Move all purchases, or one transaction chain, from ``source`` to ``target``."""
         moved: list[SubscriptionPeriod | OneTimePurchase] = []
-        for product_id, periods in list(source.subscriptions.items()):
-            taken = [p for p in periods if transaction_id is None or p.original_transaction_id == transaction_id]
-            if not taken:
-                continue
-            kept = [p for p in periods if all(p is not t for t in taken)]
-            if kept:
-                source.subscriptions[product_id] = kept
-            else:
-                del source.subscriptions[product_id]
+        periods = _take(source.subscriptions, lambda p: transaction_id in (None, p.original_transaction_id))
+        for product_id, taken in periods.items():
             merged = target.subscriptions.setdefault(product_id, [])
             merged.extend(taken)
             merged.sort(key=lambda p: p.purchased_at_ms)  # the last period is the one the API shows
             moved.extend(taken)
-        for product_id, purchases in list(source.one_time_purchases.items()):
-            taken_p = [p for p in purchases if transaction_id is None or p.store_transaction_id == transaction_id]
-            if not taken_p:
-                continue
-            kept_p = [p for p in purchases if all(p is not t for t in taken_p)]
-            if kept_p:
-                source.one_time_purchases[product_id] = kept_p
-            else:
-                del source.one_time_purchases[product_id]
-            target.one_time_purchases.setdefault(product_id, []).extend(taken_p)
-            moved.extend(taken_p)
+        purchases = _take(source.one_time_purchases, lambda p: transaction_id in (None, p.store_transaction_id))
+        for product_id, taken_purchases in purchases.items():
+            target.one_time_purchases.setdefault(product_id, []).extend(taken_purchases)
+            moved.extend(taken_purchases)
         return moved
 
-    def _period_event(
-        self, event_type: str, customer: Customer, app_user_id: str, period: SubscriptionPeriod, now: int, *, price: float = 0.0, **extra: Any
+    def _event(
+        self,
+        event_type: str,
+        customer: Customer,
+        app_user_id: str,
+        record: SubscriptionPeriod | OneTimePurchase,
+        now: int,
+        *,
+        price: float = 0.0,
+        **extra: Any,
     ) -> dict[str, Any]:
-        # Events that move no money carry price 0, as in the official samples.
-        return period_event(
+        """The webhook body about one transaction; events that move no money carry price 0, as in the samples."""
+        build = period_event if isinstance(record, SubscriptionPeriod) else purchase_event
+        return build(
             event_type,
             self._subject(customer, app_user_id),
-            period,
+            record,  # type: ignore[arg-type]  # matched to ``build`` just above
             now_ms=now,
             app_id=self.app_id,
-            entitlement_ids=self.entitlements_for(period.product_id),
-            price=price,
-            **extra,
-        )
-
-    def _purchase_event(
-        self, event_type: str, customer: Customer, app_user_id: str, purchase: OneTimePurchase, now: int, *, price: float, **extra: Any
-    ) -> dict[str, Any]:
-        return purchase_event(
-            event_type,
-            self._subject(customer, app_user_id),
-            purchase,
-            now_ms=now,
-            app_id=self.app_id,
-            entitlement_ids=self.entitlements_for(purchase.product_id),
+            entitlement_ids=self.entitlements_for(record.product_id),
             price=price,
             **extra,
         )
@@ -409,6 +432,9 @@ class ProviderState:
         now_ms: int | None = None,
     ) -> dict[str, Any]:
         """Start a new subscription (new original transaction) → INITIAL_PURCHASE."""
+        _check_subscription_terms(
+            store=store, period_ms=period_ms, period_type=period_type, family_shared=family_shared
+        )
         with self._lock:
             now = self._now(now_ms)
             customer = self._touch(app_user_id, now, create=True)
@@ -422,7 +448,7 @@ class ProviderState:
                 family_shared=family_shared,
                 now=now,
             )
-            body = self._period_event("INITIAL_PURCHASE", customer, app_user_id, period, now, price=period.price)
+            body = self._event("INITIAL_PURCHASE", customer, app_user_id, period, now, price=period.price)
         return self._emit(body)
 
     def renew(self, app_user_id: str, product_id: str, *, now_ms: int | None = None) -> dict[str, Any]:
@@ -436,7 +462,7 @@ class ProviderState:
             now = self._now(now_ms)
             customer = self._touch(app_user_id, now)
             latest = self._latest_renewable(customer, product_id)
-            start = latest.expires_at_ms if latest.expires_at_ms >= now else now
+            start = max(latest.expires_at_ms, now)
             family = latest.ownership_type == "FAMILY_SHARED"
             period = SubscriptionPeriod(
                 product_id=product_id,
@@ -455,7 +481,7 @@ class ProviderState:
                 renewal_number=latest.renewal_number + 1,
             )
             customer.subscriptions[product_id].append(period)
-            body = self._period_event(
+            body = self._event(
                 "RENEWAL",
                 customer,
                 app_user_id,
@@ -477,7 +503,7 @@ class ProviderState:
             if latest.effective_expires_at_ms() <= now:
                 raise SimulatorError(f"{product_id!r} has already expired")
             latest.unsubscribe_detected_at_ms = now
-            body = self._period_event("CANCELLATION", customer, app_user_id, latest, now, cancel_reason="UNSUBSCRIBE")
+            body = self._event("CANCELLATION", customer, app_user_id, latest, now, cancel_reason="UNSUBSCRIBE")
         return self._emit(body)
 
     def uncancel(self, app_user_id: str, product_id: str, *, now_ms: int | None = None) -> dict[str, Any]:
@@ -491,7 +517,7 @@ class ProviderState:
             if latest.effective_expires_at_ms() <= now:
                 raise SimulatorError(f"{product_id!r} has already expired")
             latest.unsubscribe_detected_at_ms = None
-            body = self._period_event("UNCANCELLATION", customer, app_user_id, latest, now)
+            body = self._event("UNCANCELLATION", customer, app_user_id, latest, now)
         return self._emit(body)
 
     def billing_issue(
@@ -504,7 +530,7 @@ class ProviderState:
             latest = self._latest_renewable(customer, product_id)
             latest.billing_issues_detected_at_ms = now
             latest.grace_period_expires_at_ms = latest.expires_at_ms + grace_ms if grace_ms > 0 else None
-            body = self._period_event(
+            body = self._event(
                 "BILLING_ISSUE",
                 customer,
                 app_user_id,
@@ -529,10 +555,12 @@ class ProviderState:
             latest.expires_at_ms = min(latest.expires_at_ms, now)
             if latest.grace_period_expires_at_ms is not None:
                 latest.grace_period_expires_at_ms = min(latest.grace_period_expires_at_ms, now)
-            body = self._period_event("EXPIRATION", customer, app_user_id, latest, now, expiration_reason=reason)
+            body = self._event("EXPIRATION", customer, app_user_id, latest, now, expiration_reason=reason)
         return self._emit(body)
 
-    def pause(self, app_user_id: str, product_id: str, *, resume_at_ms: int, now_ms: int | None = None) -> dict[str, Any]:
+    def pause(
+        self, app_user_id: str, product_id: str, *, resume_at_ms: int, now_ms: int | None = None
+    ) -> dict[str, Any]:
         """Play Store: pause at period end → SUBSCRIPTION_PAUSED (access continues until expiry)."""
         with self._lock:
             now = self._now(now_ms)
@@ -541,7 +569,7 @@ class ProviderState:
             if latest.store != "play_store":
                 raise SimulatorError("only Play Store subscriptions pause")
             latest.auto_resume_at_ms = int(resume_at_ms)
-            body = self._period_event(
+            body = self._event(
                 "SUBSCRIPTION_PAUSED", customer, app_user_id, latest, now, auto_resume_at_ms=latest.auto_resume_at_ms
             )
         return self._emit(body)
@@ -588,7 +616,7 @@ class ProviderState:
                 renewal_number=old.renewal_number + 1,
             )
             customer.subscriptions.setdefault(new_product_id, []).append(new)
-            body = self._period_event("PRODUCT_CHANGE", customer, app_user_id, old, now, new_product_id=new_product_id)
+            body = self._event("PRODUCT_CHANGE", customer, app_user_id, old, now, new_product_id=new_product_id)
         return self._emit(body)
 
     def purchase_non_renewing(
@@ -601,11 +629,12 @@ class ProviderState:
         now_ms: int | None = None,
     ) -> dict[str, Any]:
         """A one-time purchase → NON_RENEWING_PURCHASE (``expiration_at_ms`` null)."""
+        _check_store(store)
         with self._lock:
             now = self._now(now_ms)
             customer = self._touch(app_user_id, now, create=True)
             purchase = self._add_one_time_purchase(customer, product_id, store=store, sandbox=sandbox, now=now)
-            body = self._purchase_event("NON_RENEWING_PURCHASE", customer, app_user_id, purchase, now, price=purchase.price)
+            body = self._event("NON_RENEWING_PURCHASE", customer, app_user_id, purchase, now, price=purchase.price)
         return self._emit(body)
 
     def grant_promotional(
@@ -642,7 +671,7 @@ class ProviderState:
                 renewal_number=1,
             )
             customer.subscriptions.setdefault(product_id, []).append(period)
-            body = self._period_event("NON_RENEWING_PURCHASE", customer, app_user_id, period, now)
+            body = self._event("NON_RENEWING_PURCHASE", customer, app_user_id, period, now)
         return self._emit(body)
 
     def refund(self, app_user_id: str, transaction_id: str, *, now_ms: int | None = None) -> dict[str, Any]:
@@ -660,14 +689,15 @@ class ProviderState:
             if record.refunded_at_ms is not None:
                 raise SimulatorError(f"transaction {transaction_id!r} is already refunded")
             record.refunded_at_ms = now
-            if isinstance(record, SubscriptionPeriod):
-                body = self._period_event(
-                    "CANCELLATION", customer, app_user_id, record, now, price=-record.price, cancel_reason="CUSTOMER_SUPPORT"
-                )
-            else:
-                body = self._purchase_event(
-                    "CANCELLATION", customer, app_user_id, record, now, price=-record.price, cancel_reason="CUSTOMER_SUPPORT"
-                )
+            body = self._event(
+                "CANCELLATION",
+                customer,
+                app_user_id,
+                record,
+                now,
+                price=-record.price,
+                cancel_reason="CUSTOMER_SUPPORT",
+            )
         return self._emit(body)
 
     def reverse_refund(self, app_user_id: str, transaction_id: str, *, now_ms: int | None = None) -> dict[str, Any]:
@@ -679,10 +709,7 @@ class ProviderState:
             if record.refunded_at_ms is None:
                 raise SimulatorError(f"transaction {transaction_id!r} is not refunded")
             record.refunded_at_ms = None
-            if isinstance(record, SubscriptionPeriod):
-                body = self._period_event("REFUND_REVERSED", customer, app_user_id, record, now, price=record.price, metadata=None)
-            else:
-                body = self._purchase_event("REFUND_REVERSED", customer, app_user_id, record, now, price=record.price, metadata=None)
+            body = self._event("REFUND_REVERSED", customer, app_user_id, record, now, price=record.price, metadata=None)
         return self._emit(body)
 
     def transfer(self, from_app_user_id: str, to_app_user_id: str, *, now_ms: int | None = None) -> dict[str, Any]:
@@ -701,7 +728,9 @@ class ProviderState:
             body = self._transfer(source, target, now)
         return self._emit(body)
 
-    def _transfer(self, source: Customer, target: Customer, now: int, *, transaction_id: str | None = None) -> dict[str, Any]:
+    def _transfer(
+        self, source: Customer, target: Customer, now: int, *, transaction_id: str | None = None
+    ) -> dict[str, Any]:
         moved = self._move_purchases(source, target, transaction_id=transaction_id)
         if not moved:
             raise SimulatorError("nothing to transfer")
@@ -730,22 +759,15 @@ class ProviderState:
         with self._lock:
             now = self._now(now_ms)
             first, second = self._find(app_user_id), self._find(other_app_user_id)
-            if first is None and second is None:
-                first = self._touch(app_user_id, now, create=True)
-            if first is None or second is None:
-                customer = first or second
-                assert customer is not None
-                new_id = app_user_id if first is None else other_app_user_id
-                customer.aliases.add(new_id)
-                self._customers[new_id] = customer
-                customer.last_seen_ms = max(customer.last_seen_ms, now)
-                return None
-            if first is second:
-                return None
-            survivor, absorbed = (first, second) if first.first_seen_ms <= second.first_seen_ms else (second, first)
-            self._merge(absorbed, survivor)
-            survivor.last_seen_ms = max(survivor.last_seen_ms, now)
-        return None
+            if first is not None and second is not None:
+                customer = first if first is second else self._merge_customers(first, second)
+            else:
+                # At most one id is known: the other joins it (or both start a new customer).
+                customer = first or second or self._touch(app_user_id, now, create=True)
+                for new_id in (app_user_id, other_app_user_id):
+                    customer.aliases.add(new_id)
+                    self._customers[new_id] = customer
+            customer.last_seen_ms = max(customer.last_seen_ms, now)
 
     # ----- REST v1 -----------------------------------------------------------------------
 
@@ -754,7 +776,9 @@ class ProviderState:
         with self._lock:
             now = self._now(now_ms)
             customer, created = self._get_or_create(app_user_id, now)
-            return (201 if created else 200), subscriber_body(customer, now_ms=now, entitlements_for=self.entitlements_for)
+            return (201 if created else 200), subscriber_body(
+                customer, now_ms=now, entitlements_for=self.entitlements_for
+            )
 
     def register_store_purchase(
         self,
@@ -778,6 +802,8 @@ class ProviderState:
             raise SimulatorError("kind must be 'subscription' or 'non_renewing'")
         if status not in ("purchased", "pending", "invalid"):
             raise SimulatorError("status must be 'purchased', 'pending' or 'invalid'")
+        if period_ms <= 0:
+            raise SimulatorError("period_ms must be positive")
         with self._lock:
             existing = self._store_purchases.get(fetch_token)
             if existing is not None and existing.owner is not None:
@@ -823,7 +849,11 @@ class ProviderState:
             if store == "play_store" and not product_id:
                 return _receipt_error(ERROR_GOOGLE_PRODUCT_ID, "product_id is required for Google Play receipts.")
             registration = self._store_purchases.get(fetch_token)
-            if registration is None or registration.status == "invalid" or PLATFORM_STORES[registration.platform] != store:
+            if (
+                registration is None
+                or registration.status == "invalid"
+                or PLATFORM_STORES[registration.platform] != store
+            ):
                 return _receipt_error(ERROR_INVALID_RECEIPT, "The receipt is not valid.")
             if product_id is not None and product_id != registration.product_id:
                 return _receipt_error(ERROR_INVALID_RECEIPT, "The receipt does not contain the given product_id.")
@@ -838,8 +868,7 @@ class ProviderState:
                 events.append(self._record(registration, customer, app_user_id, store, now))
             elif owner is not customer:
                 if owner.is_anonymous():
-                    survivor, absorbed = (owner, customer) if owner.first_seen_ms <= customer.first_seen_ms else (customer, owner)
-                    self._merge(absorbed, survivor)
+                    self._merge_customers(owner, customer)
                 else:
                     events.append(self._transfer(owner, customer, now, transaction_id=registration.transaction_id))
             current = self._require(app_user_id)  # a merge may have replaced the customer object
@@ -848,7 +877,9 @@ class ProviderState:
             self._emit(event)
         return ReceiptResult(200, body, events)
 
-    def _record(self, registration: StorePurchase, customer: Customer, app_user_id: str, store: str, now: int) -> dict[str, Any]:
+    def _record(
+        self, registration: StorePurchase, customer: Customer, app_user_id: str, store: str, now: int
+    ) -> dict[str, Any]:
         if registration.kind == "subscription":
             period = self._start_subscription(
                 customer,
@@ -862,7 +893,7 @@ class ProviderState:
                 transaction_id=registration.transaction_id,
             )
             registration.transaction_id = period.original_transaction_id
-            body = self._period_event("INITIAL_PURCHASE", customer, app_user_id, period, now, price=period.price)
+            body = self._event("INITIAL_PURCHASE", customer, app_user_id, period, now, price=period.price)
         else:
             purchase = self._add_one_time_purchase(
                 customer,
@@ -873,7 +904,7 @@ class ProviderState:
                 transaction_id=registration.transaction_id,
             )
             registration.transaction_id = purchase.store_transaction_id
-            body = self._purchase_event("NON_RENEWING_PURCHASE", customer, app_user_id, purchase, now, price=purchase.price)
+            body = self._event("NON_RENEWING_PURCHASE", customer, app_user_id, purchase, now, price=purchase.price)
         registration.owner = customer.original_app_user_id
         return body
 
