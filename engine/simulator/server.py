@@ -18,7 +18,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Self
 
 import requests
@@ -302,8 +302,3 @@ class SimulatorServer:
     def _log(self, delivery: Delivery) -> None:
         with self._log_lock:
             self.delivery_log.append(delivery)
-
-    def deliveries(self) -> list[dict[str, Any]]:
-        """``delivery_log`` as plain dicts (a copy)."""
-        with self._log_lock:
-            return [asdict(d) for d in self.delivery_log]

@@ -405,14 +405,26 @@ class ProviderState:
         **extra: Any,
     ) -> dict[str, Any]:
         """The webhook body about one transaction; events that move no money carry price 0, as in the samples."""
-        build = period_event if isinstance(record, SubscriptionPeriod) else purchase_event
-        return build(
+        subject = self._subject(customer, app_user_id)
+        entitlement_ids = self.entitlements_for(record.product_id)
+        if isinstance(record, SubscriptionPeriod):
+            return period_event(
+                event_type,
+                subject,
+                record,
+                now_ms=now,
+                app_id=self.app_id,
+                entitlement_ids=entitlement_ids,
+                price=price,
+                **extra,
+            )
+        return purchase_event(
             event_type,
-            self._subject(customer, app_user_id),
-            record,  # type: ignore[arg-type]  # matched to ``build`` just above
+            subject,
+            record,
             now_ms=now,
             app_id=self.app_id,
-            entitlement_ids=self.entitlements_for(record.product_id),
+            entitlement_ids=entitlement_ids,
             price=price,
             **extra,
         )

@@ -258,6 +258,8 @@ def test_cancel_uncancel_pause_change_and_promotional(sim: SimulatorServer, api:
     state.purchase_subscription("ios_user", "monthly")
     with pytest.raises(SimulatorError):
         state.pause("ios_user", "monthly", resume_at_ms=resume)  # Play Store only
+    paused = state.expire("u", "yearly", reason="SUBSCRIPTION_PAUSED")["event"]
+    assert paused["expiration_reason"] == "SUBSCRIPTION_PAUSED"
 
 
 # ----- refunds, transfers, aliases -----------------------------------------------------------
@@ -322,6 +324,26 @@ def test_aliases_resolve_to_one_customer(sim: SimulatorServer, api: requests.Ses
     assert event["aliases"] == sorted([anonymous, "user_1234"])
     sim.state.alias("user_1234", "user_1234@example.com")  # a brand-new id joins too
     assert sim.state.aliases_of("user_1234@example.com") == sorted([anonymous, "user_1234", "user_1234@example.com"])
+
+
+def test_concurrent_operations_and_reads_stay_consistent(sim: SimulatorServer) -> None:
+    def worker(n: int) -> list[str]:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {API_KEY}"
+        ids = []
+        for i in range(10):
+            ids.append(sim.state.purchase_non_renewing(f"c{n}", f"p{i}")["event"]["transaction_id"])
+            assert get_subscriber(sim, session, f"c{n}").status_code == 200
+        return ids
+
+    results: list[list[str]] = []
+    threads = [threading.Thread(target=lambda n=n: results.append(worker(n))) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({tx for ids in results for tx in ids}) == 80  # transaction ids never collide
+    assert sim.state.request_count == 80
 
 
 # ----- faults --------------------------------------------------------------------------------
