@@ -31,3 +31,40 @@ def init_sentry(settings: Settings, *, component: str, transport: object | None 
 
 def configure_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def report_drift(customer_id: str, actions: "list", *, cause_ref: str = "") -> None:
+    """Send one Sentry event per drift repair, grouped by kind (one alert per failure mode)."""
+    import sentry_sdk
+
+    for action in actions:
+        kind = action.drift_kind
+        before = action.before
+        after = action.after
+        sentry_sdk.capture_message(
+            f"drift repaired: {kind}",
+            level="warning",
+            tags={"drift_kind": kind, "app_user_id": customer_id, "resource": action.resource},
+            fingerprint=["entitlement-drift", kind],
+            contexts={
+                "drift": {
+                    "action": action.kind,
+                    "resource": action.resource,
+                    "before": None if before is None else {"mode": before.mode, "expires_ms": before.expires_ms},
+                    "after": None if after is None else {"mode": after.mode, "expires_ms": after.expires_ms},
+                    "cause": cause_ref,
+                }
+            },
+        )
+
+
+def report_unknown_products(customer_id: str, product_ids: "tuple[str, ...]") -> None:
+    import sentry_sdk
+
+    for product_id in product_ids:
+        sentry_sdk.capture_message(
+            f"unknown product {product_id}",
+            level="error",
+            tags={"product_id": product_id, "app_user_id": customer_id},
+            fingerprint=["unknown-product", product_id],
+        )

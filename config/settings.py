@@ -54,6 +54,8 @@ class Settings:
     # Polling budget shared by every worker (requests per minute to the provider).
     provider_rate_per_minute: int = 480
     max_staleness_s: int = 24 * 3600
+    sweep_interval_s: int = 60
+    beat_lock_ttl_s: int = 30
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -79,6 +81,8 @@ class Settings:
             redrive_after_s=_int(env.get("REDRIVE_AFTER_S"), 60),
             provider_rate_per_minute=_int(env.get("PROVIDER_RATE_PER_MINUTE"), 480),
             max_staleness_s=_int(env.get("MAX_STALENESS_S"), 24 * 3600),
+            sweep_interval_s=_int(env.get("SWEEP_INTERVAL_S"), 60),
+            beat_lock_ttl_s=_int(env.get("BEAT_LOCK_TTL_S"), 30),
         )
 
     def with_(self, **changes: object) -> "Settings":

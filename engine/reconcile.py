@@ -23,7 +23,8 @@ UnitOfWork = Callable[[], AbstractContextManager[LedgerStore]]
 # After a projected expiry, look again a little later: the renewal (or EXPIRATION) should
 # have reached the provider by then; if its webhook was lost, this is where it shows.
 RECHECK_AFTER_EXPIRY_MS = 10 * 60 * 1000
-RECHECK_DIRTY_MS = 60 * 1000
+RECENT_PURCHASE_MS = 48 * 3600 * 1000
+RECHECK_AFTER_PURCHASE_MS = 3600 * 1000
 
 
 @dataclass(frozen=True)
@@ -41,14 +42,29 @@ class ReconcilePolicy:
     max_staleness_ms: int = 24 * 3600 * 1000
 
 
-def next_check_ms(projection: Projection, now_ms: int, policy: ReconcilePolicy, *, dirty: bool) -> int:
-    """When to read this customer from the provider again (dirty: at once)."""
+def next_check_ms(
+    projection: Projection,
+    owned: Sequence[Transaction],
+    now_ms: int,
+    policy: ReconcilePolicy,
+    *,
+    dirty: bool,
+) -> int:
+    """When to read this customer from the provider again.
+
+    At once when dirty (degraded event, failed fetch); soon after an expiry or renewal the
+    access depends on (where a lost RENEWAL or EXPIRATION shows); soon after a purchase
+    (where a quick refund or a lost follow-up shows); otherwise within the maximum staleness.
+    """
     if dirty:
-        return now_ms + RECHECK_DIRTY_MS
-    latest = now_ms + policy.max_staleness_ms
+        return now_ms
+    due = now_ms + policy.max_staleness_ms
     if projection.next_change_ms is not None:
-        return min(latest, max(now_ms, projection.next_change_ms) + RECHECK_AFTER_EXPIRY_MS)
-    return latest
+        due = min(due, max(now_ms, projection.next_change_ms) + RECHECK_AFTER_EXPIRY_MS)
+    latest_purchase = max((t.purchased_ms for t in owned if t.purchased_ms is not None), default=None)
+    if latest_purchase is not None and now_ms - latest_purchase < RECENT_PURCHASE_MS:
+        due = min(due, now_ms + RECHECK_AFTER_PURCHASE_MS)
+    return due
 
 
 def converge(
@@ -103,7 +119,7 @@ def reconcile_user(
         merged = {**known, **{t.transaction_id: t for t in changed}}
         owned = [t for t in merged.values() if t.owner == customer_id]
         projection, actions = converge(store, customer_id, owned, catalog, now_ms, cause, policy)
-        check_at = next_check_ms(projection, now_ms, policy, dirty=False)
+        check_at = next_check_ms(projection, owned, now_ms, policy, dirty=False)
         store.mark_checked(customer_id, now_ms=now_ms, next_check_ms=check_at, dirty=False)
     return ReconcileOutcome(customer_id, tuple(actions), projection.unknown_products, bool(changed), check_at)
 
@@ -148,7 +164,7 @@ def apply_event_facts(
         for customer_id in customers:
             owned = [t for t in merged.values() if t.owner == customer_id]
             projection, actions = converge(store, customer_id, owned, catalog, now_ms, cause, policy)
-            check_at = next_check_ms(projection, now_ms, policy, dirty=True)
+            check_at = next_check_ms(projection, owned, now_ms, policy, dirty=True)
             store.mark_checked(customer_id, now_ms=now_ms, next_check_ms=check_at, dirty=True)
             outcomes.append(ReconcileOutcome(customer_id, tuple(actions), projection.unknown_products, bool(changed), check_at))
     return outcomes

@@ -46,6 +46,9 @@ def create_celery(settings: Settings) -> Celery:
         enable_utc=True,
         worker_hijack_root_logger=False,
         beat_schedule=beat_schedule(settings),
+        beat_scheduler="tasks.beat:SingleBeatScheduler",
+        beat_max_loop_interval=5,
+        task_routes={"engine.reconcile_batch": {"queue": "sweep"}},
     )
     app.conf.engine_settings = settings
     from tasks import jobs
@@ -55,14 +58,15 @@ def create_celery(settings: Settings) -> Celery:
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
-    """The beat schedule as data. Each entry expires before its next run would be due."""
-    redrive_every = max(15.0, settings.redrive_after_s / 2)
+    """The beat schedule as data. Each entry expires before its next run would be due, so a
+    backlog of beat messages never piles up behind a stopped worker."""
+    redrive_every = float(max(15, settings.redrive_after_s // 2))
+    sweep_every = float(settings.sweep_interval_s)
+    expire_every = 60.0
     return {
-        "redrive-inbox": {
-            "task": "engine.redrive_inbox",
-            "schedule": redrive_every,
-            "options": {"expires": redrive_every},
-        },
+        "redrive-inbox": {"task": "engine.redrive_inbox", "schedule": redrive_every, "options": {"expires": redrive_every}},
+        "sweep": {"task": "engine.sweep", "schedule": sweep_every, "options": {"expires": sweep_every}},
+        "expire-grants": {"task": "engine.expire_grants", "schedule": expire_every, "options": {"expires": expire_every}},
     }
 
 

@@ -58,7 +58,7 @@ def celery_worker(settings: Settings, *, concurrency: int = 1, log_path: Path | 
     log = open(log_path or settings.instance_path / "worker.log", "ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker", "--pool=prefork", f"--concurrency={concurrency}",
-         "--loglevel=INFO", "--without-mingle", "--without-gossip", "-n", f"test-{os.getpid()}-{time.monotonic_ns()}@%h"],
+         "--loglevel=INFO", "--without-mingle", "--without-gossip", "-Q", "celery,sweep", "-n", f"test-{os.getpid()}-{time.monotonic_ns()}@%h"],
         cwd=PROJECT_ROOT, env=settings_env(settings), stdout=log, stderr=subprocess.STDOUT,
     )
     try:

@@ -110,6 +110,9 @@ def test_transient_provider_error_degrades_then_retries(client, runtime, simulat
     assert "module:algebra" in access(client, "alice")
     with runtime.session_factory() as session:
         assert session.get(Subscriber, "alice").dirty is True
+    if status == 429:  # the whole budget pauses for Retry-After, for every process
+        assert 6 < runtime.budget.paused_for_s() <= 7
+        runtime.budget.resume()
     assert process(runtime, inbox_id) == "processed"
     done = row(runtime, inbox_id)
     assert (done.status, done.attempts, done.last_error) == ("processed", 2, None)

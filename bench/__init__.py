@@ -1,0 +1,1 @@
+"""Benchmarks (run from the project root, e.g. ``python -m bench.intake``)."""

@@ -1,0 +1,206 @@
+"""The sweep's storage side: which customers are due for a provider read, and drift figures.
+
+Selection walks the ``next_check_ms`` index from its low end, so its cost depends on the batch
+size, not on how many subscribers exist. Selected customers are leased (their next check is
+pushed out) so a backlog is not selected twice while its reconcile tasks wait in the queue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from engine.adapters.models import AuditEntry, Grant, Subscriber
+
+
+def select_due(factory: sessionmaker[Session], *, now_ms: int, limit: int, lease_ms: int) -> list[str]:
+    """Up to ``limit`` customers whose check is due, most overdue first; leased for ``lease_ms``."""
+    if limit <= 0:
+        return []
+    with factory() as session, session.begin():
+        stmt = (
+            select(Subscriber.customer_id)
+            .where(Subscriber.next_check_ms <= now_ms)
+            .order_by(Subscriber.next_check_ms)
+            .limit(limit)
+        )
+        if session.get_bind().dialect.name == "postgresql":
+            stmt = stmt.with_for_update(skip_locked=True)
+        ids = list(session.scalars(stmt))
+        if ids:
+            session.execute(
+                update(Subscriber).where(Subscriber.customer_id.in_(ids)).values(next_check_ms=now_ms + lease_ms)
+            )
+    return ids
+
+
+def customers_with_due_expiry(factory: sessionmaker[Session], *, now_ms: int, limit: int = 1000) -> list[str]:
+    """Customers holding a grant whose expiry has passed (revoked from the ledger, no provider call)."""
+    with factory() as session:
+        return list(
+            session.scalars(
+                select(Grant.customer_id)
+                .where(Grant.expires_ms.is_not(None), Grant.expires_ms <= now_ms)
+                .group_by(Grant.customer_id)
+                .limit(limit)
+            )
+        )
+
+
+def all_customer_ids(factory: sessionmaker[Session], *, after: str = "", limit: int = 1000) -> list[str]:
+    with factory() as session:
+        return list(
+            session.scalars(
+                select(Subscriber.customer_id).where(Subscriber.customer_id > after).order_by(Subscriber.customer_id).limit(limit)
+            )
+        )
+
+
+def count_customers(factory: sessionmaker[Session]) -> int:
+    with factory() as session:
+        return int(session.scalar(select(func.count()).select_from(Subscriber)) or 0)
+
+
+@dataclass(frozen=True)
+class DriftRow:
+    drift_kind: str
+    repairs: int
+    customers: int
+
+
+def drift_report(factory: sessionmaker[Session], *, since_ms: int, until_ms: int) -> list[DriftRow]:
+    """Drift repaired in a time window, by kind (from the audit log)."""
+    with factory() as session:
+        rows = session.execute(
+            select(AuditEntry.drift_kind, func.count(), func.count(func.distinct(AuditEntry.customer_id)))
+            .where(AuditEntry.drift_kind.is_not(None), AuditEntry.at_ms >= since_ms, AuditEntry.at_ms < until_ms)
+            .group_by(AuditEntry.drift_kind)
+            .order_by(AuditEntry.drift_kind)
+        ).all()
+    return [DriftRow(kind, int(n), int(c)) for kind, n, c in rows]
+
+
+def drift_examples(factory: sessionmaker[Session], *, since_ms: int, until_ms: int, limit: int = 20) -> list[AuditEntry]:
+    with factory() as session:
+        return list(
+            session.scalars(
+                select(AuditEntry)
+                .where(AuditEntry.drift_kind.is_not(None), AuditEntry.at_ms >= since_ms, AuditEntry.at_ms < until_ms)
+                .order_by(AuditEntry.id.desc())
+                .limit(limit)
+            )
+        )
+
+
+@dataclass
+class BatchResult:
+    reconciled: int = 0
+    changed: int = 0
+    drift: dict[str, int] | None = None
+    failed: int = 0
+    deferred: list[str] | None = None  # budget ran out: looked at again soon
+
+
+def reconcile_customers(
+    customer_ids: list[str],
+    *,
+    runtime,  # noqa: ANN001 - engine.adapters.runtime.Runtime (import cycle)
+    cause_kind: str = "sweep",
+    max_wait_s: float = 20.0,
+    dry_run: bool = False,
+) -> BatchResult:
+    """Reconcile each customer from the provider, spending the budget at sweep priority.
+
+    Changes made here are drift (no webhook told us): counted by kind in the metrics and
+    reported to Sentry. A transient failure marks the customer dirty (next check at once);
+    an exhausted budget defers the rest of the batch instead of failing it.
+    """
+    import logging
+
+    from config.observability import report_drift, report_unknown_products
+    from engine.adapters.inbox import unit_of_work
+    from engine.adapters.rate_budget import BudgetExhausted
+    from engine.adapters.runtime import wall_clock_ms
+    from engine.errors import TerminalError, TransientError
+    from engine.ports import Cause
+    from engine.reconcile import reconcile_user
+
+    log = logging.getLogger(__name__)
+    provider = runtime.budgeted_provider("sweep", max_wait_s=max_wait_s)
+    uow = dry_run_unit_of_work(runtime.session_factory) if dry_run else unit_of_work(runtime.session_factory)
+    result = BatchResult(drift={}, deferred=[])
+    metrics: list[tuple[str, dict[str, str], int]] = []
+    for index, customer_id in enumerate(customer_ids):
+        cause = Cause(cause_kind, "sweep" if cause_kind == "sweep" else cause_kind)  # type: ignore[arg-type]
+        try:
+            outcome = reconcile_user(
+                customer_id, provider=provider, unit_of_work=uow, catalog=runtime.catalog,
+                now_ms=wall_clock_ms(), cause=cause, policy=runtime.policy,
+            )
+        except BudgetExhausted as exc:
+            result.deferred = customer_ids[index:]
+            if not dry_run:
+                _defer(runtime.session_factory, result.deferred, wall_clock_ms() + int((exc.retry_after_s or 1) * 1000))
+            break
+        except TransientError as exc:
+            result.failed += 1
+            metrics.append(("engine_reconcile_failures_total", {"kind": "transient"}, 1))
+            log.warning("reconcile of %s failed (will retry at once): %s", customer_id, exc)
+            if not dry_run:
+                _defer(runtime.session_factory, [customer_id], wall_clock_ms(), dirty=True)
+            continue
+        except TerminalError as exc:
+            result.failed += 1
+            metrics.append(("engine_reconcile_failures_total", {"kind": "terminal"}, 1))
+            log.error("reconcile of %s failed: %s", customer_id, exc)
+            continue
+        result.reconciled += 1
+        if outcome.actions:
+            result.changed += 1
+            if cause.is_drift_repair:
+                for action in outcome.actions:
+                    result.drift[action.drift_kind] = result.drift.get(action.drift_kind, 0) + 1  # type: ignore[index]
+                    metrics.append(("engine_drift_repaired_total", {"kind": action.drift_kind}, 1))
+                if not dry_run:
+                    report_drift(outcome.customer_id, list(outcome.actions), cause_ref=cause.ref)
+        if outcome.unknown_products and not dry_run:
+            report_unknown_products(outcome.customer_id, outcome.unknown_products)
+    metrics.append(("engine_reconciles_total", {"cause": cause_kind}, result.reconciled))
+    if not dry_run:
+        try:
+            runtime.metrics.incr_many(metrics)
+        except Exception:  # noqa: BLE001 - metrics never fail a reconcile
+            log.warning("could not record metrics", exc_info=True)
+    return result
+
+
+def _defer(factory: sessionmaker[Session], customer_ids: list[str], at_ms: int, *, dirty: bool = False) -> None:
+    values: dict[str, object] = {"next_check_ms": at_ms}
+    if dirty:
+        values["dirty"] = True
+    with factory() as session, session.begin():
+        session.execute(update(Subscriber).where(Subscriber.customer_id.in_(customer_ids)).values(**values))
+
+
+class _RolledBack:
+    """A unit of work whose transaction is always rolled back (dry runs)."""
+
+    def __init__(self, factory: sessionmaker[Session]):
+        self.factory = factory
+
+    def __enter__(self):  # noqa: ANN204
+        from engine.adapters.store import SqlLedgerStore
+
+        self.session = self.factory()
+        self.session.begin()
+        return SqlLedgerStore(self.session)
+
+    def __exit__(self, *exc: object) -> None:
+        self.session.rollback()
+        self.session.close()
+
+
+def dry_run_unit_of_work(factory: sessionmaker[Session]):  # noqa: ANN201
+    return lambda: _RolledBack(factory)
