@@ -98,3 +98,37 @@ def live_server(app):
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
+
+
+class CapturingTransport:
+    """Sentry envelopes kept in memory (no network): ``items("event")``, ``items("check_in")``."""
+
+    def __init__(self) -> None:
+        self.envelopes: list = []
+
+    def items(self, kind: str) -> list[dict]:
+        return [item.payload.json for env in self.envelopes for item in env.items if item.headers.get("type") == kind]
+
+
+_CAPTURED = CapturingTransport()
+_sentry_ready = False
+
+
+@pytest.fixture
+def sentry_events() -> CapturingTransport:
+    """Sentry initialised once per session with a local transport; emptied for each test."""
+    global _sentry_ready
+    import sentry_sdk
+    from sentry_sdk.transport import Transport
+
+    if not _sentry_ready:
+        class LocalTransport(Transport):
+            def capture_envelope(self, envelope) -> None:  # noqa: ANN001
+                _CAPTURED.envelopes.append(envelope)
+
+        # A DSN on a reserved, unroutable name: the transport above never sends anything.
+        sentry_sdk.init(dsn="https://public@sentry.invalid/1", transport=LocalTransport(),
+                        default_integrations=False, traces_sample_rate=0.0)
+        _sentry_ready = True
+    _CAPTURED.envelopes.clear()
+    return _CAPTURED

@@ -13,6 +13,29 @@ from engine.adapters.runtime import wall_clock_ms
 from engine.ports import Cause
 from engine.reconcile import reconcile_user
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration_s(text: str) -> int:
+    """'90s', '15m', '24h', '7d' -> seconds."""
+    text = text.strip().lower()
+    if text[-1:] in DURATION_UNITS and text[:-1].isdigit():
+        return int(text[:-1]) * DURATION_UNITS[text[-1]]
+    if text.isdigit():
+        return int(text)
+    raise click.BadParameter(f"{text!r} is not a duration like 90s, 15m, 24h or 7d")
+
+
+def _describe(action) -> str:  # noqa: ANN001
+    def side(access) -> str:  # noqa: ANN001
+        if access is None:
+            return "-"
+        from web.api import iso_ms
+
+        return f"{access.mode} until {iso_ms(access.expires_ms) or 'forever'}"
+
+    return f"{action.kind:<11} {action.resource:<28} {side(action.before)} -> {side(action.after)}"
+
 
 def register(app: Flask) -> None:
     @app.cli.command("migrate")
@@ -41,3 +64,86 @@ def register(app: Flask) -> None:
             "changes": [{"action": a.kind, "resource": a.resource} for a in outcome.actions],
             "unknown_products": list(outcome.unknown_products),
         }, indent=2))
+
+
+    @app.cli.command("reconcile-all")
+    @click.option("--chunk", default=100, show_default=True, help="customers per database page")
+    def reconcile_all(chunk: int) -> None:
+        """Re-read every known customer from the provider (within the budget) and converge."""
+        from engine.adapters.sweep import all_customer_ids, count_customers, reconcile_customers
+
+        rt = current_app.extensions["engine_runtime"]
+        total = count_customers(rt.session_factory)
+        summary = {"reconciled": 0, "changed": 0, "failed": 0}
+        drift: dict[str, int] = {}
+        after = ""
+        with click.progressbar(length=total, label="reconciling", show_pos=True) as bar:
+            while True:
+                ids = all_customer_ids(rt.session_factory, after=after, limit=chunk)
+                if not ids:
+                    break
+                result = reconcile_customers(ids, runtime=rt, cause_kind="operator", max_wait_s=120)
+                for key in summary:
+                    summary[key] += getattr(result, key)
+                for kind, n in (result.drift or {}).items():
+                    drift[kind] = drift.get(kind, 0) + n
+                bar.update(len(ids))
+                after = ids[-1]
+        click.echo(
+            f"{summary['reconciled']} reconciled, {summary['changed']} changed, {summary['failed']} failed; "
+            f"drift repaired: {', '.join(f'{k}={v}' for k, v in sorted(drift.items())) or 'none'}"
+        )
+
+    @app.cli.command("drift-report")
+    @click.option("--since", "since", default="24h", show_default=True, help="window start, as a duration ago")
+    @click.option("--until", "until", default="0s", show_default=True, help="window end, as a duration ago")
+    @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+    def drift_report_command(since: str, until: str, as_json: bool) -> None:
+        """Drift the sweep found and repaired in a time window, by kind, with recent examples."""
+        from engine.adapters.sweep import drift_examples, drift_report
+
+        rt = current_app.extensions["engine_runtime"]
+        now = wall_clock_ms()
+        since_ms, until_ms = now - parse_duration_s(since) * 1000, now - parse_duration_s(until) * 1000
+        rows = drift_report(rt.session_factory, since_ms=since_ms, until_ms=until_ms)
+        examples = drift_examples(rt.session_factory, since_ms=since_ms, until_ms=until_ms)
+        if as_json:
+            click.echo(json.dumps({
+                "since_ms": since_ms, "until_ms": until_ms,
+                "kinds": [{"drift_kind": r.drift_kind, "repairs": r.repairs, "customers": r.customers} for r in rows],
+                "examples": [{"at_ms": e.at_ms, "customer_id": e.customer_id, "resource": e.resource,
+                              "action": e.action, "drift_kind": e.drift_kind} for e in examples],
+            }, indent=2))
+            return
+        click.echo(f"drift repaired between {since} ago and {until} ago")
+        if not rows:
+            click.echo("  none")
+        for r in rows:
+            click.echo(f"  {r.drift_kind:<20} {r.repairs:>6} repairs  {r.customers:>6} customers")
+        for e in examples:
+            click.echo(f"  e.g. {e.customer_id} {e.resource}: {e.action} ({e.drift_kind})")
+
+    @app.cli.command("sweep")
+    @click.option("--dry-run", is_flag=True, help="show what the sweep would change, change nothing")
+    @click.option("--limit", default=100, show_default=True)
+    def sweep_command(dry_run: bool, limit: int) -> None:
+        """Run one sweep now: the customers due for a check (dry run: report only)."""
+        from engine.adapters.sweep import dry_run_unit_of_work, peek_due, reconcile_customers, select_due
+
+        rt = current_app.extensions["engine_runtime"]
+        now = wall_clock_ms()
+        if not dry_run:
+            ids = select_due(rt.session_factory, now_ms=now, limit=limit, lease_ms=15 * 60 * 1000)
+            result = reconcile_customers(ids, runtime=rt)
+            click.echo(f"{result.reconciled} reconciled, {result.changed} changed; drift: {result.drift or 'none'}")
+            return
+        ids = peek_due(rt.session_factory, now_ms=now, limit=limit)
+        provider = rt.budgeted_provider("sweep", max_wait_s=60)
+        would_change = 0
+        for customer_id in ids:
+            outcome = reconcile_user(customer_id, provider=provider, unit_of_work=dry_run_unit_of_work(rt.session_factory),
+                                     catalog=rt.catalog, now_ms=now, cause=Cause("sweep"), policy=rt.policy)
+            for action in outcome.actions:
+                would_change += 1
+                click.echo(f"{customer_id}: {_describe(action)} [{action.drift_kind}]")
+        click.echo(f"dry run: {len(ids)} customers due, {would_change} changes would be made (none were)")

@@ -36,6 +36,19 @@ def select_due(factory: sessionmaker[Session], *, now_ms: int, limit: int, lease
     return ids
 
 
+def peek_due(factory: sessionmaker[Session], *, now_ms: int, limit: int) -> list[str]:
+    """The customers a sweep would select now, without leasing them (dry runs)."""
+    with factory() as session:
+        return list(
+            session.scalars(
+                select(Subscriber.customer_id)
+                .where(Subscriber.next_check_ms <= now_ms)
+                .order_by(Subscriber.next_check_ms)
+                .limit(limit)
+            )
+        )
+
+
 def customers_with_due_expiry(factory: sessionmaker[Session], *, now_ms: int, limit: int = 1000) -> list[str]:
     """Customers holding a grant whose expiry has passed (revoked from the ledger, no provider call)."""
     with factory() as session:

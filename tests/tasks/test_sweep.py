@@ -1,0 +1,192 @@
+"""The sweep: selection by index, healing drift, counting and reporting it, cheap no-ops,
+expiry without provider calls, beat check-ins, a single beat, and the operator commands."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+
+import redis as redis_lib
+from sqlalchemy import event, func, select, update
+
+from engine.adapters.embedded_redis import redis_url
+from engine.adapters.inbox import process_inbox_event, unit_of_work
+from engine.adapters.models import AuditEntry, Grant, LedgerTransaction, ProviderSnapshot, Subscriber
+from engine.adapters.runtime import wall_clock_ms
+from engine.adapters.sweep import reconcile_customers, select_due
+from engine.ports import Cause
+from engine.reconcile import reconcile_user
+from tasks.celery_app import create_celery
+from tests.conftest import WEBHOOK_AUTH
+from tests.support import settings_env, wait_for
+from config.settings import PROJECT_ROOT
+
+
+def known_customer(client, runtime, simulator, user: str, product: str = "premium_monthly") -> dict:
+    """A customer whose purchase webhook arrived and was processed."""
+    body = (simulator.state.purchase_non_renewing(user, product) if product == "h01enb"
+            else simulator.state.purchase_subscription(user, product))
+    response = client.post("/webhooks/revenuecat", json=body, headers={"Authorization": WEBHOOK_AUTH})
+    process_inbox_event(response.json["inbox_id"], runtime.event_processing(), final_attempt=False)
+    return body
+
+
+def count(runtime, model) -> int:
+    with runtime.session_factory() as session:
+        return session.scalar(select(func.count()).select_from(model))
+
+
+def set_next_check(runtime, values: dict[str, int]) -> None:
+    with runtime.session_factory() as session, session.begin():
+        for customer_id, at in values.items():
+            session.execute(update(Subscriber).where(Subscriber.customer_id == customer_id).values(next_check_ms=at))
+
+
+def test_selection_takes_the_most_overdue_first_and_leases_them(client, runtime, simulator):
+    for user in ["a", "b", "c", "d"]:
+        known_customer(client, runtime, simulator, user)
+    now = wall_clock_ms()
+    set_next_check(runtime, {"a": now - 10, "b": now - 1000, "c": now + 60_000, "d": now - 500})
+    assert select_due(runtime.session_factory, now_ms=now, limit=2, lease_ms=60_000) == ["b", "d"]
+    assert select_due(runtime.session_factory, now_ms=now, limit=10, lease_ms=60_000) == ["a"]
+    assert select_due(runtime.session_factory, now_ms=now, limit=10, lease_ms=60_000) == []
+
+
+def test_sweep_heals_lost_webhooks_and_counts_reports_and_audits_the_drift(client, runtime, simulator, sentry_events):
+    course = known_customer(client, runtime, simulator, "alice", "h01enb")
+    known_customer(client, runtime, simulator, "bob")
+    # Lost webhooks: alice's course is refunded, bob buys a second product; nobody tells us.
+    simulator.state.refund("alice", course["event"]["transaction_id"])
+    simulator.state.purchase_non_renewing("bob", "geometry_pack_30")
+    result = reconcile_customers(["alice", "bob"], runtime=runtime)
+    assert (result.reconciled, result.changed) == (2, 2)
+    assert result.drift == {"missed_revocation": 1, "missed_grant": 1}
+    with runtime.session_factory() as session:
+        audit = session.execute(select(AuditEntry.customer_id, AuditEntry.action, AuditEntry.drift_kind, AuditEntry.cause_kind)
+                                .where(AuditEntry.drift_kind.is_not(None)).order_by(AuditEntry.customer_id)).all()
+    assert audit == [("alice", "revoke", "missed_revocation", "sweep"), ("bob", "grant", "missed_grant", "sweep")]
+    counters = runtime.metrics.counters()
+    assert counters['engine_drift_repaired_total{kind="missed_revocation"}'] == 1
+    assert counters['engine_drift_repaired_total{kind="missed_grant"}'] == 1
+    events = {e["tags"]["app_user_id"]: e for e in sentry_events.items("event")}
+    assert events["alice"]["tags"]["drift_kind"] == "missed_revocation"
+    assert events["alice"]["fingerprint"] == ["entitlement-drift", "missed_revocation"]
+    assert events["bob"]["fingerprint"] == ["entitlement-drift", "missed_grant"]
+    # A second sweep finds nothing left to repair.
+    again = reconcile_customers(["alice", "bob"], runtime=runtime)
+    assert (again.changed, again.drift) == (0, {})
+
+
+def test_an_unchanged_snapshot_costs_no_writes_beyond_the_check_time(client, runtime, simulator):
+    known_customer(client, runtime, simulator, "alice")
+    writes: list[str] = []
+
+    def record(conn, cursor, statement, *args):  # noqa: ANN001
+        if re.match(r"\s*(INSERT|UPDATE|DELETE)", statement, re.I):
+            writes.append(statement.split()[0].upper() + " " + re.search(r"(?:INTO|UPDATE|FROM)\s+(\w+)", statement, re.I).group(1))
+
+    event.listen(runtime.db, "before_cursor_execute", record)
+    try:
+        reconcile_user("alice", provider=runtime.provider, unit_of_work=unit_of_work(runtime.session_factory),
+                       catalog=runtime.catalog, now_ms=wall_clock_ms(), cause=Cause("sweep"), policy=runtime.policy)
+    finally:
+        event.remove(runtime.db, "before_cursor_execute", record)
+    assert writes == ["UPDATE subscribers"]
+    assert count(runtime, ProviderSnapshot) == 1 and count(runtime, AuditEntry) == 1
+
+
+def test_expired_grants_are_revoked_at_expiry_without_a_provider_call(client, runtime, simulator, settings):
+    known_customer(client, runtime, simulator, "alice")
+    with runtime.session_factory() as session, session.begin():
+        session.execute(update(Grant).values(expires_ms=wall_clock_ms() - 1))
+        session.execute(update(LedgerTransaction).values(expires_ms=wall_clock_ms() - 1))
+    before = simulator.state.request_count
+    app = create_celery(settings)
+    assert app.tasks["engine.expire_grants"].apply().get() == 1
+    assert count(runtime, Grant) == 0 and simulator.state.request_count == before
+    with runtime.session_factory() as session:
+        assert session.scalar(select(AuditEntry.cause_kind).where(AuditEntry.action == "revoke")) == "expiry"
+
+
+def test_beat_jobs_send_cron_check_ins(settings, runtime, sentry_events):
+    app = create_celery(settings)
+    for name in ["engine.sweep", "engine.redrive_inbox", "engine.expire_grants"]:
+        app.tasks[name].apply().get()
+    check_ins = [(c["monitor_slug"], c["status"]) for c in sentry_events.items("check_in")]
+    for slug in ["engine-sweep", "engine-redrive-inbox", "engine-expire-grants"]:
+        assert (slug, "in_progress") in check_ins and (slug, "ok") in check_ins
+
+
+def test_sweep_task_fans_out_due_customers_within_the_budget(client, runtime, simulator, settings):
+    for user in ["a", "b", "c"]:
+        known_customer(client, runtime, simulator, user)
+    set_next_check(runtime, {"a": 0, "b": 0, "c": 0})
+    small = settings.with_(provider_rate_per_minute=3)  # sweep share: 2 per minute
+    app = create_celery(small)
+    assert app.tasks["engine.sweep"].apply().get() == 2
+    queued = redis_lib.Redis.from_url(redis_url(settings)).lrange("sweep", 0, -1)
+    assert [json.loads(m)["headers"]["task"] for m in queued] == ["engine.reconcile_batch"]
+
+
+def test_only_one_of_two_beats_schedules(settings, runtime, tmp_path):
+    fast = settings.with_(sweep_interval_s=1, beat_lock_ttl_s=3)
+    env = settings_env(fast)
+    env.update({"SWEEP_INTERVAL_S": "1", "BEAT_LOCK_TTL_S": "3"})
+    client = redis_lib.Redis.from_url(redis_url(settings))
+    client.delete("sweep", "celery")
+
+    def beat(n: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tasks.worker", "beat", "--loglevel=INFO", f"--schedule={tmp_path / f'beat{n}'}"],
+            cwd=PROJECT_ROOT, env=env, stdout=open(tmp_path / f"beat{n}.log", "wb"), stderr=subprocess.STDOUT)
+
+    def sweeps() -> int:
+        return sum(1 for m in client.lrange("celery", 0, -1) if json.loads(m)["headers"]["task"] == "engine.sweep")
+
+    first, second = beat(1), beat(2)
+    try:
+        wait_for(lambda: sweeps() >= 1, timeout=20, what="a first scheduled sweep")
+        start, t0 = sweeps(), time.monotonic()
+        time.sleep(4)
+        rate = (sweeps() - start) / (time.monotonic() - t0)
+        assert rate < 1.6, f"{rate:.2f} sweeps/s: both beats are scheduling"
+        owners = [n for n in (1, 2) if "acquired" in (tmp_path / f"beat{n}.log").read_text()]
+        assert len(owners) == 1
+        # The owner dies: the other takes over within the lock's time to live.
+        (first if owners == [1] else second).kill()
+        before = sweeps()
+        wait_for(lambda: sweeps() > before + 1, timeout=15, what="the standby beat to take over")
+    finally:
+        for proc in (first, second):
+            proc.kill()
+            proc.wait()
+
+
+def run_cli(settings, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flask", "--app", "web.app:create_app", *args], cwd=PROJECT_ROOT,
+                          env=settings_env(settings), capture_output=True, text=True, timeout=120)
+
+
+def test_operator_commands_dry_run_reconcile_all_and_drift_report(client, runtime, simulator, settings):
+    course = known_customer(client, runtime, simulator, "alice", "h01enb")
+    known_customer(client, runtime, simulator, "bob")
+    simulator.state.refund("alice", course["event"]["transaction_id"])
+    set_next_check(runtime, {"alice": 0, "bob": 0})
+
+    dry = run_cli(settings, "sweep", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "alice: revoke" in dry.stdout and "course:H01ENB" in dry.stdout and "1 changes would be made" in dry.stdout
+    assert count(runtime, Grant) == 2  # nothing changed
+
+    full = run_cli(settings, "reconcile-all")
+    assert full.returncode == 0, full.stderr
+    assert "2 reconciled, 1 changed, 0 failed; drift repaired: missed_revocation=1" in full.stdout
+    assert count(runtime, Grant) == 1
+
+    report = run_cli(settings, "drift-report", "--since", "1h", "--json")
+    assert json.loads(report.stdout)["kinds"] == [{"drift_kind": "missed_revocation", "repairs": 1, "customers": 1}]
+    one = run_cli(settings, "reconcile-user", "bob")
+    assert json.loads(one.stdout)["changes"] == []
