@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,14 +18,6 @@ def _bool(value: str | None, default: bool) -> bool:
     if value is None or value == "":
         return default
     return value.strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _int(value: str | None, default: int) -> int:
-    return default if value in (None, "") else int(value)
-
-
-def _float(value: str | None, default: float) -> float:
-    return default if value in (None, "") else float(value)
 
 
 @dataclass(frozen=True)
@@ -39,6 +31,9 @@ class Settings:
     revenuecat_webhook_auth: str = ""
     catalog_path: Path = PROJECT_ROOT / "config" / "catalog.toml"
     api_token: str = ""
+    # Signs the short-lived bearer tokens minted for one app_user_id (POST /v1/users/<id>/token);
+    # empty: user tokens are refused and only API_TOKEN is accepted.
+    user_token_secret: str = ""
     sentry_dsn: str = ""
     instance_path: Path = PROJECT_ROOT / "instance"
     # Operator choices.
@@ -56,35 +51,78 @@ class Settings:
     max_staleness_s: int = 24 * 3600
     sweep_interval_s: int = 60
     beat_lock_ttl_s: int = 30
+    # Open edX sink (engine/adapters/openedx.py): off unless the LMS URL and either OAuth2
+    # client credentials (a global-staff service user) or an API key are set.
+    openedx_lms_url: str = ""
+    openedx_client_id: str = ""
+    openedx_client_secret: str = ""
+    openedx_api_key: str = ""  # X-Edx-Api-Key (server-to-server); used instead of OAuth2 when set
+    sink_drain_interval_s: int = 10  # beat drains the sink outbox this often (and after each event)
+    sink_retry_backoff_max_s: int = 300  # cap of the backoff between tries of one outbox row
+
+    @property
+    def openedx_enabled(self) -> bool:
+        return bool(self.openedx_lms_url and (self.openedx_api_key or (self.openedx_client_id and self.openedx_client_secret)))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if environ is None else environ
         instance = Path(env.get("INSTANCE_PATH") or PROJECT_ROOT / "instance")
-        database_url = env.get("DATABASE_URL") or f"sqlite:///{instance / 'engine.sqlite3'}"
-        return cls(
-            database_url=database_url,
-            redis_url=env.get("REDIS_URL") or None,
-            revenuecat_api_url=(env.get("REVENUECAT_API_URL") or "https://api.revenuecat.com").rstrip("/"),
-            revenuecat_api_key=env.get("REVENUECAT_API_KEY", ""),
-            revenuecat_webhook_auth=env.get("REVENUECAT_WEBHOOK_AUTH", ""),
-            catalog_path=Path(env.get("CATALOG_PATH") or PROJECT_ROOT / "config" / "catalog.toml"),
-            api_token=env.get("API_TOKEN", ""),
-            sentry_dsn=env.get("SENTRY_DSN", ""),
-            instance_path=instance,
-            grant_sandbox=_bool(env.get("GRANT_SANDBOX"), False),
-            provider_connect_timeout_s=_float(env.get("PROVIDER_CONNECT_TIMEOUT_S"), 3.05),
-            provider_read_timeout_s=_float(env.get("PROVIDER_READ_TIMEOUT_S"), 10.0),
-            visibility_timeout_s=_int(env.get("CELERY_VISIBILITY_TIMEOUT_S"), 3600),
-            task_max_retries=_int(env.get("TASK_MAX_RETRIES"), 8),
-            retry_backoff_max_s=_int(env.get("RETRY_BACKOFF_MAX_S"), 600),
-            redrive_after_s=_int(env.get("REDRIVE_AFTER_S"), 60),
-            provider_rate_per_minute=_int(env.get("PROVIDER_RATE_PER_MINUTE"), 480),
-            max_staleness_s=_int(env.get("MAX_STALENESS_S"), 24 * 3600),
-            sweep_interval_s=_int(env.get("SWEEP_INTERVAL_S"), 60),
-            beat_lock_ttl_s=_int(env.get("BEAT_LOCK_TTL_S"), 30),
-        )
+        values: dict[str, object] = {
+            "instance_path": instance,
+            "database_url": env.get("DATABASE_URL") or f"sqlite:///{instance / 'engine.sqlite3'}",
+            "redis_url": env.get("REDIS_URL") or None,
+            "revenuecat_api_url": (env.get("REVENUECAT_API_URL") or "https://api.revenuecat.com").rstrip("/"),
+            "catalog_path": Path(env.get("CATALOG_PATH") or PROJECT_ROOT / "config" / "catalog.toml"),
+        }
+        for name, (var, parse) in ENV_VARS.items():
+            raw = env.get(var)
+            if raw not in (None, ""):
+                values[name] = parse(raw)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def to_env(self) -> dict[str, str]:
+        """The environment variables that rebuild these Settings in a child process."""
+        env = {
+            "INSTANCE_PATH": str(self.instance_path),
+            "DATABASE_URL": self.database_url,
+            "REVENUECAT_API_URL": self.revenuecat_api_url,
+            "CATALOG_PATH": str(self.catalog_path),
+        }
+        if self.redis_url:
+            env["REDIS_URL"] = self.redis_url
+        for name, (var, _parse) in ENV_VARS.items():
+            value = getattr(self, name)
+            env[var] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        return env
 
     def with_(self, **changes: object) -> "Settings":
         """A copy with some fields changed (tests and the demo use this)."""
         return replace(self, **changes)  # type: ignore[arg-type]
+
+
+# Field -> (environment variable, parser) for every setting read the same simple way.
+ENV_VARS: dict[str, tuple[str, Callable[[str], object]]] = {
+    "revenuecat_api_key": ("REVENUECAT_API_KEY", str),
+    "revenuecat_webhook_auth": ("REVENUECAT_WEBHOOK_AUTH", str),
+    "api_token": ("API_TOKEN", str),
+    "user_token_secret": ("USER_TOKEN_SECRET", str),
+    "sentry_dsn": ("SENTRY_DSN", str),
+    "grant_sandbox": ("GRANT_SANDBOX", lambda v: _bool(v, False)),
+    "provider_connect_timeout_s": ("PROVIDER_CONNECT_TIMEOUT_S", float),
+    "provider_read_timeout_s": ("PROVIDER_READ_TIMEOUT_S", float),
+    "visibility_timeout_s": ("CELERY_VISIBILITY_TIMEOUT_S", int),
+    "task_max_retries": ("TASK_MAX_RETRIES", int),
+    "retry_backoff_max_s": ("RETRY_BACKOFF_MAX_S", int),
+    "redrive_after_s": ("REDRIVE_AFTER_S", int),
+    "provider_rate_per_minute": ("PROVIDER_RATE_PER_MINUTE", int),
+    "max_staleness_s": ("MAX_STALENESS_S", int),
+    "sweep_interval_s": ("SWEEP_INTERVAL_S", int),
+    "beat_lock_ttl_s": ("BEAT_LOCK_TTL_S", int),
+    "openedx_lms_url": ("OPENEDX_LMS_URL", lambda v: v.rstrip("/")),
+    "openedx_client_id": ("OPENEDX_CLIENT_ID", str),
+    "openedx_client_secret": ("OPENEDX_CLIENT_SECRET", str),
+    "openedx_api_key": ("OPENEDX_API_KEY", str),
+    "sink_drain_interval_s": ("SINK_DRAIN_INTERVAL_S", int),
+    "sink_retry_backoff_max_s": ("SINK_RETRY_BACKOFF_MAX_S", int),
+}

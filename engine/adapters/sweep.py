@@ -62,6 +62,23 @@ def customers_with_due_expiry(factory: sessionmaker[Session], *, now_ms: int, li
         )
 
 
+def track_customers(factory: sessionmaker[Session], customer_ids: list[str], *, now_ms: int) -> int:
+    """Make customers known to the sweep (an operator's user list), due for a check now."""
+    from engine.adapters.store import SqlLedgerStore
+
+    added = 0
+    with factory() as session, session.begin():
+        store = SqlLedgerStore(session)
+        existing = set(session.scalars(select(Subscriber.customer_id).where(Subscriber.customer_id.in_(customer_ids))))
+        for customer_id in customer_ids:
+            if customer_id not in existing:
+                store.lock_customer(customer_id)
+                store.record_identities({customer_id: customer_id})
+                added += 1
+        session.execute(update(Subscriber).where(Subscriber.customer_id.in_(customer_ids)).values(next_check_ms=now_ms))
+    return added
+
+
 def all_customer_ids(factory: sessionmaker[Session], *, after: str = "", limit: int = 1000) -> list[str]:
     with factory() as session:
         return list(

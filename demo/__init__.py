@@ -1,0 +1,1 @@
+"""The demo: lost, duplicated and reordered webhooks, healed by the sweep (``python -m demo``)."""

@@ -1,0 +1,37 @@
+"""Starting a real Celery worker process (the demo and the tests use it)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Mapping
+
+from config.settings import PROJECT_ROOT
+
+
+@contextmanager
+def celery_worker(env: Mapping[str, str], instance_path: Path, *, concurrency: int = 1, log_path: Path | None = None) -> Iterator[subprocess.Popen]:
+    """A ``celery worker`` process (prefork, queues celery and sweep); stopped on exit."""
+    log = open(log_path or instance_path / "worker.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker", "--pool=prefork", f"--concurrency={concurrency}",
+         "--loglevel=INFO", "--without-mingle", "--without-gossip", "-Q", "celery,sweep",
+         "-n", f"w{os.getpid()}-{time.monotonic_ns()}@%h"],
+        cwd=PROJECT_ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
