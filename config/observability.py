@@ -20,7 +20,8 @@ def init_sentry(settings: Settings, *, component: str, transport: object | None 
     sentry_sdk.init(
         dsn=settings.sentry_dsn or None,
         transport=transport,  # type: ignore[arg-type]
-        integrations=[CeleryIntegration(monitor_beat_tasks=True)],
+        # Beat jobs send their own check-ins (tasks/jobs.py, sentry_sdk.monitor): one monitor per job.
+        integrations=[CeleryIntegration(monitor_beat_tasks=False)],
         server_name=component,
         send_default_pii=False,
         traces_sample_rate=0.0,

@@ -1,5 +1,10 @@
-"""Worker entry module: ``celery -A tasks.worker worker`` / ``celery -A tasks.worker beat``."""
+"""Worker and beat entry module: ``celery -A tasks.worker worker`` / ``celery -A tasks.worker beat``."""
 
-from tasks.celery_app import default_app
+from config.observability import configure_logging, init_sentry
+from config.settings import Settings
+from tasks.celery_app import create_celery
 
-app = default_app()
+settings = Settings.from_env()
+configure_logging()
+init_sentry(settings, component="worker")
+app = create_celery(settings)
