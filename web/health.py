@@ -37,8 +37,14 @@ def readyz():  # noqa: ANN201
 
 @bp.get("/metrics")
 def metrics():  # noqa: ANN201
+    """Prometheus text: counters shared by every process (drift repaired by kind, reconciles,
+    sweep selections) and gauges read from the database (inbox by status, subscribers due)."""
+    from engine.adapters.metrics import render
+    from engine.adapters.runtime import wall_clock_ms
+    from engine.adapters.sweep import count_due
+
     runtime = current_app.extensions["engine_runtime"]
-    lines = ["# HELP engine_inbox_events Webhooks in the inbox by status.", "# TYPE engine_inbox_events gauge"]
-    for status, count in sorted(inbox_counts(runtime.session_factory).items()):
-        lines.append(f'engine_inbox_events{{status="{status}"}} {count}')
-    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
+    gauges = {f'engine_inbox_events{{status="{status}"}}': n for status, n in inbox_counts(runtime.session_factory).items()}
+    gauges["engine_subscribers_due"] = count_due(runtime.session_factory, now_ms=wall_clock_ms())
+    gauges["engine_provider_requests_in_window"] = runtime.budget.used_in_window()
+    return Response(render(runtime.metrics.counters(), gauges), mimetype="text/plain; version=0.0.4")

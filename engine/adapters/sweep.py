@@ -88,6 +88,11 @@ def all_customer_ids(factory: sessionmaker[Session], *, after: str = "", limit: 
         )
 
 
+def count_due(factory: sessionmaker[Session], *, now_ms: int) -> int:
+    with factory() as session:
+        return int(session.scalar(select(func.count()).select_from(Subscriber).where(Subscriber.next_check_ms <= now_ms)) or 0)
+
+
 def count_customers(factory: sessionmaker[Session]) -> int:
     with factory() as session:
         return int(session.scalar(select(func.count()).select_from(Subscriber)) or 0)

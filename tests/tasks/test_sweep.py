@@ -190,3 +190,13 @@ def test_operator_commands_dry_run_reconcile_all_and_drift_report(client, runtim
     assert json.loads(report.stdout)["kinds"] == [{"drift_kind": "missed_revocation", "repairs": 1, "customers": 1}]
     one = run_cli(settings, "reconcile-user", "bob")
     assert json.loads(one.stdout)["changes"] == []
+
+
+def test_metrics_expose_drift_counters_and_gauges(client, runtime, simulator):
+    course = known_customer(client, runtime, simulator, "alice", "h01enb")
+    simulator.state.refund("alice", course["event"]["transaction_id"])
+    reconcile_customers(["alice"], runtime=runtime)
+    text = client.get("/metrics").data.decode()
+    assert 'engine_drift_repaired_total{kind="missed_revocation"} 1' in text
+    assert 'engine_inbox_events{status="processed"} 1' in text
+    assert "# TYPE engine_subscribers_due gauge" in text
