@@ -29,6 +29,8 @@ def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     database_url = env.database_url
     if database_url.startswith("sqlite"):
         database_url = f"sqlite:///{instance / 'test.sqlite3'}"
+    else:
+        database_url = _private_schema(database_url)
     settings = env.with_(
         instance_path=instance,
         database_url=database_url,
@@ -40,6 +42,30 @@ def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     )
     upgrade_database(settings)
     return settings
+
+
+def _private_schema(url: str) -> str:
+    """A fresh PostgreSQL schema for this test run (dropped at exit): leftovers from other runs,
+    or runs at the same time, cannot interfere. Child processes get it through the URL."""
+    import atexit
+    import os
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    schema = f"test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(url)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+
+    def drop() -> None:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+    atexit.register(drop)
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}options=-csearch_path%3D{schema}"
 
 
 @pytest.fixture
