@@ -1,0 +1,73 @@
+"""Fixtures for the course sink: a fake Open edX LMS over HTTP, settings and a runtime using
+it, the course mapping imported, and helpers to reconcile and drain."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import pytest
+
+from config.settings import Settings
+from engine.adapters.course_catalog import import_course_mappings
+from engine.adapters.inbox import unit_of_work
+from engine.adapters.outbox import DrainResult, drain_outbox
+from engine.adapters.runtime import Runtime, runtime_for, wall_clock_ms
+from engine.ports import Cause
+from engine.reconcile import ReconcileOutcome, reconcile_user
+from engine.simulator.openedx_lms import LmsServer, LmsState
+
+COURSE = "course-v1:HypnoElp+H01ENB+2024"
+CLIENT_ID, CLIENT_SECRET = "engine-sink", "s3cret"
+LEARNERS = ("alice", "bob", "carol")
+
+
+@pytest.fixture
+def lms() -> Iterator[LmsServer]:
+    state = LmsState()
+    state.add_client(CLIENT_ID, CLIENT_SECRET, service_user="engine_worker", staff=True)
+    state.add_course(COURSE)
+    for username in LEARNERS:
+        state.add_user(username)
+    server = LmsServer(state).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def lms_settings(settings: Settings, lms: LmsServer) -> Settings:
+    return settings.with_(openedx_lms_url=lms.url, openedx_client_id=CLIENT_ID, openedx_client_secret=CLIENT_SECRET)
+
+
+@pytest.fixture
+def lms_runtime(lms_settings: Settings) -> Iterator[Runtime]:
+    rt = runtime_for(lms_settings)
+    yield rt
+    rt.close()
+
+
+def mapping_csv(mode: str = "professional", on_revoke: str = "audit", *, active: bool = True, expires_at: str = "") -> str:
+    return (
+        "resource,course_run_id,mode,active,expires_at,on_revoke\n"
+        f"course:H01ENB,{COURSE},{mode},{'true' if active else 'false'},{expires_at},{on_revoke}\n"
+    )
+
+
+def map_course(rt: Runtime, **kwargs: object) -> None:
+    import_course_mappings(rt.session_factory, mapping_csv(**kwargs), known_resources=None, replace=True,  # type: ignore[arg-type]
+                           now_ms=wall_clock_ms())
+
+
+def sync(rt: Runtime, app_user_id: str, *, cause: Cause = Cause("request")) -> ReconcileOutcome:
+    """Reconcile one user from the provider (the simulator) now."""
+    return reconcile_user(app_user_id, provider=rt.provider, unit_of_work=unit_of_work(rt.session_factory),
+                          catalog=rt.catalog, now_ms=wall_clock_ms(), cause=cause, policy=rt.policy)
+
+
+def drain(rt: Runtime, *, clock: Callable[[], int] = wall_clock_ms, customer_id: str | None = None) -> DrainResult:
+    assert rt.course_sink is not None
+    return drain_outbox(rt.session_factory, rt.course_sink, clock_ms=clock, customer_id=customer_id, jitter=lambda: 0.0)
+
+
+def one_time_tx(simulator, app_user_id: str, product: str = "h01enb") -> str:
+    body = simulator.state.subscriber(app_user_id)[1]
+    return body["subscriber"]["non_subscriptions"][product][-1]["store_transaction_id"]
