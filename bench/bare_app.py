@@ -1,0 +1,26 @@
+"""The baseline for bench/intake.py: a bare Flask endpoint that only parses the JSON body.
+
+Same route as the intake, so the same load generator drives both; nothing is stored or queued.
+Run under gunicorn as ``bench.bare_app:create_app()``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from flask import Flask, jsonify, request
+
+
+def create_app() -> Flask:
+    app = Flask(__name__)
+
+    @app.post("/webhooks/revenuecat")
+    def webhook():  # noqa: ANN202
+        event = json.loads(request.get_data(cache=False))["event"]
+        return jsonify(status="parsed", event_id=event["id"]), 200
+
+    @app.get("/healthz")
+    def healthz():  # noqa: ANN202
+        return jsonify(status="ok")
+
+    return app
