@@ -5,6 +5,8 @@ Loaded from TOML (design.md, "Products and what they grant"). Pure: parsing and 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +77,7 @@ class Product:
 class Catalog:
     products: Mapping[str, Product]
     mode_rank: tuple[str, ...] = DEFAULT_MODE_RANK
+    digest: str = ""  # identifies the catalog's content: projections made under another are stale
 
     def __post_init__(self) -> None:
         by_store: dict[str, Product] = {}
@@ -183,7 +186,8 @@ def parse_catalog(data: Mapping[str, Any]) -> Catalog:
         mode_rank = list(DEFAULT_MODE_RANK)
     if problems:
         raise CatalogError(problems)
-    return Catalog(products=products, mode_rank=tuple(mode_rank))
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Catalog(products=products, mode_rank=tuple(mode_rank), digest=digest)
 
 
 def load_catalog(path: Path) -> Catalog:

@@ -31,6 +31,8 @@ class CustomerState:
     last_snapshot_ms: int | None
     snapshot_digest: str | None
     dirty: bool
+    next_change_ms: int | None = None  # when the last projection changes by itself
+    projection_key: str | None = None  # the catalog and policy it was computed under
 
 
 class SubscriberSource(Protocol):
@@ -52,7 +54,8 @@ class LedgerStore(Protocol):
 
     def save_transactions(self, transactions: Sequence[Transaction]) -> None: ...
 
-    def save_snapshot(self, customer_id: str, request_ms: int, digest: str, body: Mapping[str, Any]) -> None: ...
+    def save_snapshot(self, customer_id: str, request_ms: int, digest: str, body: Mapping[str, Any]) -> None:
+        """Keep the snapshot; the customer's latest-snapshot marks are written by the next mark_checked."""
 
     def granted(self, customer_id: str) -> list[Access]: ...
 
@@ -60,4 +63,13 @@ class LedgerStore(Protocol):
 
     def record_unknown_products(self, customer_id: str, product_ids: Sequence[str], now_ms: int) -> None: ...
 
-    def mark_checked(self, customer_id: str, *, now_ms: int, next_check_ms: int, dirty: bool) -> None: ...
+    def mark_checked(
+        self,
+        customer_id: str,
+        *,
+        now_ms: int,
+        next_check_ms: int,
+        dirty: bool,
+        projection: tuple[int | None, str] | None = None,
+    ) -> None:
+        """Record the check; ``projection`` = (next_change_ms, projection_key) when one was computed."""

@@ -41,6 +41,10 @@ class ReconcilePolicy:
     grant_sandbox: bool = False
     max_staleness_ms: int = 24 * 3600 * 1000
 
+    def projection_key(self, catalog: Catalog) -> str:
+        """What a projection depends on besides the ledger and the clock."""
+        return f"{catalog.digest}:{int(self.grant_sandbox)}"
+
 
 def next_check_ms(
     projection: Projection,
@@ -106,9 +110,18 @@ def reconcile_user(
     customer_id = snapshot.customer_id
     with unit_of_work() as store:
         state = store.lock_customer(customer_id)
-        store.record_identities({app_user_id: customer_id, customer_id: customer_id})
+        if app_user_id != customer_id or state.last_snapshot_ms is None:
+            store.record_identities({app_user_id: customer_id, customer_id: customer_id})
         stale = state.last_snapshot_ms is not None and snapshot.request_ms < state.last_snapshot_ms
         unchanged = state.snapshot_digest == snapshot.digest and not state.dirty
+        key = policy.projection_key(catalog)
+        if unchanged and state.projection_key == key and (state.next_change_ms is None or now_ms < state.next_change_ms):
+            # Fast path: the purchases, the catalog and the policy are as they were when the
+            # grants were last converged, and no expiry has come due since: nothing to compute.
+            last = Projection((), (), state.next_change_ms)
+            check_at = next_check_ms(last, (), now_ms, policy, dirty=False)
+            store.mark_checked(customer_id, now_ms=now_ms, next_check_ms=check_at, dirty=False)
+            return ReconcileOutcome(customer_id, (), (), False, check_at)
         named = [o.transaction_id for o in snapshot.observations]
         known = store.transactions([customer_id], named)
         changed: list[Transaction] = []
@@ -120,7 +133,8 @@ def reconcile_user(
         owned = [t for t in merged.values() if t.owner == customer_id]
         projection, actions = converge(store, customer_id, owned, catalog, now_ms, cause, policy)
         check_at = next_check_ms(projection, owned, now_ms, policy, dirty=False)
-        store.mark_checked(customer_id, now_ms=now_ms, next_check_ms=check_at, dirty=False)
+        store.mark_checked(customer_id, now_ms=now_ms, next_check_ms=check_at, dirty=False,
+                           projection=(projection.next_change_ms, key))
     return ReconcileOutcome(customer_id, tuple(actions), projection.unknown_products, bool(changed), check_at)
 
 

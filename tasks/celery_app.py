@@ -67,6 +67,10 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
         "redrive-inbox": {"task": "engine.redrive_inbox", "schedule": redrive_every, "options": {"expires": redrive_every}},
         "sweep": {"task": "engine.sweep", "schedule": sweep_every, "options": {"expires": sweep_every}},
         "expire-grants": {"task": "engine.expire_grants", "schedule": expire_every, "options": {"expires": expire_every}},
+        # LMS changes are also drained right after each event; this is the net under that.
+        **({"drain-sink-outbox": {"task": "engine.drain_sink_outbox", "schedule": float(settings.sink_drain_interval_s),
+                                  "options": {"expires": float(settings.sink_drain_interval_s)}}}
+           if settings.openedx_enabled else {}),
     }
 
 

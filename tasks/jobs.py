@@ -12,6 +12,7 @@ from celery import Celery, Task
 import sentry_sdk
 
 from engine.adapters.inbox import process_inbox_event, rows_to_redrive
+from engine.adapters.outbox import drain_outbox, enqueue_expired_mappings, repair_lms_drift
 from engine.adapters.runtime import runtime_for, wall_clock_ms
 from engine.adapters.sweep import customers_with_due_expiry, reconcile_customers, select_due
 from engine.errors import TransientError
@@ -51,6 +52,17 @@ def retry_countdown(retries: int, retry_after_s: float | None, cap_s: int) -> fl
     return min(backoff, cap_s)
 
 
+def _drain_sinks_after_commit(app: Celery, settings: Any, outcomes: Any) -> None:
+    """Send the LMS the changes just committed (their outbox rows); the beat drain is the net."""
+    if not settings.openedx_enabled:
+        return
+    for customer_id in sorted({o.customer_id for o in outcomes if o.actions}):
+        try:
+            app.send_task("engine.drain_sink_outbox", args=(customer_id,))
+        except Exception as exc:  # noqa: BLE001 - broker down: the beat drain picks the rows up
+            log.warning("could not enqueue the sink drain for %s: %s", customer_id, exc)
+
+
 def register(app: Celery) -> None:
     settings = app.conf.engine_settings
 
@@ -59,10 +71,12 @@ def register(app: Celery) -> None:
         rt = runtime_for(settings)
         final = self.request.retries >= self.max_retries
         try:
-            return process_inbox_event(inbox_id, rt.event_processing(), final_attempt=final).status
+            result = process_inbox_event(inbox_id, rt.event_processing(), final_attempt=final)
         except TransientError as exc:
             countdown = retry_countdown(self.request.retries, exc.retry_after_s, settings.retry_backoff_max_s)
             raise self.retry(exc=exc, countdown=countdown)
+        _drain_sinks_after_commit(self.app, settings, result.outcomes)
+        return result.status
 
     @_task(app, "engine.redrive_inbox", bind=True)
     @sentry_sdk.monitor(monitor_slug="engine-redrive-inbox")
@@ -97,6 +111,8 @@ def register(app: Celery) -> None:
     def reconcile_batch(customer_ids: list[str]) -> dict[str, object]:
         """Reconcile a chunk of customers for the sweep (drift is counted and reported)."""
         result = reconcile_customers(list(customer_ids), runtime=runtime_for(settings))
+        for customer_id in result.lms_repairs:  # LMS repairs were queued after their commit: send them
+            app.send_task("engine.drain_sink_outbox", kwargs={"customer_id": customer_id})
         return {"reconciled": result.reconciled, "changed": result.changed, "drift": result.drift,
                 "failed": result.failed, "deferred": len(result.deferred or [])}
 
@@ -112,3 +128,30 @@ def register(app: Celery) -> None:
                                          now_ms=now, cause=Cause("expiry"), policy=rt.policy)
             changed += len(actions)
         return changed
+
+    @_task(app, "engine.drain_sink_outbox", bind=True, max_retries=settings.task_max_retries)
+    def drain_sink_outbox(self: Task, customer_id: str | None = None) -> int:
+        """Send pending LMS enrollment changes: one customer's (after its event) or all due (beat)."""
+        rt = runtime_for(settings)
+        if rt.course_sink is None:
+            return 0
+        if customer_id is None:
+            enqueue_expired_mappings(rt.session_factory, now_ms=wall_clock_ms())
+        result = drain_outbox(rt.session_factory, rt.course_sink, clock_ms=wall_clock_ms, customer_id=customer_id,
+                              backoff_cap_ms=settings.sink_retry_backoff_max_s * 1000)
+        if customer_id is not None and result.deferred and result.next_attempt_ms is not None \
+                and self.request.retries < self.max_retries:
+            raise self.retry(countdown=max(1.0, (result.next_attempt_ms - wall_clock_ms()) / 1000))
+        return result.sent
+
+    @_task(app, "engine.repair_lms_drift", bind=True)
+    def repair_lms_drift_task(self: Task, customer_id: str) -> dict[str, int]:
+        """Read one customer's LMS enrollments back and repair drift (counted like provider drift)."""
+        rt = runtime_for(settings)
+        if rt.course_sink is None:
+            return {}
+        result = repair_lms_drift(rt.session_factory, rt.course_sink, customer_id, now_ms=wall_clock_ms())
+        if result.drift:
+            rt.metrics.incr_many([("engine_drift_repaired_total", {"kind": k}, n) for k, n in result.drift.items()])
+            self.app.send_task("engine.drain_sink_outbox", args=(customer_id,))
+        return result.drift

@@ -2,44 +2,50 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from flask import Blueprint, current_app, jsonify, request
 
-from flask import Blueprint, current_app, jsonify
-from sqlalchemy import or_, select
-
-from engine.adapters.models import Grant, Identity
+from engine.adapters.client_service import AccessView, current_access
+from engine.adapters.notifications import wait_for_change
 from engine.adapters.runtime import wall_clock_ms
-from engine.adapters.store import grant_to_access
-from web.auth import require_api_token
+from engine.client_flows import InvalidRequest, access_entries, access_version, app_user_id_problem, iso_ms, parse_wait
+from web.auth import require_user_access
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 
-
-def iso_ms(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+__all__ = ["bp", "iso_ms"]
 
 
 @bp.get("/users/<path:app_user_id>/access")
-@require_api_token
+@require_user_access
 def user_access(app_user_id: str):  # noqa: ANN201
+    """Current access; ``?wait=N`` (≤ 30 s) long-polls until it differs from ``since`` (an
+    earlier answer's ETag) or, without ``since``, from what it was when the request came in."""
+    if problem := app_user_id_problem(app_user_id):
+        return jsonify(error="invalid_request", message=f"app_user_id: {problem}"), 400
+    try:
+        wait_s = parse_wait(request.args.get("wait"))
+    except InvalidRequest as exc:
+        return jsonify(error="invalid_request", message=str(exc)), 400
     runtime = current_app.extensions["engine_runtime"]
-    now_ms = wall_clock_ms()
-    with runtime.session_factory() as session:
-        customer_id = session.scalar(select(Identity.customer_id).where(Identity.app_user_id == app_user_id)) or app_user_id
-        rows = session.scalars(
-            select(Grant)
-            .where(Grant.customer_id == customer_id, or_(Grant.expires_ms.is_(None), Grant.expires_ms > now_ms))
-            .order_by(Grant.resource)
-        ).all()
-    access = [
-        {
-            "resource": a.resource,
-            "mode": a.mode,
-            "expires_at": iso_ms(a.expires_ms),
-            "source": {"transactions": list(a.sources)},
-        }
-        for a in map(grant_to_access, rows)
-    ]
-    return jsonify(app_user_id=app_user_id, as_of=iso_ms(now_ms), access=access)
+
+    def read() -> AccessView:
+        return current_access(runtime.session_factory, app_user_id, wall_clock_ms())
+
+    if wait_s > 0:
+        view = wait_for_change(
+            runtime.access_watch,
+            app_user_id,  # usually its own customer id; an alias is resolved by the first read
+            read,
+            lambda v: access_version(access_entries(v.accesses)),
+            baseline=request.args.get("since", "").strip().strip('"') or None,
+            wait_s=wait_s,
+            key_of=lambda v: v.customer_id,
+            next_change_s=lambda v: None if v.next_expiry_ms is None else (v.next_expiry_ms - v.now_ms) / 1000,
+        )
+    else:
+        view = read()
+    access = access_entries(view.accesses)
+    response = jsonify(app_user_id=app_user_id, as_of=iso_ms(view.now_ms), access=access)
+    response.headers["ETag"] = f'"{access_version(access)}"'
+    response.headers["Cache-Control"] = "no-store"
+    return response

@@ -147,3 +147,56 @@ def register(app: Flask) -> None:
                 would_change += 1
                 click.echo(f"{customer_id}: {_describe(action)} [{action.drift_kind}]")
         click.echo(f"dry run: {len(ids)} customers due, {would_change} changes would be made (none were)")
+
+    @app.cli.group("course-mappings")
+    def course_mappings() -> None:
+        """Which Open edX course run and paid mode each granted resource maps to (CSV)."""
+
+    @course_mappings.command("import")
+    @click.argument("csv_file", type=click.File("r", encoding="utf-8-sig"))
+    @click.option("--replace", is_flag=True, help="delete mappings the file does not list")
+    @click.option("--dry-run", is_flag=True, help="validate and report, write nothing")
+    def import_mappings(csv_file, replace: bool, dry_run: bool) -> None:  # noqa: ANN001
+        """Validate every row, then import all of them in one transaction (or none)."""
+        from engine.adapters.course_catalog import import_course_mappings
+        from engine.sinks.mapping_csv import MappingCsvError
+
+        rt = current_app.extensions["engine_runtime"]
+        known = {g.resource for product in rt.catalog.products.values() for g in product.grants}
+        try:
+            result = import_course_mappings(rt.session_factory, csv_file.read(), known_resources=known, replace=replace,
+                                            now_ms=wall_clock_ms(), dry_run=dry_run)
+        except MappingCsvError as exc:
+            for problem in exc.problems:
+                click.echo(f"{csv_file.name}: {problem}", err=True)
+            raise click.ClickException(f"{len(exc.problems)} problem(s): nothing imported")
+        prefix = "dry run: would import" if dry_run else "imported"
+        click.echo(f"{prefix}: {len(result.created)} created, {len(result.updated)} updated, "
+                   f"{len(result.deleted)} deleted, {result.unchanged} unchanged; "
+                   f"{result.enqueued} LMS change(s) for existing holders")
+
+    @course_mappings.command("export")
+    @click.argument("csv_file", type=click.File("w", encoding="utf-8"), default="-")
+    def export_mappings(csv_file) -> None:  # noqa: ANN001
+        """Write every mapping as CSV (to stdout by default); importing it back changes nothing."""
+        from engine.adapters.course_catalog import export_course_mappings
+
+        csv_file.write(export_course_mappings(current_app.extensions["engine_runtime"].session_factory))
+
+    @app.cli.command("lms-username")
+    @click.argument("app_user_id")
+    @click.argument("username", required=False)
+    @click.option("--clear", is_flag=True, help="forget the mapping: the username is the app_user_id again")
+    def lms_username_command(app_user_id: str, username: str | None, clear: bool) -> None:
+        """Show or set the LMS username of an app_user_id (by default they are equal)."""
+        from sqlalchemy import select
+
+        from engine.adapters.course_catalog import lms_username, set_lms_username
+        from engine.adapters.models import Identity
+
+        rt = current_app.extensions["engine_runtime"]
+        with rt.session_factory() as session, session.begin():
+            if username or clear:
+                set_lms_username(session, app_user_id, None if clear else username)
+            customer_id = session.scalar(select(Identity.customer_id).where(Identity.app_user_id == app_user_id)) or app_user_id
+            click.echo(f"{app_user_id}: LMS username {lms_username(session, customer_id)!r}")

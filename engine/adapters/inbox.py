@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 
 from sqlalchemy import Engine, and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.adapters.models import InboxEvent
@@ -36,10 +37,67 @@ class Stored:
     status: str
 
 
+_STORE_COLUMNS = ("provider", "event_id", "event_type", "status", "attempts", "last_error", "body")
+_store_sql: dict[tuple[str, str, str], str] = {}
+
+
+def _store_statement(engine: Engine) -> str:
+    """The INSERT … ON CONFLICT DO NOTHING RETURNING id of store_webhook, compiled once per
+    dialect. The ON CONFLICT construct has no cache key, so SQLAlchemy would otherwise compile
+    it again on every call (most of the intake's CPU time before this)."""
+    dialect = engine.dialect
+    key = (dialect.name, dialect.driver, dialect.paramstyle)
+    sql = _store_sql.get(key)
+    if sql is None:
+        stmt = postgresql.insert(_inbox).on_conflict_do_nothing().returning(_inbox.c.id)
+        sql = _store_sql[key] = stmt.compile(dialect=dialect, column_keys=list(_STORE_COLUMNS)).string
+    return sql
+
+
+def _insert_returning(engine: Engine, sql: str, values: dict[str, object]) -> object:
+    """Run the store statement on a pooled DBAPI connection and return the new id (None on a
+    duplicate). The DBAPI directly, not a Core Connection, whose bookkeeping cost as much CPU
+    as the statement itself; its errors are wrapped as SQLAlchemy's would be (DBAPIError, a
+    dead connection invalidated and flagged), and a connection that is not in autocommit mode
+    (an engine other than the intake's) is committed here."""
+    dialect = engine.dialect
+    dbapi_error = dialect.loaded_dbapi.Error
+    try:
+        raw = engine.raw_connection()
+    except dbapi_error as exc:
+        raise DBAPIError.instance(sql, values, exc, dbapi_error, dialect=dialect) from exc
+    cursor = None
+    try:
+        cursor = raw.cursor()
+        cursor.execute(sql, values)
+        row = cursor.fetchone()
+        if not getattr(raw.driver_connection, "autocommit", False):
+            raw.commit()
+        return None if row is None else row[0]
+    except dbapi_error as exc:
+        disconnect = dialect.is_disconnect(exc, raw.dbapi_connection, cursor)
+        if disconnect:  # as a Core Connection does: this one and all older ones are discarded
+            engine.pool._invalidate(raw, exc)
+        raise DBAPIError.instance(sql, values, exc, dbapi_error, connection_invalidated=disconnect, dialect=dialect) from exc
+    finally:
+        if cursor is not None:
+            try:
+                cursor.close()
+            except dbapi_error:
+                pass
+        raw.close()  # back to the pool (rolled back there if a transaction is still open)
+
+
 def store_webhook(engine: Engine, body: bytes, event_id: str | None, event_type: str | None, *, malformed_reason: str | None = None) -> Stored:
     """Insert the raw webhook and commit before anything else (duplicates insert nothing).
 
-    Core, not the ORM: this is the intake's hot path.
+    Not the ORM: this is the intake's hot path. On PostgreSQL the one precompiled INSERT …
+    ON CONFLICT DO NOTHING RETURNING goes to the DBAPI connection; on the intake's engine
+    (AUTOCOMMIT) that is a single round trip, and the row is committed (WAL flushed, per
+    synchronous_commit) before the server answers it, so before this returns; on another
+    engine it is committed explicitly. A pooled connection found dead (the server restarted:
+    the intake's engine does not ping on checkout) is retried once on a fresh one; the
+    statement is idempotent.
     """
     if malformed_reason is not None:
         status = "malformed"
@@ -56,10 +114,19 @@ def store_webhook(engine: Engine, body: bytes, event_id: str | None, event_type:
         "body": body,
         "last_error": malformed_reason,
     }
-    insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-    stmt = insert(_inbox).values(**values).on_conflict_do_nothing().returning(_inbox.c.id)
-    with engine.begin() as conn:
-        inserted = conn.execute(stmt).scalar_one_or_none()
+    if engine.dialect.name == "postgresql":
+        sql = _store_statement(engine)
+        for attempt in (1, 2):
+            try:
+                inserted = _insert_returning(engine, sql, values)
+                break
+            except DBAPIError as exc:
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+    else:
+        stmt = sqlite.insert(_inbox).values(**values).on_conflict_do_nothing().returning(_inbox.c.id)
+        with engine.begin() as conn:
+            inserted = conn.execute(stmt).scalar_one_or_none()
     if inserted is None:
         return Stored(None, True, False, "duplicate")
     return Stored(inserted, False, status == "received", status)
@@ -144,6 +211,13 @@ def process_inbox_event(inbox_id: int, ctx: EventProcessing, *, final_attempt: b
         _mark(ctx.session_factory, inbox_id, status="failed", last_error=str(exc)[:2000], processed_at=_utcnow())
         raise
     _mark(ctx.session_factory, inbox_id, status="processed", last_error=None, processed_at=_utcnow())
+    unknown = [(o.customer_id, o.unknown_products) for o in outcomes if o.unknown_products]
+    if unknown:
+        from config.observability import report_unknown_products
+
+        for customer_id, product_ids in unknown:
+            log.error("unknown products %s for %s (event %s): recorded, granting nothing", product_ids, customer_id, event.event_id)
+            report_unknown_products(customer_id, product_ids)
     return EventResult("processed", tuple(outcomes))
 
 

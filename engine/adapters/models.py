@@ -61,6 +61,11 @@ class Subscriber(Base):
     dirty: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     next_check_ms: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0", index=True)
     last_checked_ms: Mapped[int | None] = mapped_column(BigInteger)
+    # The last projection: when it next changes by itself (an expiry) and what it was computed
+    # under (catalog and policy). While neither moved and the snapshot is unchanged, a
+    # reconcile has nothing to compute (the fast path of reconcile_user).
+    next_change_ms: Mapped[int | None] = mapped_column(BigInteger)
+    projection_key: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
@@ -149,3 +154,63 @@ class UnknownProduct(Base):
     last_seen_ms: Mapped[int] = mapped_column(BigInteger)
     last_customer_id: Mapped[str] = mapped_column(String(255))
     sightings: Mapped[int] = mapped_column(Integer, default=1)
+
+
+# --- Sinks (Open edX): course mappings, LMS usernames, the sink outbox (migration 0002) -------
+
+
+class CourseMappingRow(Base):
+    """A granted resource → an Open edX course run, paid mode and revocation (engine.sinks)."""
+
+    __tablename__ = "course_mappings"
+
+    resource: Mapped[str] = mapped_column(String(255), primary_key=True)
+    course_run_id: Mapped[str] = mapped_column(String(255))  # unique: checked on import
+    mode: Mapped[str] = mapped_column(String(64))
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default="1")
+    expires_ms: Mapped[int | None] = mapped_column(BigInteger)
+    on_revoke: Mapped[str] = mapped_column(String(16), default="audit", server_default="audit")
+    # Set once the revocations due at ``expires_ms`` have been written to the outbox.
+    expiry_enqueued: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    updated_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class LmsUser(Base):
+    """The LMS username of an app_user_id, when it differs from the app_user_id itself."""
+
+    __tablename__ = "lms_users"
+
+    app_user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    username: Mapped[str] = mapped_column(String(255))
+
+
+class SinkOutboxRow(Base):
+    """One desired enrollment to send to a sink, written in the grant's own transaction.
+
+    ``id`` is the sequence: a customer's rows are written under that customer's lock, so id
+    order is commit order, and the drain applies rows in id order per (customer, resource).
+    """
+
+    __tablename__ = "sink_outbox"
+    __table_args__ = (
+        Index("ix_sink_outbox_group", "status", "customer_id", "resource", "id"),
+        Index("ix_sink_outbox_history", "customer_id", "resource"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    sink: Mapped[str] = mapped_column(String(32))
+    customer_id: Mapped[str] = mapped_column(String(255))
+    resource: Mapped[str] = mapped_column(String(255))
+    course_run_id: Mapped[str] = mapped_column(String(255))
+    mode: Mapped[str] = mapped_column(String(64))
+    is_active: Mapped[bool] = mapped_column(Boolean)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | done | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_ms: Mapped[int] = mapped_column(BigInteger)
+    leased_until_ms: Mapped[int | None] = mapped_column(BigInteger)
+    cause_kind: Mapped[str] = mapped_column(String(16))
+    cause_ref: Mapped[str] = mapped_column(String(255), default="")
+    username: Mapped[str | None] = mapped_column(String(255))  # as resolved when sent
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    done_ms: Mapped[int | None] = mapped_column(BigInteger)

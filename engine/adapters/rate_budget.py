@@ -22,14 +22,16 @@ Priority = Literal["event", "sync", "sweep"]
 
 _TAKE = """
 local window_key, pause_key = KEYS[1], KEYS[2]
-local limit, window_ms, member = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local limit, window_ms, member, guard_ms = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local paused_until = tonumber(redis.call('GET', pause_key) or '0')
 if paused_until > now then
   return {0, paused_until - now}
 end
-redis.call('ZREMRANGEBYSCORE', window_key, '-inf', now - window_ms)
+-- A slot is reusable a little after it leaves the window: arrival times at the provider
+-- jitter by milliseconds, and the provider counts arrivals, not our grants.
+redis.call('ZREMRANGEBYSCORE', window_key, '-inf', now - window_ms - guard_ms)
 local used = redis.call('ZCARD', window_key)
 if used < limit then
   redis.call('ZADD', window_key, now, member)
@@ -40,7 +42,7 @@ end
 local rank = used - limit
 local oldest = redis.call('ZRANGE', window_key, rank, rank, 'WITHSCORES')
 local wait = window_ms
-if oldest[2] then wait = math.max(1, tonumber(oldest[2]) + window_ms - now) end
+if oldest[2] then wait = math.max(1, tonumber(oldest[2]) + window_ms + guard_ms - now) end
 return {0, wait}
 """
 
@@ -66,8 +68,10 @@ class RateBudget:
     per_minute: int
     name: str = "revenuecat"
     window_ms: int = 60_000
-    # Requests of every window the sweep leaves to events and client syncs.
-    sweep_reserve_fraction: float = 0.1
+    # Requests of every window the sweep leaves to events and client syncs (small: unused
+    # reserve is budget wasted when no event comes).
+    sweep_reserve_fraction: float = 0.03
+    guard_ms: int = 500
 
     def __post_init__(self) -> None:
         self._take = self.client.register_script(_TAKE)
@@ -82,7 +86,7 @@ class RateBudget:
 
     def try_take(self, priority: Priority) -> float:
         """Take one request slot: 0.0 when taken, else the seconds to wait before trying again."""
-        ok, wait_ms = self._take(keys=self._keys, args=[self.limit_for(priority), self.window_ms, uuid.uuid4().hex])
+        ok, wait_ms = self._take(keys=self._keys, args=[self.limit_for(priority), self.window_ms, uuid.uuid4().hex, self.guard_ms])
         return 0.0 if int(ok) == 1 else int(wait_ms) / 1000.0
 
     def acquire(self, priority: Priority, *, max_wait_s: float) -> None:

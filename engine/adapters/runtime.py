@@ -16,10 +16,12 @@ from engine.adapters.database import make_engine, make_session_factory
 from engine.adapters.embedded_redis import redis_url
 from engine.adapters.inbox import EventProcessing
 from engine.adapters.metrics import Metrics
+from engine.adapters.notifications import AccessNotifier, AccessWatch, install_change_notifications
 from engine.adapters.rate_budget import BudgetedProvider, Priority, RateBudget
 from engine.adapters.revenuecat_client import RevenueCatClient
 from engine.catalog import Catalog, load_catalog
 from engine.reconcile import ReconcilePolicy
+from engine.sinks.ports import CourseSink
 
 
 def wall_clock_ms() -> int:
@@ -38,7 +40,10 @@ class Runtime:
 
     @cached_property
     def session_factory(self) -> sessionmaker[Session]:
-        return make_session_factory(self.db)
+        factory = make_session_factory(self.db)
+        # Long-polls wake on committed grant changes (engine/adapters/notifications.py).
+        install_change_notifications(factory, self.access_notifier)
+        return factory
 
     @cached_property
     def catalog(self) -> Catalog:
@@ -59,6 +64,21 @@ class Runtime:
 
         return redis.Redis.from_url(redis_url(self.settings), socket_timeout=10, socket_connect_timeout=2)
 
+    def _redis_client(self, *, socket_timeout: float | None):  # noqa: ANN202 - redis.Redis
+        import redis
+
+        return redis.Redis.from_url(redis_url(self.settings), socket_timeout=socket_timeout, socket_connect_timeout=2)
+
+    @cached_property
+    def access_notifier(self) -> AccessNotifier:
+        # Its own client with a short timeout: publishing follows a commit, it must not linger.
+        return AccessNotifier(lambda: self._redis_client(socket_timeout=1.0))
+
+    @cached_property
+    def access_watch(self) -> AccessWatch:
+        """This process's subscription to access changes (long-polls wait on it)."""
+        return AccessWatch(lambda: self._redis_client(socket_timeout=None))
+
     @cached_property
     def budget(self) -> RateBudget:
         return RateBudget(self.redis, self.settings.provider_rate_per_minute)
@@ -72,6 +92,19 @@ class Runtime:
         return BudgetedProvider(self.provider, self.budget, priority, max_wait_s=max_wait_s)
 
     @cached_property
+    def course_sink(self) -> "CourseSink | None":
+        """The LMS that course grants land in (Open edX), or None when it is not configured."""
+        if not self.settings.openedx_enabled:
+            return None
+        from engine.adapters.openedx import OpenEdxClient, OpenEdxSink
+
+        s = self.settings
+        return OpenEdxSink(OpenEdxClient(
+            s.openedx_lms_url, client_id=s.openedx_client_id, client_secret=s.openedx_client_secret,
+            api_key=s.openedx_api_key, connect_timeout_s=s.provider_connect_timeout_s, read_timeout_s=s.provider_read_timeout_s,
+        ))
+
+    @cached_property
     def policy(self) -> ReconcilePolicy:
         return ReconcilePolicy(grant_sandbox=self.settings.grant_sandbox, max_staleness_ms=self.settings.max_staleness_s * 1000)
 
@@ -81,6 +114,10 @@ class Runtime:
         return EventProcessing(self.session_factory, provider, self.catalog, self.policy, wall_clock_ms)
 
     def close(self) -> None:
+        if "access_watch" in self.__dict__:
+            self.access_watch.stop()
+        if "access_notifier" in self.__dict__:
+            self.access_notifier.close()
         if "db" in self.__dict__:
             self.db.dispose()
         if "redis" in self.__dict__:

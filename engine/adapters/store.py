@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from engine.access import Access
 from engine.adapters.models import AuditEntry, Grant, Identity, LedgerTransaction, ProviderSnapshot, Subscriber, UnknownProduct
+from engine.adapters.outbox import enqueue_grant_changes
 from engine.facts import Transaction
 from engine.plan import Action
 from engine.ports import Cause, CustomerState
@@ -50,6 +51,10 @@ class SqlLedgerStore:
     def __init__(self, session: Session):
         self.session = session
         self._postgres = session.get_bind().dialect.name == "postgresql"
+        # The session's identity map holds rows weakly: keep the rows this unit of work read,
+        # so that writing them back does not read them again.
+        self._loaded: list[object] = []
+        self._snapshot_marks: dict[str, dict[str, object]] = {}
 
     def lock_customer(self, customer_id: str) -> CustomerState:
         stmt = select(Subscriber).where(Subscriber.customer_id == customer_id)
@@ -59,7 +64,8 @@ class SqlLedgerStore:
         if row is None:
             self._insert_ignore(Subscriber, {"customer_id": customer_id, "dirty": False, "next_check_ms": 0})
             row = self.session.scalars(stmt).one()
-        return CustomerState(row.customer_id, row.last_snapshot_ms, row.snapshot_digest, row.dirty)
+        return CustomerState(row.customer_id, row.last_snapshot_ms, row.snapshot_digest, row.dirty,
+                             row.next_change_ms, row.projection_key)
 
     def _insert_ignore(self, model: Any, values: Mapping[str, Any]) -> None:
         dialect = self.session.get_bind().dialect.name
@@ -95,7 +101,8 @@ class SqlLedgerStore:
             clauses.append(LedgerTransaction.transaction_id.in_(ids))
         if not clauses:
             return {}
-        rows = self.session.scalars(select(LedgerTransaction).where(or_(*clauses)))
+        rows = list(self.session.scalars(select(LedgerTransaction).where(or_(*clauses))))
+        self._loaded.extend(rows)
         return {row.transaction_id: _to_domain(row) for row in rows}
 
     def save_transactions(self, transactions: Sequence[Transaction]) -> None:
@@ -127,14 +134,12 @@ class SqlLedgerStore:
         self.session.add(
             ProviderSnapshot(customer_id=customer_id, request_ms=request_ms, digest=digest, body=json.dumps(body, sort_keys=True))
         )
-        self.session.execute(
-            update(Subscriber)
-            .where(Subscriber.customer_id == customer_id)
-            .values(last_snapshot_ms=request_ms, snapshot_digest=digest)
-        )
+        # Written with the check time by mark_checked: one UPDATE of the subscriber per reconcile.
+        self._snapshot_marks[customer_id] = {"last_snapshot_ms": request_ms, "snapshot_digest": digest}
 
     def granted(self, customer_id: str) -> list[Access]:
-        rows = self.session.scalars(select(Grant).where(Grant.customer_id == customer_id).order_by(Grant.resource))
+        rows = list(self.session.scalars(select(Grant).where(Grant.customer_id == customer_id).order_by(Grant.resource)))
+        self._loaded.extend(rows)
         return [grant_to_access(row) for row in rows]
 
     def apply(self, customer_id: str, actions: Sequence[Action], cause: Cause, now_ms: int) -> None:
@@ -172,6 +177,8 @@ class SqlLedgerStore:
                 )
             )
         self.session.flush()
+        # Sink work (LMS enrollments) rides in the same transaction; drained after commit.
+        enqueue_grant_changes(self.session, customer_id, actions, cause, now_ms)
 
     def record_unknown_products(self, customer_id: str, product_ids: Sequence[str], now_ms: int) -> None:
         for product_id in product_ids:
@@ -186,9 +193,17 @@ class SqlLedgerStore:
                 row.last_seen_ms, row.last_customer_id, row.sightings = now_ms, customer_id, row.sightings + 1
         self.session.flush()
 
-    def mark_checked(self, customer_id: str, *, now_ms: int, next_check_ms: int, dirty: bool) -> None:
-        self.session.execute(
-            update(Subscriber)
-            .where(Subscriber.customer_id == customer_id)
-            .values(last_checked_ms=now_ms, next_check_ms=next_check_ms, dirty=dirty)
-        )
+    def mark_checked(
+        self,
+        customer_id: str,
+        *,
+        now_ms: int,
+        next_check_ms: int,
+        dirty: bool,
+        projection: tuple[int | None, str] | None = None,
+    ) -> None:
+        values: dict[str, object] = {"last_checked_ms": now_ms, "next_check_ms": next_check_ms, "dirty": dirty}
+        values.update(self._snapshot_marks.pop(customer_id, {}))
+        if projection is not None:
+            values["next_change_ms"], values["projection_key"] = projection
+        self.session.execute(update(Subscriber).where(Subscriber.customer_id == customer_id).values(**values))

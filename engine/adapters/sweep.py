@@ -7,7 +7,7 @@ pushed out) so a backlog is not selected twice while its reconcile tasks wait in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -136,6 +136,7 @@ class BatchResult:
     drift: dict[str, int] | None = None
     failed: int = 0
     deferred: list[str] | None = None  # budget ran out: looked at again soon
+    lms_repairs: list[str] = field(default_factory=list)  # customers with LMS repairs queued
 
 
 def reconcile_customers(
@@ -202,6 +203,8 @@ def reconcile_customers(
                     report_drift(outcome.customer_id, list(outcome.actions), cause_ref=cause.ref)
         if outcome.unknown_products and not dry_run:
             report_unknown_products(outcome.customer_id, outcome.unknown_products)
+        if runtime.course_sink is not None and not dry_run:
+            _repair_lms(runtime, outcome.customer_id, cause.ref, result, metrics)
     metrics.append(("engine_reconciles_total", {"cause": cause_kind}, result.reconciled))
     if not dry_run:
         try:
@@ -209,6 +212,19 @@ def reconcile_customers(
         except Exception:  # noqa: BLE001 - metrics never fail a reconcile
             log.warning("could not record metrics", exc_info=True)
     return result
+
+
+def _repair_lms(runtime, customer_id: str, cause_ref: str, result: BatchResult, metrics: list) -> None:  # noqa: ANN001
+    """LMS drift: read the customer's enrollments back and queue repairs (then drain them)."""
+    from engine.adapters.outbox import repair_lms_drift
+    from engine.adapters.runtime import wall_clock_ms
+
+    lms = repair_lms_drift(runtime.session_factory, runtime.course_sink, customer_id, now_ms=wall_clock_ms(), cause_ref=cause_ref)
+    for kind, n in lms.drift.items():
+        result.drift[kind] = result.drift.get(kind, 0) + n  # type: ignore[index]
+        metrics.append(("engine_drift_repaired_total", {"kind": kind}, n))
+    if lms.drift:
+        result.lms_repairs.append(customer_id)
 
 
 def _defer(factory: sessionmaker[Session], customer_ids: list[str], at_ms: int, *, dirty: bool = False) -> None:

@@ -15,7 +15,7 @@ def redis_client(runtime):
 
 
 def test_never_more_than_the_limit_in_any_window_even_with_many_takers(redis_client):
-    budget = RateBudget(redis_client, per_minute=20, window_ms=1000, name="t1")
+    budget = RateBudget(redis_client, per_minute=20, window_ms=1000, name="t1", guard_ms=50)
     granted: list[float] = []
     lock = threading.Lock()
 
@@ -32,8 +32,8 @@ def test_never_more_than_the_limit_in_any_window_even_with_many_takers(redis_cli
     for t in threads:
         t.join()
     granted.sort()
-    # Sliding check: no 1 s window (a little less, for clock skew between Redis and us) holds more than 20.
-    worst = max(sum(1 for g in granted if start <= g < start + 0.95) for start in granted)
+    # Sliding check: no 1 s window holds more than 20 (the guard absorbs clock skew between Redis and us).
+    worst = max(sum(1 for g in granted if start <= g < start + 1.0) for start in granted)
     assert worst <= 20
     assert len(granted) >= 40  # and the budget is used, not wasted (2.5 windows)
 
@@ -50,7 +50,7 @@ def test_acquire_waits_then_gives_up_with_a_retry_hint(redis_client):
     budget.acquire("event", max_wait_s=0.1)
     with pytest.raises(BudgetExhausted) as raised:
         budget.acquire("event", max_wait_s=0.1)
-    assert 50 < raised.value.retry_after_s <= 60
+    assert 50 < raised.value.retry_after_s <= 60.5  # the window plus its guard
 
 
 class TooMany:

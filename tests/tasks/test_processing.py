@@ -88,12 +88,14 @@ def test_aliases_find_the_same_customer(client, runtime, simulator):
         assert "module:algebra" in access(client, app_user_id)
 
 
-def test_unknown_product_is_recorded_not_dropped(client, runtime, simulator):
+def test_unknown_product_is_recorded_and_alerted_not_dropped(client, runtime, simulator, sentry_events):
     process(runtime, intake(client, simulator.state.purchase_non_renewing("alice", "mystery_product")))
     with runtime.session_factory() as session:
         [unknown] = session.scalars(select(UnknownProduct)).all()
     assert unknown.product_id == "mystery_product" and unknown.last_customer_id == "alice"
     assert access(client, "alice") == {}
+    [alert] = sentry_events.items("event")
+    assert alert["fingerprint"] == ["unknown-product", "mystery_product"] and alert["level"] == "error"
 
 
 @pytest.mark.parametrize("status, retry_after", [(500, None), (503, None), (429, 7)])

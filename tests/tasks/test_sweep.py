@@ -200,3 +200,25 @@ def test_metrics_expose_drift_counters_and_gauges(client, runtime, simulator):
     assert 'engine_drift_repaired_total{kind="missed_revocation"} 1' in text
     assert 'engine_inbox_events{status="processed"} 1' in text
     assert "# TYPE engine_subscribers_due gauge" in text
+
+
+def test_fast_path_recomputes_once_an_expiry_falls_due_or_the_catalog_changes(client, runtime, simulator):
+    from dataclasses import replace
+
+    from engine.catalog import GrantRule
+
+    known_customer(client, runtime, simulator, "alice")  # a monthly subscription, converged
+    with runtime.session_factory() as session:
+        [grant] = session.scalars(select(Grant)).all()
+
+    def reconcile(now_ms, catalog=runtime.catalog):
+        return reconcile_user("alice", provider=runtime.provider, unit_of_work=unit_of_work(runtime.session_factory),
+                              catalog=catalog, now_ms=now_ms, cause=Cause("sweep"), policy=runtime.policy)
+
+    assert reconcile(wall_clock_ms()).actions == ()  # fast path: nothing moved
+    product = runtime.catalog.products["premium_monthly"]
+    changed = replace(runtime.catalog, digest="edited",
+                      products={**runtime.catalog.products,
+                                "premium_monthly": replace(product, grants=(GrantRule("module:algebra", "basic", "period"),))})
+    assert [a.kind for a in reconcile(wall_clock_ms(), changed).actions] == ["change_mode"]
+    assert [a.kind for a in reconcile(grant.expires_ms + 1, changed).actions] == ["revoke"]  # the expiry came due
