@@ -682,10 +682,11 @@ def run_benchmark(args: argparse.Namespace, env: dict[str, str], stores: Stores,
                 max_run(load(app, "max", args.warmup, 0, "warmup"))
         stores.reset_between_runs()
         if args.profile and "intake" in servers:
-            profiler = start_profiler(servers["intake"].proc.pid, args.profile, args.duration * len(apps))
+            # the whole max phase: wrk outlasts each slice by a second
+            profiler = start_profiler(servers["intake"].proc.pid, args.profile, (args.duration + args.rounds) * len(apps))
         at_max = interleaved("max", args.duration, 0)
         if profiler is not None:
-            profiler.wait(timeout=args.duration * len(apps) + 60)
+            profiler.wait(timeout=(args.duration + args.rounds) * len(apps) + 60)
             profiler = None
         if "intake" in at_max:
             verify(at_max["intake"], stores)
