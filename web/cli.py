@@ -128,7 +128,7 @@ def register(app: Flask) -> None:
     @click.option("--limit", default=100, show_default=True)
     def sweep_command(dry_run: bool, limit: int) -> None:
         """Run one sweep now: the customers due for a check (dry run: report only)."""
-        from engine.adapters.sweep import dry_run_unit_of_work, peek_due, reconcile_customers, select_due
+        from engine.adapters.sweep import peek_due, reconcile_customers, select_due
 
         rt = current_app.extensions["engine_runtime"]
         now = wall_clock_ms()
@@ -141,7 +141,7 @@ def register(app: Flask) -> None:
         provider = rt.budgeted_provider("sweep", max_wait_s=60)
         would_change = 0
         for customer_id in ids:
-            outcome = reconcile_user(customer_id, provider=provider, unit_of_work=dry_run_unit_of_work(rt.session_factory),
+            outcome = reconcile_user(customer_id, provider=provider, unit_of_work=unit_of_work(rt.session_factory, commit=False),
                                      catalog=rt.catalog, now_ms=now, cause=Cause("sweep"), policy=rt.policy)
             for action in outcome.actions:
                 would_change += 1

@@ -222,10 +222,12 @@ def process_inbox_event(inbox_id: int, ctx: EventProcessing, *, final_attempt: b
 
 
 class _unit_of_work:
-    """Context manager: one transaction, yielding the LedgerStore port over it."""
+    """Context manager: one transaction, yielding the LedgerStore port over it; committed on
+    success unless ``commit`` is False (dry runs), rolled back otherwise."""
 
-    def __init__(self, factory: sessionmaker[Session]):
+    def __init__(self, factory: sessionmaker[Session], commit: bool = True):
         self.factory = factory
+        self.commit = commit
 
     def __enter__(self) -> SqlLedgerStore:
         self.session = self.factory()
@@ -234,7 +236,7 @@ class _unit_of_work:
 
     def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
         try:
-            if exc_type is None:
+            if exc_type is None and self.commit:
                 self.session.commit()
             else:
                 self.session.rollback()
@@ -242,8 +244,9 @@ class _unit_of_work:
             self.session.close()
 
 
-def unit_of_work(factory: sessionmaker[Session]) -> Callable[[], _unit_of_work]:
-    return lambda: _unit_of_work(factory)
+def unit_of_work(factory: sessionmaker[Session], *, commit: bool = True) -> Callable[[], _unit_of_work]:
+    """A unit-of-work factory for reconcile (``commit=False``: a dry run that changes nothing)."""
+    return lambda: _unit_of_work(factory, commit)
 
 
 def _utcnow() -> datetime:

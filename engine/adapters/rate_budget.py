@@ -128,18 +128,15 @@ class BudgetedProvider:
         self.provider, self.budget, self.priority, self.max_wait_s = provider, budget, priority, max_wait_s
 
     def get_subscriber(self, app_user_id: str) -> Mapping[str, Any]:
-        self.budget.acquire(self.priority, max_wait_s=self.max_wait_s)
-        try:
-            return self.provider.get_subscriber(app_user_id)
-        except TransientError as exc:
-            if exc.status == 429:
-                self.budget.pause(exc.retry_after_s if exc.retry_after_s is not None else 1.0)
-            raise
+        return self._spend(self.provider.get_subscriber, app_user_id)
 
     def post_receipt(self, platform: str, payload: Mapping[str, Any]) -> Mapping[str, Any]:
+        return self._spend(self.provider.post_receipt, platform, payload)
+
+    def _spend(self, call: Any, *args: Any) -> Mapping[str, Any]:
         self.budget.acquire(self.priority, max_wait_s=self.max_wait_s)
         try:
-            return self.provider.post_receipt(platform, payload)
+            return call(*args)
         except TransientError as exc:
             if exc.status == 429:
                 self.budget.pause(exc.retry_after_s if exc.retry_after_s is not None else 1.0)

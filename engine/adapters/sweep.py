@@ -145,7 +145,6 @@ def reconcile_customers(
     runtime,  # noqa: ANN001 - engine.adapters.runtime.Runtime (import cycle)
     cause_kind: str = "sweep",
     max_wait_s: float = 20.0,
-    dry_run: bool = False,
 ) -> BatchResult:
     """Reconcile each customer from the provider, spending the budget at sweep priority.
 
@@ -165,11 +164,11 @@ def reconcile_customers(
 
     log = logging.getLogger(__name__)
     provider = runtime.budgeted_provider("sweep", max_wait_s=max_wait_s)
-    uow = dry_run_unit_of_work(runtime.session_factory) if dry_run else unit_of_work(runtime.session_factory)
+    uow = unit_of_work(runtime.session_factory)
     result = BatchResult(drift={}, deferred=[])
     metrics: list[tuple[str, dict[str, str], int]] = []
     for index, customer_id in enumerate(customer_ids):
-        cause = Cause(cause_kind, "sweep" if cause_kind == "sweep" else cause_kind)  # type: ignore[arg-type]
+        cause = Cause(cause_kind, cause_kind)  # type: ignore[arg-type]
         try:
             outcome = reconcile_user(
                 customer_id, provider=provider, unit_of_work=uow, catalog=runtime.catalog,
@@ -177,15 +176,13 @@ def reconcile_customers(
             )
         except BudgetExhausted as exc:
             result.deferred = customer_ids[index:]
-            if not dry_run:
-                _defer(runtime.session_factory, result.deferred, wall_clock_ms() + int((exc.retry_after_s or 1) * 1000))
+            _defer(runtime.session_factory, result.deferred, wall_clock_ms() + int((exc.retry_after_s or 1) * 1000))
             break
         except TransientError as exc:
             result.failed += 1
             metrics.append(("engine_reconcile_failures_total", {"kind": "transient"}, 1))
             log.warning("reconcile of %s failed (will retry at once): %s", customer_id, exc)
-            if not dry_run:
-                _defer(runtime.session_factory, [customer_id], wall_clock_ms(), dirty=True)
+            _defer(runtime.session_factory, [customer_id], wall_clock_ms(), dirty=True)
             continue
         except TerminalError as exc:
             result.failed += 1
@@ -199,18 +196,16 @@ def reconcile_customers(
                 for action in outcome.actions:
                     result.drift[action.drift_kind] = result.drift.get(action.drift_kind, 0) + 1  # type: ignore[index]
                     metrics.append(("engine_drift_repaired_total", {"kind": action.drift_kind}, 1))
-                if not dry_run:
-                    report_drift(outcome.customer_id, list(outcome.actions), cause_ref=cause.ref)
-        if outcome.unknown_products and not dry_run:
+                report_drift(outcome.customer_id, list(outcome.actions), cause_ref=cause.ref)
+        if outcome.unknown_products:
             report_unknown_products(outcome.customer_id, outcome.unknown_products)
-        if runtime.course_sink is not None and not dry_run:
+        if runtime.course_sink is not None:
             _repair_lms(runtime, outcome.customer_id, cause.ref, result, metrics)
     metrics.append(("engine_reconciles_total", {"cause": cause_kind}, result.reconciled))
-    if not dry_run:
-        try:
-            runtime.metrics.incr_many(metrics)
-        except Exception:  # noqa: BLE001 - metrics never fail a reconcile
-            log.warning("could not record metrics", exc_info=True)
+    try:
+        runtime.metrics.incr_many(metrics)
+    except Exception:  # noqa: BLE001 - metrics never fail a reconcile
+        log.warning("could not record metrics", exc_info=True)
     return result
 
 
@@ -233,25 +228,3 @@ def _defer(factory: sessionmaker[Session], customer_ids: list[str], at_ms: int, 
         values["dirty"] = True
     with factory() as session, session.begin():
         session.execute(update(Subscriber).where(Subscriber.customer_id.in_(customer_ids)).values(**values))
-
-
-class _RolledBack:
-    """A unit of work whose transaction is always rolled back (dry runs)."""
-
-    def __init__(self, factory: sessionmaker[Session]):
-        self.factory = factory
-
-    def __enter__(self):  # noqa: ANN204
-        from engine.adapters.store import SqlLedgerStore
-
-        self.session = self.factory()
-        self.session.begin()
-        return SqlLedgerStore(self.session)
-
-    def __exit__(self, *exc: object) -> None:
-        self.session.rollback()
-        self.session.close()
-
-
-def dry_run_unit_of_work(factory: sessionmaker[Session]):  # noqa: ANN201
-    return lambda: _RolledBack(factory)
