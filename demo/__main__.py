@@ -19,13 +19,11 @@ import logging
 import random
 import shutil
 import sys
-import threading
 import time
 from collections import Counter
 
 import requests
 from sqlalchemy import func, select, update
-from werkzeug.serving import make_server
 
 from config.settings import PROJECT_ROOT, Settings
 from engine.adapters.database import upgrade_database
@@ -38,6 +36,7 @@ from engine.facts import observe_all
 from engine.projection import project_access
 from engine.revenuecat import parse_subscriber
 from engine.simulator.server import SimulatorServer
+from engine.simulator.serving import ServedApp
 from engine.simulator.state import SimulatorError
 from tasks.celery_app import create_celery
 from tasks.launch import celery_worker
@@ -170,10 +169,9 @@ def main() -> int:
     rt.redis.flushdb()
     from web.app import create_app
 
-    server = make_server("127.0.0.1", 0, create_app(settings), threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    sim.webhook_url = f"http://127.0.0.1:{server.server_port}/webhooks/revenuecat"
-    say(f"provider simulator: {sim.url}   engine: http://127.0.0.1:{server.server_port}   redis: {settings.redis_url or 'embedded'}")
+    engine_server = ServedApp(create_app(settings), name="engine").start()
+    sim.webhook_url = f"{engine_server.url}/webhooks/revenuecat"
+    say(f"provider simulator: {sim.url}   engine: {engine_server.url}   redis: {settings.redis_url or 'embedded'}")
 
     users = [f"learner-{i:04d}" for i in range(args.users)]
     # The operator's user list: every learner is known to the sweep, purchase or not.
@@ -254,7 +252,7 @@ def main() -> int:
     say(f"5. drift remaining: {len(after)} learners" + (f": {after[:5]}" if after else " - every learner has exactly what they paid for"))
     say("\nThe audit trail stays: INSTANCE_PATH=instance/demo .venv/bin/flask --app web.app:create_app drift-report --since 1h")
     sim.stop()
-    server.shutdown()
+    engine_server.stop()
     return 0 if not after else 1
 
 

@@ -115,15 +115,10 @@ def client(app):
 @pytest.fixture
 def live_server(app):
     """The Flask app on a real HTTP port (werkzeug, threaded) for webhooks sent by the simulator."""
-    import threading
+    from engine.simulator.serving import ServedApp
 
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+    with ServedApp(app, name="engine-under-test") as server:
+        yield server.url
 
 
 class CapturingTransport:

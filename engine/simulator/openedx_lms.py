@@ -35,11 +35,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Self
+from typing import Any, Callable
 from urllib.parse import urlencode
 
 from flask import Flask, Response, request
-from werkzeug.serving import make_server
+
+from engine.simulator.serving import ServedApp
 
 FREE_MODES = ("audit", "honor")
 DEFAULT_MODES = ("audit", "honor", "verified", "professional", "no-id-professional")
@@ -407,46 +408,9 @@ def _mode_unavailable(mode: str, course: Course) -> Response:
                              f"[{course.course_id}].", "course_details": {"course_id": course.course_id}}, 400)
 
 
-class LmsServer:
+class LmsServer(ServedApp):
     """The fake LMS on a real port, in a daemon thread; can be stopped and started again."""
 
     def __init__(self, state: LmsState | None = None, *, host: str = "127.0.0.1", port: int = 0):
         self.state = state if state is not None else LmsState()
-        self.app = create_lms_app(self.state)
-        self.host = host
-        self._server = make_server(host, port, self.app, threaded=True)
-        self.port: int = self._server.server_port
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self) -> Self:
-        """Serve (again, on the same port after ``stop()``)."""
-        if self._thread is not None:
-            return self
-        if self._server is None:
-            self._server = make_server(self.host, self.port, self.app, threaded=True)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="openedx-lms", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and release the port: connections are refused until ``start()``."""
-        if self._server is None:
-            return
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        self._server.server_close()
-        self._server = None  # type: ignore[assignment]
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().__init__(create_lms_app(self.state), host=host, port=port, name="openedx-lms")

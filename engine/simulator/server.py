@@ -24,8 +24,8 @@ from typing import Any, Self
 import requests
 from flask import Flask, Response, jsonify, request
 from flask.json.provider import DefaultJSONProvider
-from werkzeug.serving import make_server
 
+from engine.simulator.serving import ServedApp
 from engine.simulator.state import ERROR_BAD_REQUEST, ProviderState, SimulatorError
 
 WEBHOOK_TIMEOUT = (2, 10)  # (connect, read) seconds
@@ -193,12 +193,13 @@ class Delivery:
     at_ms: int
 
 
-class SimulatorServer:
+class SimulatorServer(ServedApp):
     """The simulator on a real socket (werkzeug, threaded) in a daemon thread.
 
-    The port is bound at construction, so ``url`` is known before ``start()``. With
-    ``auto_deliver`` every operation's webhook is POSTed to ``webhook_url`` synchronously as the
-    operation returns; failures are swallowed and recorded in ``delivery_log``.
+    The port is bound at construction, so ``url`` is known before ``start()`` (the provider API
+    lives under ``/v1``). With ``auto_deliver`` every operation's webhook is POSTed to
+    ``webhook_url`` synchronously as the operation returns; failures are swallowed and recorded
+    in ``delivery_log``.
     """
 
     def __init__(
@@ -219,54 +220,28 @@ class SimulatorServer:
         self.auto_deliver = auto_deliver
         self.delivery_log: list[Delivery] = []
         self._log_lock = threading.Lock()
-        self.app = create_simulator_app(self.state, api_key=api_key, deliver=self.deliver)
-        self._server = make_server(host, port, self.app, threaded=True)
-        self.host = host
-        self.port: int = self._server.server_port
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:54321`` (the provider API lives under ``/v1``)."""
-        return f"http://{self.host}:{self.port}"
+        super().__init__(create_simulator_app(self.state, api_key=api_key, deliver=self.deliver),
+                         host=host, port=port, name="revenuecat-simulator")
 
     def start(self) -> Self:
         """Serve in a daemon thread; returns self."""
-        if self._thread is not None:
-            return self
-        if self.auto_deliver:
+        if self._thread is None and self.auto_deliver:
             self.state.add_listener(self._deliver_quietly)
-        # A short poll interval keeps stop() fast (shutdown waits for the serve loop to notice).
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="revenuecat-simulator", daemon=True
-        )
-        self._thread.start()
-        return self
+        return super().start()
 
-    def serve_forever(self) -> None:
+    def serve_forever(self, poll_interval: float = 0.2) -> None:
         """Serve in the calling thread until interrupted (the CLI's foreground mode)."""
         if self.auto_deliver:
             self.state.add_listener(self._deliver_quietly)
         try:
-            self._server.serve_forever(poll_interval=0.2)
+            super().serve_forever(poll_interval)
         finally:
             self.state.remove_listener(self._deliver_quietly)
-            self._server.server_close()
 
     def stop(self) -> None:
         """Stop serving and release the port."""
         self.state.remove_listener(self._deliver_quietly)
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        super().stop()
 
     def deliver(self, event_body: dict[str, Any], *, headers: dict[str, str] | None = None) -> int:
         """POST one webhook body to ``webhook_url`` with ``Authorization: <webhook_auth>`` verbatim.

@@ -3,11 +3,9 @@ a paid enrollment in the fake Open edX LMS over HTTP; a refund → the downgrade
 
 from __future__ import annotations
 
-import threading
-
 import pytest
-from werkzeug.serving import make_server
 
+from engine.simulator.serving import ServedApp
 from tests.sinks.conftest import COURSE, map_course
 from tests.support import celery_worker, wait_for
 
@@ -16,11 +14,8 @@ from tests.support import celery_worker, wait_for
 def lms_live_server(lms_settings, lms_runtime):
     from web.app import create_app
 
-    server = make_server("127.0.0.1", 0, create_app(lms_settings), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+    with ServedApp(create_app(lms_settings), name="engine-under-test") as server:
+        yield server.url
 
 
 def test_purchase_webhook_to_paid_enrollment_and_refund_to_audit(lms_settings, lms_runtime, simulator, lms, lms_live_server):
