@@ -48,6 +48,9 @@ class Settings:
     redrive_after_s: int = 60
     # Polling budget shared by every worker (requests per minute to the provider).
     provider_rate_per_minute: int = 480
+    # Provider reads a sweep batch keeps in flight at once (each on a budget slot taken just
+    # before it is sent), overlapping the provider's latency with the database work.
+    provider_fetch_concurrency: int = 8
     max_staleness_s: int = 24 * 3600
     sweep_interval_s: int = 60
     beat_lock_ttl_s: int = 30
@@ -116,6 +119,7 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], object]]] = {
     "retry_backoff_max_s": ("RETRY_BACKOFF_MAX_S", int),
     "redrive_after_s": ("REDRIVE_AFTER_S", int),
     "provider_rate_per_minute": ("PROVIDER_RATE_PER_MINUTE", int),
+    "provider_fetch_concurrency": ("PROVIDER_FETCH_CONCURRENCY", lambda v: max(1, int(v))),
     "max_staleness_s": ("MAX_STALENESS_S", int),
     "sweep_interval_s": ("SWEEP_INTERVAL_S", int),
     "beat_lock_ttl_s": ("BEAT_LOCK_TTL_S", int),

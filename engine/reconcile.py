@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 from engine.catalog import Catalog
-from engine.facts import Transaction, observe_all, observe_snapshot
+from engine.facts import SubscriberSnapshot, Transaction, observe_all, observe_snapshot
 from engine.plan import Action, diff_access
-from engine.ports import Cause, LedgerStore, SubscriberSource
+from engine.ports import Cause, CustomerState, LedgerStore, SubscriberSource
 from engine.projection import Projection, project_access
 from engine.revenuecat import WebhookEvent, parse_subscriber
 from engine.facts import TransactionObservation
@@ -71,6 +71,29 @@ def next_check_ms(
     return due
 
 
+def unchanged_check_ms(
+    state: CustomerState,
+    snapshot: SubscriberSnapshot,
+    now_ms: int,
+    policy: ReconcilePolicy,
+    catalog: Catalog,
+) -> int | None:
+    """The next check time when reading ``snapshot`` needs no work at all, else None.
+
+    The fast path of every reconcile (and of the sweep's batches, which apply it to many
+    customers in one statement): the purchases are those the grants were last converged from
+    (same snapshot digest, nothing dirty), under the same catalog and policy, and no projected
+    expiry has come due since. Then the grants are right as they are: only the check time moves.
+    """
+    if state.dirty or state.snapshot_digest is None or state.snapshot_digest != snapshot.digest:
+        return None
+    if state.projection_key != policy.projection_key(catalog):
+        return None
+    if state.next_change_ms is not None and now_ms >= state.next_change_ms:
+        return None
+    return next_check_ms(Projection((), (), state.next_change_ms), (), now_ms, policy, dirty=False)
+
+
 def converge(
     store: LedgerStore,
     customer_id: str,
@@ -115,11 +138,8 @@ def reconcile_user(
         stale = state.last_snapshot_ms is not None and snapshot.request_ms < state.last_snapshot_ms
         unchanged = state.snapshot_digest == snapshot.digest and not state.dirty
         key = policy.projection_key(catalog)
-        if unchanged and state.projection_key == key and (state.next_change_ms is None or now_ms < state.next_change_ms):
-            # Fast path: the purchases, the catalog and the policy are as they were when the
-            # grants were last converged, and no expiry has come due since: nothing to compute.
-            last = Projection((), (), state.next_change_ms)
-            check_at = next_check_ms(last, (), now_ms, policy, dirty=False)
+        check_at = unchanged_check_ms(state, snapshot, now_ms, policy, catalog)
+        if check_at is not None:
             store.mark_checked(customer_id, now_ms=now_ms, next_check_ms=check_at, dirty=False)
             return ReconcileOutcome(customer_id, (), (), False, check_at)
         named = [o.transaction_id for o in snapshot.observations]

@@ -23,6 +23,7 @@ Priority = Literal["event", "sync", "sweep"]
 _TAKE = """
 local window_key, pause_key = KEYS[1], KEYS[2]
 local limit, window_ms, member, guard_ms = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local wanted = tonumber(ARGV[5] or '1')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local paused_until = tonumber(redis.call('GET', pause_key) or '0')
@@ -34,9 +35,16 @@ end
 redis.call('ZREMRANGEBYSCORE', window_key, '-inf', now - window_ms - guard_ms)
 local used = redis.call('ZCARD', window_key)
 if used < limit then
-  redis.call('ZADD', window_key, now, member)
+  -- up to ``wanted`` slots at once (a sweep batch), as many as the window has free
+  local granted = math.min(wanted, limit - used)
+  local pairs = {}
+  for i = 1, granted do
+    pairs[2 * i - 1] = now
+    pairs[2 * i] = member .. ':' .. i
+  end
+  redis.call('ZADD', window_key, unpack(pairs))
   redis.call('PEXPIRE', window_key, window_ms * 2)
-  return {1, 0}
+  return {granted, 0}
 end
 -- Full: the earliest slot frees when the oldest request of the window leaves it.
 local rank = used - limit
@@ -86,16 +94,31 @@ class RateBudget:
 
     def try_take(self, priority: Priority) -> float:
         """Take one request slot: 0.0 when taken, else the seconds to wait before trying again."""
-        ok, wait_ms = self._take(keys=self._keys, args=[self.limit_for(priority), self.window_ms, uuid.uuid4().hex, self.guard_ms])
-        return 0.0 if int(ok) == 1 else int(wait_ms) / 1000.0
+        granted, wait = self.try_take_up_to(priority, 1)
+        return 0.0 if granted else wait
+
+    def try_take_up_to(self, priority: Priority, wanted: int) -> tuple[int, float]:
+        """Take up to ``wanted`` slots in one round trip: (slots taken, seconds to wait when none)."""
+        granted, wait_ms = self._take(
+            keys=self._keys,
+            args=[self.limit_for(priority), self.window_ms, uuid.uuid4().hex, self.guard_ms, max(1, wanted)],
+        )
+        return int(granted), int(wait_ms) / 1000.0
 
     def acquire(self, priority: Priority, *, max_wait_s: float) -> None:
         """Block up to ``max_wait_s`` for a slot; BudgetExhausted (transient) if none came."""
+        self.acquire_up_to(priority, 1, max_wait_s=max_wait_s)
+
+    def acquire_up_to(self, priority: Priority, wanted: int, *, max_wait_s: float) -> int:
+        """Block up to ``max_wait_s`` until at least one slot is free, then take up to ``wanted``
+        of them: the number taken (each must be spent on a request sent now, so that the
+        request arrives within the guard of the time its slot records). BudgetExhausted
+        (transient) if none came."""
         deadline = time.monotonic() + max_wait_s
         while True:
-            wait = self.try_take(priority)
-            if wait == 0.0:
-                return
+            granted, wait = self.try_take_up_to(priority, wanted)
+            if granted:
+                return granted
             remaining = deadline - time.monotonic()
             if remaining <= 0 or wait > remaining:
                 raise BudgetExhausted(f"provider budget of {self.per_minute}/min in use", retry_after_s=wait)
@@ -133,8 +156,21 @@ class BudgetedProvider:
     def post_receipt(self, platform: str, payload: Mapping[str, Any]) -> Mapping[str, Any]:
         return self._spend(self.provider.post_receipt, platform, payload)
 
+    def reserve(self, wanted: int) -> int:
+        """Take up to ``wanted`` slots for requests about to be sent at once (a sweep batch):
+        the number taken, at least one; BudgetExhausted if none came within ``max_wait_s``.
+        Spend each on ``get_subscriber_reserved`` straight away."""
+        return self.budget.acquire_up_to(self.priority, wanted, max_wait_s=self.max_wait_s)
+
+    def get_subscriber_reserved(self, app_user_id: str) -> Mapping[str, Any]:
+        """``get_subscriber`` on a slot already taken with ``reserve``."""
+        return self._call(self.provider.get_subscriber, app_user_id)
+
     def _spend(self, call: Any, *args: Any) -> Mapping[str, Any]:
         self.budget.acquire(self.priority, max_wait_s=self.max_wait_s)
+        return self._call(call, *args)
+
+    def _call(self, call: Any, *args: Any) -> Mapping[str, Any]:
         try:
             return call(*args)
         except TransientError as exc:

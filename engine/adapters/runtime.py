@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -48,6 +49,11 @@ class Runtime:
     @cached_property
     def catalog(self) -> Catalog:
         return load_catalog(self.settings.catalog_path)
+
+    @cached_property
+    def fetch_pool(self) -> ThreadPoolExecutor:
+        """Threads the sweep reads the provider on, several at once (its latency overlaps)."""
+        return ThreadPoolExecutor(max_workers=self.settings.provider_fetch_concurrency, thread_name_prefix="provider-read")
 
     @cached_property
     def provider(self) -> RevenueCatClient:

@@ -7,12 +7,25 @@ pushed out) so a backlog is not selected twice while its reconcile tasks wait in
 
 from __future__ import annotations
 
+import logging
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from config.observability import report_drift, report_unknown_products
+from engine.adapters.inbox import unit_of_work
 from engine.adapters.models import AuditEntry, Grant, Subscriber
+from engine.adapters.runtime import wall_clock_ms
+from engine.errors import TerminalError, TransientError
+from engine.facts import SubscriberSnapshot
+from engine.ports import Cause, CustomerState
+from engine.reconcile import reconcile_user, unchanged_check_ms
+from engine.revenuecat import parse_subscriber
+
+log = logging.getLogger(__name__)
 
 
 def select_due(factory: sessionmaker[Session], *, now_ms: int, limit: int, lease_ms: int) -> list[str]:
@@ -148,45 +161,99 @@ def reconcile_customers(
 ) -> BatchResult:
     """Reconcile each customer from the provider, spending the budget at sweep priority.
 
+    Provider reads go out ``provider_fetch_concurrency`` at a time, each on a budget slot taken
+    just before it is sent, and the next group is in flight while this one's database work
+    runs. Customers whose snapshot is the one their grants were converged from are settled
+    together, in one statement (``unchanged_check_ms``); the others go through
+    ``reconcile_user`` one by one with the body already read.
+
     Changes made here are drift (no webhook told us): counted by kind in the metrics and
     reported to Sentry. A transient failure marks the customer dirty (next check at once);
     an exhausted budget defers the rest of the batch instead of failing it.
     """
-    import logging
-
-    from config.observability import report_drift, report_unknown_products
-    from engine.adapters.inbox import unit_of_work
     from engine.adapters.rate_budget import BudgetExhausted
-    from engine.adapters.runtime import wall_clock_ms
-    from engine.errors import TerminalError, TransientError
-    from engine.ports import Cause
-    from engine.reconcile import reconcile_user
 
-    log = logging.getLogger(__name__)
     provider = runtime.budgeted_provider("sweep", max_wait_s=max_wait_s)
-    uow = unit_of_work(runtime.session_factory)
     result = BatchResult(drift={}, deferred=[])
     metrics: list[tuple[str, dict[str, str], int]] = []
-    for index, customer_id in enumerate(customer_ids):
+    group_size = max(1, runtime.settings.provider_fetch_concurrency)
+    waiting = list(customer_ids)
+
+    def send_next_group() -> list[tuple[str, Future]]:
+        nonlocal waiting
+        if not waiting:
+            return []
+        try:
+            granted = provider.reserve(min(group_size, len(waiting)))
+        except BudgetExhausted as exc:
+            result.deferred = waiting
+            _defer(runtime.session_factory, waiting, wall_clock_ms() + int((exc.retry_after_s or 1) * 1000))
+            waiting = []
+            return []
+        group, waiting = waiting[:granted], waiting[granted:]
+        return [(customer_id, runtime.fetch_pool.submit(provider.get_subscriber_reserved, customer_id)) for customer_id in group]
+
+    in_flight = send_next_group()
+    while in_flight:
+        bodies = _collect(in_flight, runtime, result, metrics)
+        in_flight = send_next_group()  # read the next group while this one is written
+        _settle_group(bodies, runtime, cause_kind, result, metrics)
+    metrics.append(("engine_reconciles_total", {"cause": cause_kind}, result.reconciled))
+    try:
+        runtime.metrics.incr_many(metrics)
+    except Exception:  # noqa: BLE001 - metrics never fail a reconcile
+        log.warning("could not record metrics", exc_info=True)
+    return result
+
+
+def _collect(in_flight: list[tuple[str, Future]], runtime, result: BatchResult, metrics: list) -> dict[str, Mapping[str, Any]]:  # noqa: ANN001
+    """The bodies of one group of provider reads; failures are counted and deferred."""
+    bodies: dict[str, Mapping[str, Any]] = {}
+    for customer_id, future in in_flight:
+        try:
+            bodies[customer_id] = future.result()
+        except TransientError as exc:
+            _count_failure(result, metrics, "transient")
+            log.warning("reconcile of %s failed (will retry at once): %s", customer_id, exc)
+            _defer(runtime.session_factory, [customer_id], wall_clock_ms(), dirty=True)
+        except TerminalError as exc:
+            _count_failure(result, metrics, "terminal")
+            log.error("reconcile of %s failed: %s", customer_id, exc)
+    return bodies
+
+
+def _settle_group(bodies: dict[str, Mapping[str, Any]], runtime, cause_kind: str, result: BatchResult, metrics: list) -> None:  # noqa: ANN001
+    now_ms = wall_clock_ms()
+    snapshots = {}
+    for customer_id, body in bodies.items():
+        try:
+            snapshots[customer_id] = parse_subscriber(body)
+        except TerminalError as exc:
+            _count_failure(result, metrics, "terminal")
+            log.error("reconcile of %s failed: %s", customer_id, exc)
+    settled = _settle_unchanged(runtime, snapshots, now_ms)
+    uow = unit_of_work(runtime.session_factory)
+    for customer_id, body in bodies.items():
+        if customer_id not in snapshots:
+            continue
+        if customer_id in settled:
+            result.reconciled += 1
+            if runtime.course_sink is not None:
+                _repair_lms(runtime, customer_id, cause_kind, result, metrics)
+            continue
         cause = Cause(cause_kind, cause_kind)  # type: ignore[arg-type]
         try:
             outcome = reconcile_user(
-                customer_id, provider=provider, unit_of_work=uow, catalog=runtime.catalog,
+                customer_id, provider=_Prefetched(customer_id, body), unit_of_work=uow, catalog=runtime.catalog,
                 now_ms=wall_clock_ms(), cause=cause, policy=runtime.policy,
             )
-        except BudgetExhausted as exc:
-            result.deferred = customer_ids[index:]
-            _defer(runtime.session_factory, result.deferred, wall_clock_ms() + int((exc.retry_after_s or 1) * 1000))
-            break
         except TransientError as exc:
-            result.failed += 1
-            metrics.append(("engine_reconcile_failures_total", {"kind": "transient"}, 1))
+            _count_failure(result, metrics, "transient")
             log.warning("reconcile of %s failed (will retry at once): %s", customer_id, exc)
             _defer(runtime.session_factory, [customer_id], wall_clock_ms(), dirty=True)
             continue
         except TerminalError as exc:
-            result.failed += 1
-            metrics.append(("engine_reconcile_failures_total", {"kind": "terminal"}, 1))
+            _count_failure(result, metrics, "terminal")
             log.error("reconcile of %s failed: %s", customer_id, exc)
             continue
         result.reconciled += 1
@@ -201,12 +268,55 @@ def reconcile_customers(
             report_unknown_products(outcome.customer_id, outcome.unknown_products)
         if runtime.course_sink is not None:
             _repair_lms(runtime, outcome.customer_id, cause.ref, result, metrics)
-    metrics.append(("engine_reconciles_total", {"cause": cause_kind}, result.reconciled))
-    try:
-        runtime.metrics.incr_many(metrics)
-    except Exception:  # noqa: BLE001 - metrics never fail a reconcile
-        log.warning("could not record metrics", exc_info=True)
-    return result
+
+
+def _settle_unchanged(runtime, snapshots: dict[str, SubscriberSnapshot], now_ms: int) -> set[str]:  # noqa: ANN001
+    """Settle, in one transaction, the customers whose snapshot needs no work (the fast path of
+    ``reconcile_user``, decided by the same ``unchanged_check_ms``): only their check time
+    moves. Rows another process holds locked (an event being processed) are skipped and go
+    through ``reconcile_user``, which waits for them. Aliases (an id that is not the customer's
+    own) also go through it, which records the identity."""
+    candidates = {cid: snap for cid, snap in snapshots.items() if snap.customer_id == cid}
+    if not candidates:
+        return set()
+    columns = Subscriber.__table__.c
+    with runtime.session_factory() as session, session.begin():
+        stmt = select(
+            columns.customer_id, columns.last_snapshot_ms, columns.snapshot_digest, columns.dirty,
+            columns.next_change_ms, columns.projection_key,
+        ).where(columns.customer_id.in_(sorted(candidates)))
+        if session.get_bind().dialect.name == "postgresql":
+            stmt = stmt.with_for_update(skip_locked=True)
+        checks = []
+        for row in session.execute(stmt):
+            state = CustomerState(*row)
+            check_at = unchanged_check_ms(state, candidates[state.customer_id], now_ms, runtime.policy, runtime.catalog)
+            if check_at is not None:
+                checks.append({"cid": state.customer_id, "checked": now_ms, "next_check": check_at})
+        if checks:
+            session.connection().execute(
+                update(Subscriber.__table__)
+                .where(columns.customer_id == bindparam("cid"))
+                .values(last_checked_ms=bindparam("checked"), next_check_ms=bindparam("next_check"), dirty=False),
+                checks,
+            )
+    return {c["cid"] for c in checks}
+
+
+class _Prefetched:
+    """A SubscriberSource holding the one body the sweep has already read (on budget)."""
+
+    def __init__(self, app_user_id: str, body: Mapping[str, Any]):
+        self.app_user_id, self.body = app_user_id, body
+
+    def get_subscriber(self, app_user_id: str) -> Mapping[str, Any]:
+        assert app_user_id == self.app_user_id, (app_user_id, self.app_user_id)
+        return self.body
+
+
+def _count_failure(result: BatchResult, metrics: list, kind: str) -> None:
+    result.failed += 1
+    metrics.append(("engine_reconcile_failures_total", {"kind": kind}, 1))
 
 
 def _repair_lms(runtime, customer_id: str, cause_ref: str, result: BatchResult, metrics: list) -> None:  # noqa: ANN001
