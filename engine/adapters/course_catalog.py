@@ -30,7 +30,9 @@ def mappings_for(session: Session, resources: Iterable[str]) -> dict[str, Course
     names = sorted(set(resources))
     if not names:
         return {}
-    rows = session.scalars(select(CourseMappingRow).where(CourseMappingRow.resource.in_(names)))
+    # Core rows, not ORM objects: this runs in every reconcile that changes a grant.
+    table = CourseMappingRow.__table__
+    rows = session.execute(select(*table.c).where(table.c.resource.in_(names)))
     return {row.resource: to_mapping(row) for row in rows}
 
 

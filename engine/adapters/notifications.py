@@ -72,6 +72,12 @@ class AccessNotifier:
             self._client = None
 
 
+def note_access_changed(session: Session, customer_id: str) -> None:
+    """Grants of ``customer_id`` were written in this transaction without ORM objects (Core
+    statements): publish them after commit like the flush hook below does."""
+    session.info.setdefault(_CHANGED_KEY, set()).add(customer_id)
+
+
 def install_change_notifications(factory: sessionmaker[Session], notifier: AccessNotifier) -> None:
     """Publish, after each commit of a session from ``factory``, the customers whose grants changed."""
 

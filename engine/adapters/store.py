@@ -1,15 +1,22 @@
-"""SqlLedgerStore: the engine's LedgerStore port on SQLAlchemy, inside one open transaction."""
+"""SqlLedgerStore: the engine's LedgerStore port on SQLAlchemy, inside one open transaction.
+
+The reconcile path (lock, ledger, snapshot, grants, audit, check time) uses Core statements
+on the tables, not ORM objects: a changed reconcile spent most of its CPU in the ORM's unit of
+work (identity map, flush planning) for a dozen rows. Grant changes are noted for the
+after-commit notification explicitly (``note_access_changed``), as the ORM flush hook would.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any, Iterable, Mapping, Sequence
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import TextClause, bindparam, delete, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from engine.access import Access
 from engine.adapters.models import AuditEntry, Grant, Identity, LedgerTransaction, ProviderSnapshot, Subscriber, UnknownProduct
+from engine.adapters.notifications import note_access_changed
 from engine.adapters.outbox import enqueue_grant_changes
 from engine.facts import Transaction
 from engine.plan import Action
@@ -26,11 +33,64 @@ def grant_to_access(row: Grant) -> Access:
     return Access(row.resource, row.mode, row.expires_ms, tuple(json.loads(row.sources or "[]")))
 
 
-def _to_domain(row: LedgerTransaction) -> Transaction:
+_LEDGER = LedgerTransaction.__table__
+_GRANTS = Grant.__table__
+_SUBSCRIBERS = Subscriber.__table__
+_LEDGER_FIELDS = (
+    "product_id", "kind", "original_transaction_id", "store", "is_sandbox", "purchased_ms", "period_type",
+    "ownership", "expires_ms", "grace_expires_ms", "refunded_ms", "owner",
+)
+_SELECT_LEDGER = select(_LEDGER.c.transaction_id, *(_LEDGER.c[f] for f in _LEDGER_FIELDS), _LEDGER.c.observed)
+_SELECT_CUSTOMER = select(
+    _SUBSCRIBERS.c.customer_id, _SUBSCRIBERS.c.last_snapshot_ms, _SUBSCRIBERS.c.snapshot_digest,
+    _SUBSCRIBERS.c.dirty, _SUBSCRIBERS.c.next_change_ms, _SUBSCRIBERS.c.projection_key,
+).where(_SUBSCRIBERS.c.customer_id == bindparam("cid"))
+_SELECT_GRANTS = (
+    select(_GRANTS.c.resource, _GRANTS.c.mode, _GRANTS.c.expires_ms, _GRANTS.c.sources)
+    .where(_GRANTS.c.customer_id == bindparam("cid"))
+    .order_by(_GRANTS.c.resource)
+)
+def _quoted(names: Sequence[str]) -> str:
+    return ", ".join(f'"{n}"' for n in names)
+
+
+def _upsert(table: Any, key: Sequence[str], columns: Sequence[str]) -> TextClause:
+    """INSERT … ON CONFLICT (key) DO UPDATE of ``columns``, as text: the same SQL on PostgreSQL
+    and SQLite (3.24+), and cached by SQLAlchemy, where the dialects' ``on_conflict_do_update``
+    constructs are not (they were compiled again on every execution)."""
+    names = [*key, *columns]
+    return text(
+        f'INSERT INTO "{table.name}" ({_quoted(names)}) VALUES ({", ".join(":" + n for n in names)}) '
+        f'ON CONFLICT ({_quoted(key)}) DO UPDATE SET {", ".join(f"{chr(34)}{c}{chr(34)} = excluded.{chr(34)}{c}{chr(34)}" for c in columns)}'
+    )
+
+
+_insert_ignore_sql: dict[tuple[str, tuple[str, ...]], TextClause] = {}
+
+
+def _insert_ignore(table: Any, columns: Sequence[str]) -> TextClause:
+    """INSERT … ON CONFLICT DO NOTHING, as text (see ``_upsert``)."""
+    key = (table.name, tuple(columns))
+    stmt = _insert_ignore_sql.get(key)
+    if stmt is None:
+        stmt = _insert_ignore_sql[key] = text(
+            f'INSERT INTO "{table.name}" ({_quoted(columns)}) VALUES ({", ".join(":" + c for c in columns)}) ON CONFLICT DO NOTHING'
+        )
+    return stmt
+
+
+_UPSERT_LEDGER = _upsert(_LEDGER, ["transaction_id"], [*_LEDGER_FIELDS, "observed"])
+_UPSERT_GRANT = _upsert(_GRANTS, ["customer_id", "resource"], ["mode", "expires_ms", "sources", "updated_ms"])
+_DELETE_GRANT = delete(_GRANTS).where(_GRANTS.c.customer_id == bindparam("cid"), _GRANTS.c.resource == bindparam("res"))
+_INSERT_AUDIT = insert(AuditEntry.__table__)
+_INSERT_SNAPSHOT = insert(ProviderSnapshot.__table__)
+
+
+def _to_domain(row: Any) -> Transaction:
     return Transaction(
         transaction_id=row.transaction_id,
         product_id=row.product_id,
-        kind=row.kind,  # type: ignore[arg-type]
+        kind=row.kind,
         original_transaction_id=row.original_transaction_id,
         store=row.store,
         is_sandbox=row.is_sandbox,
@@ -50,30 +110,20 @@ class SqlLedgerStore:
 
     def __init__(self, session: Session):
         self.session = session
-        self._postgres = session.get_bind().dialect.name == "postgresql"
-        # The session's identity map holds rows weakly: keep the rows this unit of work read,
-        # so that writing them back does not read them again.
-        self._loaded: list[object] = []
+        self._dialect = session.get_bind().dialect.name
+        self._postgres = self._dialect == "postgresql"
         self._snapshot_marks: dict[str, dict[str, object]] = {}
+        self._lock_stmt = _SELECT_CUSTOMER.with_for_update() if self._postgres else _SELECT_CUSTOMER
 
     def lock_customer(self, customer_id: str) -> CustomerState:
-        stmt = select(Subscriber).where(Subscriber.customer_id == customer_id)
-        if self._postgres:
-            stmt = stmt.with_for_update()
-        row = self.session.scalars(stmt).one_or_none()
+        row = self.session.execute(self._lock_stmt, {"cid": customer_id}).one_or_none()
         if row is None:
             self._insert_ignore(Subscriber, {"customer_id": customer_id, "dirty": False, "next_check_ms": 0})
-            row = self.session.scalars(stmt).one()
-        return CustomerState(row.customer_id, row.last_snapshot_ms, row.snapshot_digest, row.dirty,
-                             row.next_change_ms, row.projection_key)
+            row = self.session.execute(self._lock_stmt, {"cid": customer_id}).one()
+        return CustomerState(*row)
 
     def _insert_ignore(self, model: Any, values: Mapping[str, Any]) -> None:
-        dialect = self.session.get_bind().dialect.name
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        self.session.execute(insert(model).values(**values).on_conflict_do_nothing())
+        self.session.execute(_insert_ignore(model.__table__, sorted(values)), dict(values))
 
     def record_identities(self, identities: Mapping[str, str]) -> None:
         if not identities:
@@ -96,87 +146,70 @@ class SqlLedgerStore:
         customers, ids = list(customer_ids), list(transaction_ids)
         clauses = []
         if customers:
-            clauses.append(LedgerTransaction.owner.in_(customers))
+            clauses.append(_LEDGER.c.owner.in_(customers))
         if ids:
-            clauses.append(LedgerTransaction.transaction_id.in_(ids))
+            clauses.append(_LEDGER.c.transaction_id.in_(ids))
         if not clauses:
             return {}
-        rows = list(self.session.scalars(select(LedgerTransaction).where(or_(*clauses))))
-        self._loaded.extend(rows)
+        rows = self.session.execute(_SELECT_LEDGER.where(or_(*clauses)))
         return {row.transaction_id: _to_domain(row) for row in rows}
 
     def save_transactions(self, transactions: Sequence[Transaction]) -> None:
-        for tx in transactions:
-            values = {
-                "product_id": tx.product_id,
-                "kind": tx.kind,
-                "original_transaction_id": tx.original_transaction_id,
-                "store": tx.store,
-                "is_sandbox": tx.is_sandbox,
-                "purchased_ms": tx.purchased_ms,
-                "period_type": tx.period_type,
-                "ownership": tx.ownership,
-                "expires_ms": tx.expires_ms,
-                "grace_expires_ms": tx.grace_expires_ms,
-                "refunded_ms": tx.refunded_ms,
-                "owner": tx.owner,
+        """Upsert the merged transactions (one statement for all of them)."""
+        if not transactions:
+            return
+        rows = [
+            {
+                "transaction_id": tx.transaction_id,
+                **{f: getattr(tx, f) for f in _LEDGER_FIELDS},
                 "observed": json.dumps(dict(tx.observed), sort_keys=True),
             }
-            row = self.session.get(LedgerTransaction, tx.transaction_id)
-            if row is None:
-                self.session.add(LedgerTransaction(transaction_id=tx.transaction_id, **values))
-            else:
-                for key, value in values.items():
-                    setattr(row, key, value)
-        self.session.flush()
+            for tx in transactions
+        ]
+        self.session.execute(_UPSERT_LEDGER, rows)
 
     def save_snapshot(self, customer_id: str, request_ms: int, digest: str, body: Mapping[str, Any]) -> None:
-        self.session.add(
-            ProviderSnapshot(customer_id=customer_id, request_ms=request_ms, digest=digest, body=json.dumps(body, sort_keys=True))
+        self.session.execute(
+            _INSERT_SNAPSHOT,
+            {"customer_id": customer_id, "request_ms": request_ms, "digest": digest, "body": json.dumps(body, sort_keys=True)},
         )
         # Written with the check time by mark_checked: one UPDATE of the subscriber per reconcile.
         self._snapshot_marks[customer_id] = {"last_snapshot_ms": request_ms, "snapshot_digest": digest}
 
     def granted(self, customer_id: str) -> list[Access]:
-        rows = list(self.session.scalars(select(Grant).where(Grant.customer_id == customer_id).order_by(Grant.resource)))
-        self._loaded.extend(rows)
-        return [grant_to_access(row) for row in rows]
+        return [
+            Access(row.resource, row.mode, row.expires_ms, tuple(json.loads(row.sources or "[]")))
+            for row in self.session.execute(_SELECT_GRANTS, {"cid": customer_id})
+        ]
 
     def apply(self, customer_id: str, actions: Sequence[Action], cause: Cause, now_ms: int) -> None:
+        if not actions:
+            return
+        upserts = []
         for action in actions:
-            row = self.session.get(Grant, (customer_id, action.resource))
             after = action.after
             if after is None:
-                if row is not None:
-                    self.session.delete(row)
-            elif row is None:
-                self.session.add(
-                    Grant(
-                        customer_id=customer_id,
-                        resource=action.resource,
-                        mode=after.mode,
-                        expires_ms=after.expires_ms,
-                        sources=json.dumps(list(after.sources)),
-                        updated_ms=now_ms,
-                    )
-                )
+                self.session.execute(_DELETE_GRANT, {"cid": customer_id, "res": action.resource})
             else:
-                row.mode, row.expires_ms = after.mode, after.expires_ms
-                row.sources, row.updated_ms = json.dumps(list(after.sources)), now_ms
-            self.session.add(
-                AuditEntry(
-                    at_ms=now_ms,
-                    customer_id=customer_id,
-                    resource=action.resource,
-                    action=action.kind,
-                    before=_access_json(action.before),
-                    after=_access_json(after),
-                    cause_kind=cause.kind,
-                    cause_ref=cause.ref[:255],
-                    drift_kind=action.drift_kind if cause.is_drift_repair else None,
-                )
-            )
-        self.session.flush()
+                upserts.append({
+                    "customer_id": customer_id, "resource": action.resource, "mode": after.mode,
+                    "expires_ms": after.expires_ms, "sources": json.dumps(list(after.sources)), "updated_ms": now_ms,
+                })
+        if upserts:
+            self.session.execute(_UPSERT_GRANT, upserts)
+        self.session.execute(
+            _INSERT_AUDIT,
+            [
+                {
+                    "at_ms": now_ms, "customer_id": customer_id, "resource": action.resource, "action": action.kind,
+                    "before": _access_json(action.before), "after": _access_json(action.after),
+                    "cause_kind": cause.kind, "cause_ref": cause.ref[:255],
+                    "drift_kind": action.drift_kind if cause.is_drift_repair else None,
+                }
+                for action in actions
+            ],
+        )
+        note_access_changed(self.session, customer_id)
         # Sink work (LMS enrollments) rides in the same transaction; drained after commit.
         enqueue_grant_changes(self.session, customer_id, actions, cause, now_ms)
 
@@ -206,4 +239,4 @@ class SqlLedgerStore:
         values.update(self._snapshot_marks.pop(customer_id, {}))
         if projection is not None:
             values["next_change_ms"], values["projection_key"] = projection
-        self.session.execute(update(Subscriber).where(Subscriber.customer_id == customer_id).values(**values))
+        self.session.execute(update(_SUBSCRIBERS).where(_SUBSCRIBERS.c.customer_id == customer_id).values(**values))
