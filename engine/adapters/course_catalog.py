@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Collection, Iterable, Sequence
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.adapters.models import CourseMappingRow, Grant, Identity, LmsUser
@@ -30,10 +30,15 @@ def mappings_for(session: Session, resources: Iterable[str]) -> dict[str, Course
     names = sorted(set(resources))
     if not names:
         return {}
-    # Core rows, not ORM objects: this runs in every reconcile that changes a grant.
-    table = CourseMappingRow.__table__
-    rows = session.execute(select(*table.c).where(table.c.resource.in_(names)))
+    rows = session.execute(_MAPPINGS_OF, {"names": names})
     return {row.resource: to_mapping(row) for row in rows}
+
+
+# Core rows from a statement built once, not ORM objects: this runs in every reconcile that
+# changes a grant.
+_MAPPINGS_OF = select(*CourseMappingRow.__table__.c).where(
+    CourseMappingRow.__table__.c.resource.in_(bindparam("names", expanding=True))
+)
 
 
 def all_mappings(session: Session) -> list[CourseMapping]:

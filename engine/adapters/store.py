@@ -41,6 +41,12 @@ _LEDGER_FIELDS = (
     "ownership", "expires_ms", "grace_expires_ms", "refunded_ms", "owner",
 )
 _SELECT_LEDGER = select(_LEDGER.c.transaction_id, *(_LEDGER.c[f] for f in _LEDGER_FIELDS), _LEDGER.c.observed)
+# Built once: building a statement (and its cache key) cost as much CPU as running it.
+_OWNED_BY = _LEDGER.c.owner.in_(bindparam("owners", expanding=True))
+_NAMED = _LEDGER.c.transaction_id.in_(bindparam("ids", expanding=True))
+_LEDGER_OWNED = _SELECT_LEDGER.where(_OWNED_BY)
+_LEDGER_NAMED = _SELECT_LEDGER.where(_NAMED)
+_LEDGER_OWNED_OR_NAMED = _SELECT_LEDGER.where(or_(_OWNED_BY, _NAMED))
 _SELECT_CUSTOMER = select(
     _SUBSCRIBERS.c.customer_id, _SUBSCRIBERS.c.last_snapshot_ms, _SUBSCRIBERS.c.snapshot_digest,
     _SUBSCRIBERS.c.dirty, _SUBSCRIBERS.c.next_change_ms, _SUBSCRIBERS.c.projection_key,
@@ -144,14 +150,14 @@ class SqlLedgerStore:
 
     def transactions(self, customer_ids: Iterable[str], transaction_ids: Iterable[str]) -> dict[str, Transaction]:
         customers, ids = list(customer_ids), list(transaction_ids)
-        clauses = []
-        if customers:
-            clauses.append(_LEDGER.c.owner.in_(customers))
-        if ids:
-            clauses.append(_LEDGER.c.transaction_id.in_(ids))
-        if not clauses:
+        if customers and ids:
+            rows = self.session.execute(_LEDGER_OWNED_OR_NAMED, {"owners": customers, "ids": ids})
+        elif customers:
+            rows = self.session.execute(_LEDGER_OWNED, {"owners": customers})
+        elif ids:
+            rows = self.session.execute(_LEDGER_NAMED, {"ids": ids})
+        else:
             return {}
-        rows = self.session.execute(_SELECT_LEDGER.where(or_(*clauses)))
         return {row.transaction_id: _to_domain(row) for row in rows}
 
     def save_transactions(self, transactions: Sequence[Transaction]) -> None:
@@ -239,4 +245,19 @@ class SqlLedgerStore:
         values.update(self._snapshot_marks.pop(customer_id, {}))
         if projection is not None:
             values["next_change_ms"], values["projection_key"] = projection
-        self.session.execute(update(_SUBSCRIBERS).where(_SUBSCRIBERS.c.customer_id == customer_id).values(**values))
+        self.session.execute(_mark_checked(tuple(sorted(values))), {"cid": customer_id, **values})
+
+
+_mark_checked_stmts: dict[tuple[str, ...], Any] = {}
+
+
+def _mark_checked(columns: tuple[str, ...]) -> Any:
+    """UPDATE subscribers SET <columns> WHERE customer_id = :cid, built once per column set."""
+    stmt = _mark_checked_stmts.get(columns)
+    if stmt is None:
+        stmt = _mark_checked_stmts[columns] = (
+            update(_SUBSCRIBERS)
+            .where(_SUBSCRIBERS.c.customer_id == bindparam("cid"))
+            .values({c: bindparam(c) for c in columns})
+        )
+    return stmt
