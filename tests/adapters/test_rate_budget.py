@@ -67,3 +67,49 @@ def test_a_429_pauses_the_whole_budget_for_every_process(redis_client):
     assert 2 < wait <= 3
     other_process.resume()
     assert other_process.try_take("event") == 0.0
+
+
+def test_a_batch_takes_what_the_window_has_free_and_never_more(redis_client):
+    budget = RateBudget(redis_client, per_minute=10, window_ms=60_000, name="t5")
+    assert budget.try_take_up_to("event", 4) == (4, 0.0)
+    assert budget.try_take_up_to("event", 8) == (6, 0.0)  # only 6 left in the window
+    granted, wait = budget.try_take_up_to("event", 3)
+    assert granted == 0 and 59 < wait <= 60.5
+    assert budget.used_in_window() == 10
+
+
+def test_a_sweep_batch_leaves_the_reserve_and_many_batch_takers_stay_within_the_limit(redis_client):
+    budget = RateBudget(redis_client, per_minute=40, window_ms=1000, name="t6", guard_ms=50)
+    assert budget.try_take_up_to("sweep", 100)[0] == 39  # 40 less the sweep's reserve of 1
+    time.sleep(1.1)
+    granted: list[float] = []
+    lock = threading.Lock()
+
+    def taker():
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:
+            n, _ = budget.try_take_up_to("event", 7)
+            with lock:
+                granted.extend([time.monotonic()] * n)
+
+    threads = [threading.Thread(target=taker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    granted.sort()
+    worst = max(sum(1 for g in granted if start <= g < start + 1.0) for start in granted)
+    assert worst <= 40 and len(granted) >= 80
+
+
+def test_reserved_reads_spend_no_further_budget_and_a_429_still_pauses_it(redis_client):
+    budget = RateBudget(redis_client, per_minute=5, window_ms=60_000, name="t7")
+    provider = BudgetedProvider(TooMany(), budget, "sweep", max_wait_s=0)
+    assert provider.reserve(10) == 4  # a sweep batch: what the window has free, less the reserve
+    assert budget.used_in_window() == 4
+    with pytest.raises(TransientError):
+        provider.get_subscriber_reserved("u")
+    assert budget.used_in_window() == 4
+    assert budget.paused_for_s() > 2
+    with pytest.raises(BudgetExhausted):
+        provider.reserve(1)

@@ -222,3 +222,58 @@ def test_fast_path_recomputes_once_an_expiry_falls_due_or_the_catalog_changes(cl
                                 "premium_monthly": replace(product, grants=(GrantRule("module:algebra", "basic", "period"),))})
     assert [a.kind for a in reconcile(wall_clock_ms(), changed).actions] == ["change_mode"]
     assert [a.kind for a in reconcile(grant.expires_ms + 1, changed).actions] == ["revoke"]  # the expiry came due
+
+
+def test_a_sweep_batch_settles_unchanged_customers_together_and_reconciles_the_rest(client, runtime, simulator):
+    for user in ["alice", "bob", "carol", "dave"]:
+        known_customer(client, runtime, simulator, user)
+    simulator.state.purchase_non_renewing("bob", "geometry_pack_30")  # lost webhook: bob changed
+    with runtime.session_factory() as session, session.begin():  # carol: a degraded event left her dirty
+        session.execute(update(Subscriber).where(Subscriber.customer_id == "carol").values(dirty=True))
+    snapshots_before, requests_before, t0 = count(runtime, ProviderSnapshot), simulator.state.request_count, wall_clock_ms()
+    statements: list[tuple[str, bool]] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+        statements.append((" ".join(statement.split()[:2]).upper(), executemany))
+
+    event.listen(runtime.db, "before_cursor_execute", record)
+    try:
+        result = reconcile_customers(["alice", "bob", "carol", "dave"], runtime=runtime)
+    finally:
+        event.remove(runtime.db, "before_cursor_execute", record)
+    assert (result.reconciled, result.changed, result.failed, result.drift) == (4, 1, 0, {"missed_grant": 1})
+    assert simulator.state.request_count - requests_before == 4  # one read each, none repeated
+    # alice and dave: one UPDATE for both, nothing else written; bob and carol: a full reconcile
+    assert statements.count(("UPDATE SUBSCRIBERS", True)) == 1
+    assert count(runtime, ProviderSnapshot) - snapshots_before == 2
+    with runtime.session_factory() as session:
+        rows = {r.customer_id: r for r in session.scalars(select(Subscriber))}
+    for user in ["alice", "bob", "carol", "dave"]:
+        assert rows[user].last_checked_ms >= t0 and rows[user].next_check_ms > t0 and not rows[user].dirty
+
+
+def test_a_failed_read_in_a_batch_defers_only_that_customer(client, runtime, simulator):
+    for user in ["alice", "bob", "carol"]:
+        known_customer(client, runtime, simulator, user)
+    simulator.state.fail_next(1, 503)
+    now = wall_clock_ms()
+    result = reconcile_customers(["alice", "bob", "carol"], runtime=runtime)
+    assert (result.reconciled, result.failed) == (2, 1)
+    with runtime.session_factory() as session:
+        dirty = session.execute(select(Subscriber.customer_id, Subscriber.next_check_ms).where(Subscriber.dirty)).all()
+    assert len(dirty) == 1 and dirty[0].next_check_ms <= wall_clock_ms() and dirty[0].next_check_ms >= now
+    assert runtime.metrics.counters()['engine_reconcile_failures_total{kind="transient"}'] == 1
+
+
+def test_a_batch_larger_than_the_budget_is_deferred_not_failed(client, runtime, simulator, settings):
+    from engine.adapters.runtime import Runtime
+
+    for user in ["alice", "bob", "carol"]:
+        known_customer(client, runtime, simulator, user)
+    small = Runtime(settings.with_(provider_rate_per_minute=3))  # the sweep may use 2 of 3
+    small.budget.client.delete(*small.budget._keys)
+    result = reconcile_customers(["alice", "bob", "carol"], runtime=small, max_wait_s=0)
+    assert (result.reconciled, result.failed, result.deferred) == (2, 0, ["carol"])
+    with runtime.session_factory() as session:
+        carol = session.scalar(select(Subscriber).where(Subscriber.customer_id == "carol"))
+    assert carol.next_check_ms > wall_clock_ms() + 50_000 and not carol.dirty  # when the window frees a slot

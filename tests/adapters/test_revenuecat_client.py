@@ -1,0 +1,51 @@
+"""The provider client over HTTP against the simulator: shared between threads, proxies and
+credentials from the environment read once, never per request."""
+
+from __future__ import annotations
+
+import threading
+
+from engine.adapters.revenuecat_client import RevenueCatClient
+
+
+def test_threads_read_concurrently_each_on_its_own_session(simulator):
+    for user in ["t0", "t1", "t2", "t3"]:
+        simulator.state.purchase_subscription(user, "premium_monthly")
+    client = RevenueCatClient(simulator.url, simulator.api_key)
+    sessions, bodies, errors = set(), {}, []
+
+    def read(user: str) -> None:
+        try:
+            for _ in range(5):
+                bodies[user] = client.get_subscriber(user)
+            sessions.add(id(client.session))
+        except Exception as exc:  # noqa: BLE001 - surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read, args=(u,)) for u in ["t0", "t1", "t2", "t3"]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert {u: b["subscriber"]["original_app_user_id"] for u, b in bodies.items()} == {u: u for u in bodies}
+    assert len(sessions) == 4
+
+
+def test_proxy_settings_come_from_the_environment_once_and_netrc_never_replaces_our_key(monkeypatch, tmp_path, simulator):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "")
+    proxied = RevenueCatClient("https://api.revenuecat.com", "sk_x")
+    assert proxied.session.proxies.get("https") == "http://proxy.example:3128"
+    # A ~/.netrc entry for the provider's host would make requests send its credentials
+    # instead of our Authorization header when trust_env is on.
+    home = tmp_path / "home"
+    home.mkdir()
+    host = simulator.url.split("//", 1)[1].split(":")[0]
+    (home / ".netrc").write_text(f"machine {host} login someone password other\n")
+    (home / ".netrc").chmod(0o600)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("NETRC", str(home / ".netrc"))
+    simulator.state.purchase_subscription("n1", "premium_monthly")
+    client = RevenueCatClient(simulator.url, simulator.api_key)
+    assert client.get_subscriber("n1")["subscriber"]["original_app_user_id"] == "n1"
