@@ -6,6 +6,7 @@ import json
 
 import pytest
 import redis as redis_lib
+from flask import jsonify
 from sqlalchemy import select
 
 from config.settings import Settings
@@ -39,6 +40,10 @@ def test_stores_commits_and_enqueues_then_answers_200(client, runtime, settings)
     assert (row.event_id, row.event_type, row.status, row.provider) == ("evt-1", "INITIAL_PURCHASE", "received", "revenuecat")
     assert json.loads(row.body) == purchase()
     assert queued(settings) == 1
+    # the answer, built by hand on the hot path, is what jsonify would have answered
+    with client.application.app_context():
+        expected = jsonify(status="received", duplicate=False, inbox_id=row.id)
+    assert (response.get_data(), response.mimetype) == (expected.get_data(), expected.mimetype)
 
 
 def test_duplicate_delivery_answers_200_and_enqueues_nothing(client, runtime, settings):
