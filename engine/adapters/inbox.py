@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Sequence
 
-from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy import Connection, Engine, and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -225,12 +225,13 @@ class _unit_of_work:
     """Context manager: one transaction, yielding the LedgerStore port over it; committed on
     success unless ``commit`` is False (dry runs), rolled back otherwise."""
 
-    def __init__(self, factory: sessionmaker[Session], commit: bool = True):
+    def __init__(self, factory: sessionmaker[Session], commit: bool = True, bind: Connection | None = None):
         self.factory = factory
         self.commit = commit
+        self.bind = bind
 
     def __enter__(self) -> SqlLedgerStore:
-        self.session = self.factory()
+        self.session = self.factory() if self.bind is None else self.factory(bind=self.bind)
         self.session.begin()
         return SqlLedgerStore(self.session)
 
@@ -244,9 +245,13 @@ class _unit_of_work:
             self.session.close()
 
 
-def unit_of_work(factory: sessionmaker[Session], *, commit: bool = True) -> Callable[[], _unit_of_work]:
-    """A unit-of-work factory for reconcile (``commit=False``: a dry run that changes nothing)."""
-    return lambda: _unit_of_work(factory, commit)
+def unit_of_work(factory: sessionmaker[Session], *, commit: bool = True, bind: Connection | None = None) -> Callable[[], _unit_of_work]:
+    """A unit-of-work factory for reconcile (``commit=False``: a dry run that changes nothing).
+
+    ``bind``: run every unit of work on this one connection (each still its own transaction),
+    as a sweep batch does, instead of checking one out of the pool, and pinging it, each time.
+    """
+    return lambda: _unit_of_work(factory, commit, bind)
 
 
 def _utcnow() -> datetime:

@@ -25,6 +25,9 @@ from engine.reconcile import ReconcilePolicy
 from engine.sinks.ports import CourseSink
 
 
+RECONCILE_OVERLAP = 2  # see Runtime.reconcile_pool
+
+
 def wall_clock_ms() -> int:
     """The one place that reads the clock for the engine; pure code receives ``now_ms``."""
     return int(time.time() * 1000)
@@ -54,6 +57,13 @@ class Runtime:
     def fetch_pool(self) -> ThreadPoolExecutor:
         """Threads the sweep reads the provider on, several at once (its latency overlaps)."""
         return ThreadPoolExecutor(max_workers=self.settings.provider_fetch_concurrency, thread_name_prefix="provider-read")
+
+    @cached_property
+    def reconcile_pool(self) -> ThreadPoolExecutor:
+        """Threads a sweep batch reconciles changed customers on, each with its own database
+        connection, so that one customer's round trips and commit overlap another's CPU work
+        (two: the work is mostly Python, which runs one thread at a time)."""
+        return ThreadPoolExecutor(max_workers=RECONCILE_OVERLAP, thread_name_prefix="reconcile")
 
     @cached_property
     def provider(self) -> RevenueCatClient:

@@ -120,16 +120,19 @@ class SqlLedgerStore:
         self._postgres = self._dialect == "postgresql"
         self._snapshot_marks: dict[str, dict[str, object]] = {}
         self._lock_stmt = _SELECT_CUSTOMER.with_for_update() if self._postgres else _SELECT_CUSTOMER
+        # Core statements go to the session's connection directly (same transaction): the
+        # Session's execute layer cost a tenth of a reconcile's CPU for rows it does not track.
+        self._conn = session.connection()
 
     def lock_customer(self, customer_id: str) -> CustomerState:
-        row = self.session.execute(self._lock_stmt, {"cid": customer_id}).one_or_none()
+        row = self._conn.execute(self._lock_stmt, {"cid": customer_id}).one_or_none()
         if row is None:
             self._insert_ignore(Subscriber, {"customer_id": customer_id, "dirty": False, "next_check_ms": 0})
-            row = self.session.execute(self._lock_stmt, {"cid": customer_id}).one()
+            row = self._conn.execute(self._lock_stmt, {"cid": customer_id}).one()
         return CustomerState(*row)
 
     def _insert_ignore(self, model: Any, values: Mapping[str, Any]) -> None:
-        self.session.execute(_insert_ignore(model.__table__, sorted(values)), dict(values))
+        self._conn.execute(_insert_ignore(model.__table__, sorted(values)), dict(values))
 
     def record_identities(self, identities: Mapping[str, str]) -> None:
         if not identities:
@@ -151,11 +154,11 @@ class SqlLedgerStore:
     def transactions(self, customer_ids: Iterable[str], transaction_ids: Iterable[str]) -> dict[str, Transaction]:
         customers, ids = list(customer_ids), list(transaction_ids)
         if customers and ids:
-            rows = self.session.execute(_LEDGER_OWNED_OR_NAMED, {"owners": customers, "ids": ids})
+            rows = self._conn.execute(_LEDGER_OWNED_OR_NAMED, {"owners": customers, "ids": ids})
         elif customers:
-            rows = self.session.execute(_LEDGER_OWNED, {"owners": customers})
+            rows = self._conn.execute(_LEDGER_OWNED, {"owners": customers})
         elif ids:
-            rows = self.session.execute(_LEDGER_NAMED, {"ids": ids})
+            rows = self._conn.execute(_LEDGER_NAMED, {"ids": ids})
         else:
             return {}
         return {row.transaction_id: _to_domain(row) for row in rows}
@@ -172,10 +175,10 @@ class SqlLedgerStore:
             }
             for tx in transactions
         ]
-        self.session.execute(_UPSERT_LEDGER, rows)
+        self._conn.execute(_UPSERT_LEDGER, rows)
 
     def save_snapshot(self, customer_id: str, request_ms: int, digest: str, body: Mapping[str, Any]) -> None:
-        self.session.execute(
+        self._conn.execute(
             _INSERT_SNAPSHOT,
             {"customer_id": customer_id, "request_ms": request_ms, "digest": digest, "body": json.dumps(body, sort_keys=True)},
         )
@@ -185,7 +188,7 @@ class SqlLedgerStore:
     def granted(self, customer_id: str) -> list[Access]:
         return [
             Access(row.resource, row.mode, row.expires_ms, tuple(json.loads(row.sources or "[]")))
-            for row in self.session.execute(_SELECT_GRANTS, {"cid": customer_id})
+            for row in self._conn.execute(_SELECT_GRANTS, {"cid": customer_id})
         ]
 
     def apply(self, customer_id: str, actions: Sequence[Action], cause: Cause, now_ms: int) -> None:
@@ -195,15 +198,15 @@ class SqlLedgerStore:
         for action in actions:
             after = action.after
             if after is None:
-                self.session.execute(_DELETE_GRANT, {"cid": customer_id, "res": action.resource})
+                self._conn.execute(_DELETE_GRANT, {"cid": customer_id, "res": action.resource})
             else:
                 upserts.append({
                     "customer_id": customer_id, "resource": action.resource, "mode": after.mode,
                     "expires_ms": after.expires_ms, "sources": json.dumps(list(after.sources)), "updated_ms": now_ms,
                 })
         if upserts:
-            self.session.execute(_UPSERT_GRANT, upserts)
-        self.session.execute(
+            self._conn.execute(_UPSERT_GRANT, upserts)
+        self._conn.execute(
             _INSERT_AUDIT,
             [
                 {
@@ -245,7 +248,7 @@ class SqlLedgerStore:
         values.update(self._snapshot_marks.pop(customer_id, {}))
         if projection is not None:
             values["next_change_ms"], values["projection_key"] = projection
-        self.session.execute(_mark_checked(tuple(sorted(values))), {"cid": customer_id, **values})
+        self._conn.execute(_mark_checked(tuple(sorted(values))), {"cid": customer_id, **values})
 
 
 _mark_checked_stmts: dict[tuple[str, ...], Any] = {}

@@ -8,21 +8,23 @@ pushed out) so a backlog is not selected twice while its reconcile tasks wait in
 from __future__ import annotations
 
 import logging
+import queue
 from concurrent.futures import Future
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.observability import report_drift, report_unknown_products
 from engine.adapters.inbox import unit_of_work
 from engine.adapters.models import AuditEntry, Grant, Subscriber
-from engine.adapters.runtime import wall_clock_ms
+from engine.adapters.runtime import RECONCILE_OVERLAP, wall_clock_ms
 from engine.errors import TerminalError, TransientError
 from engine.facts import SubscriberSnapshot
 from engine.ports import Cause, CustomerState
-from engine.reconcile import reconcile_user, unchanged_check_ms
+from engine.reconcile import ReconcileOutcome, reconcile_user, unchanged_check_ms
 from engine.revenuecat import parse_subscriber
 
 log = logging.getLogger(__name__)
@@ -194,10 +196,12 @@ def reconcile_customers(
         return [(customer_id, runtime.fetch_pool.submit(provider.get_subscriber_reserved, customer_id)) for customer_id in group]
 
     in_flight = send_next_group()
-    while in_flight:
-        bodies = _collect(in_flight, runtime, result, metrics)
-        in_flight = send_next_group()  # read the next group while this one is written
-        _settle_group(bodies, runtime, cause_kind, result, metrics)
+    if in_flight:
+        with _BatchConnections(runtime) as connections:
+            while in_flight:
+                bodies = _collect(in_flight, runtime, result, metrics)
+                in_flight = send_next_group()  # read the next group while this one is written
+                _settle_group(bodies, runtime, connections, cause_kind, result, metrics)
     metrics.append(("engine_reconciles_total", {"cause": cause_kind}, result.reconciled))
     try:
         runtime.metrics.incr_many(metrics)
@@ -222,7 +226,48 @@ def _collect(in_flight: list[tuple[str, Future]], runtime, result: BatchResult, 
     return bodies
 
 
-def _settle_group(bodies: dict[str, Mapping[str, Any]], runtime, cause_kind: str, result: BatchResult, metrics: list) -> None:  # noqa: ANN001
+class _BatchConnections:
+    """The database connections of one sweep batch, checked out (and pinged) once for it:
+    each customer still gets its own transaction on one of them. On PostgreSQL there are
+    ``RECONCILE_OVERLAP`` of them, one per ``Runtime.reconcile_pool`` thread; SQLite takes one
+    writer at a time, so it gets one."""
+
+    def __init__(self, runtime) -> None:  # noqa: ANN001
+        self.size = RECONCILE_OVERLAP if runtime.db.dialect.name == "postgresql" else 1
+        self.runtime = runtime
+        self.stack = ExitStack()
+        self.free: queue.SimpleQueue[Connection] = queue.SimpleQueue()
+
+    def __enter__(self) -> "_BatchConnections":
+        try:
+            self.all = [self.stack.enter_context(self.runtime.db.connect()) for _ in range(self.size)]
+        except BaseException:
+            self.stack.close()
+            raise
+        for connection in self.all:
+            self.free.put(connection)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack.close()
+
+    @property
+    def primary(self) -> Connection:
+        return self.all[0]
+
+    @contextmanager
+    def one(self) -> Iterator[Connection]:
+        connection = self.free.get()
+        try:
+            yield connection
+        finally:
+            self.free.put(connection)
+
+
+def _settle_group(  # noqa: PLR0913
+    bodies: dict[str, Mapping[str, Any]], runtime, connections: _BatchConnections, cause_kind: str,  # noqa: ANN001
+    result: BatchResult, metrics: list,
+) -> None:
     now_ms = wall_clock_ms()
     snapshots = {}
     for customer_id, body in bodies.items():
@@ -231,30 +276,42 @@ def _settle_group(bodies: dict[str, Mapping[str, Any]], runtime, cause_kind: str
         except TerminalError as exc:
             _count_failure(result, metrics, "terminal")
             log.error("reconcile of %s failed: %s", customer_id, exc)
-    settled = _settle_unchanged(runtime, snapshots, now_ms)
-    uow = unit_of_work(runtime.session_factory)
-    for customer_id, body in bodies.items():
-        if customer_id not in snapshots:
-            continue
+    settled = _settle_unchanged(runtime, connections.primary, snapshots, now_ms)
+    cause = Cause(cause_kind, cause_kind)  # type: ignore[arg-type]
+
+    def reconcile_one(customer_id: str) -> ReconcileOutcome | Exception:
+        with connections.one() as connection:
+            try:
+                return reconcile_user(
+                    customer_id, provider=_Prefetched(customer_id, bodies[customer_id]),
+                    unit_of_work=unit_of_work(runtime.session_factory, bind=connection), catalog=runtime.catalog,
+                    now_ms=wall_clock_ms(), cause=cause, policy=runtime.policy,
+                )
+            except (TransientError, TerminalError) as exc:
+                return exc
+
+    todo = [customer_id for customer_id in bodies if customer_id in snapshots and customer_id not in settled]
+    if connections.size > 1 and len(todo) > 1:
+        done = dict(zip(todo, runtime.reconcile_pool.map(reconcile_one, todo)))
+    else:
+        done = {customer_id: reconcile_one(customer_id) for customer_id in todo}
+    for customer_id in bodies:
         if customer_id in settled:
             result.reconciled += 1
             if runtime.course_sink is not None:
                 _repair_lms(runtime, customer_id, cause_kind, result, metrics)
             continue
-        cause = Cause(cause_kind, cause_kind)  # type: ignore[arg-type]
-        try:
-            outcome = reconcile_user(
-                customer_id, provider=_Prefetched(customer_id, body), unit_of_work=uow, catalog=runtime.catalog,
-                now_ms=wall_clock_ms(), cause=cause, policy=runtime.policy,
-            )
-        except TransientError as exc:
+        outcome = done.get(customer_id)
+        if outcome is None:
+            continue  # not parseable: counted above
+        if isinstance(outcome, TransientError):
             _count_failure(result, metrics, "transient")
-            log.warning("reconcile of %s failed (will retry at once): %s", customer_id, exc)
+            log.warning("reconcile of %s failed (will retry at once): %s", customer_id, outcome)
             _defer(runtime.session_factory, [customer_id], wall_clock_ms(), dirty=True)
             continue
-        except TerminalError as exc:
+        if isinstance(outcome, TerminalError):
             _count_failure(result, metrics, "terminal")
-            log.error("reconcile of %s failed: %s", customer_id, exc)
+            log.error("reconcile of %s failed: %s", customer_id, outcome)
             continue
         result.reconciled += 1
         if outcome.actions:
@@ -270,7 +327,7 @@ def _settle_group(bodies: dict[str, Mapping[str, Any]], runtime, cause_kind: str
             _repair_lms(runtime, outcome.customer_id, cause.ref, result, metrics)
 
 
-def _settle_unchanged(runtime, snapshots: dict[str, SubscriberSnapshot], now_ms: int) -> set[str]:  # noqa: ANN001
+def _settle_unchanged(runtime, connection: Connection, snapshots: dict[str, SubscriberSnapshot], now_ms: int) -> set[str]:  # noqa: ANN001
     """Settle, in one transaction, the customers whose snapshot needs no work (the fast path of
     ``reconcile_user``, decided by the same ``unchanged_check_ms``): only their check time
     moves. Rows another process holds locked (an event being processed) are skipped and go
@@ -280,7 +337,7 @@ def _settle_unchanged(runtime, snapshots: dict[str, SubscriberSnapshot], now_ms:
     if not candidates:
         return set()
     columns = Subscriber.__table__.c
-    with runtime.session_factory() as session, session.begin():
+    with runtime.session_factory(bind=connection) as session, session.begin():
         stmt = select(
             columns.customer_id, columns.last_snapshot_ms, columns.snapshot_digest, columns.dirty,
             columns.next_change_ms, columns.projection_key,
@@ -322,7 +379,7 @@ def _count_failure(result: BatchResult, metrics: list, kind: str) -> None:
 def _repair_lms(runtime, customer_id: str, cause_ref: str, result: BatchResult, metrics: list) -> None:  # noqa: ANN001
     """LMS drift: read the customer's enrollments back and queue repairs (then drain them)."""
     from engine.adapters.outbox import repair_lms_drift
-    from engine.adapters.runtime import wall_clock_ms
+    from engine.adapters.runtime import RECONCILE_OVERLAP, wall_clock_ms
 
     lms = repair_lms_drift(runtime.session_factory, runtime.course_sink, customer_id, now_ms=wall_clock_ms(), cause_ref=cause_ref)
     for kind, n in lms.drift.items():
