@@ -1,12 +1,13 @@
 """Access-change notifications: committed grant changes are published on Redis, and long-polls
 (``GET /v1/users/<id>/access?wait=N``) in any web process wake up on them.
 
-Publishing: ``install_change_notifications`` hooks the session factory. Each flush notes the
-customers whose ``Grant`` rows it inserts, updates or deletes; after the transaction commits,
-their ids go out in one ``PUBLISH`` (nothing is published for a rolled-back transaction). This
-sits beside ``SqlLedgerStore.apply`` rather than inside it, so every unit of work that changes
-grants (webhook processing, degraded mode, sweep, expiry, client sync) notifies, and apply's
-own code is left as it is.
+Publishing: ``install_change_notifications`` hooks the session factory. The customers whose
+grants a transaction changed are noted in the session (``note_access_changed``, which
+``SqlLedgerStore.apply`` calls for the grants it writes with Core statements, and a flush hook
+for ``Grant`` rows written as ORM objects); after the transaction commits, their ids go out in
+one ``PUBLISH`` (nothing is published for a rolled-back transaction). Every unit of work that
+changes grants (webhook processing, degraded mode, sweep, expiry, client sync) goes through
+``apply``, so every one notifies.
 
 Waiting: each process holds one Redis subscription (``AccessWatch``, a background thread, a
 greenlet under gevent) that wakes the waiters registered for a customer id. A waiting client

@@ -37,12 +37,12 @@ local used = redis.call('ZCARD', window_key)
 if used < limit then
   -- up to ``wanted`` slots at once (a sweep batch), as many as the window has free
   local granted = math.min(wanted, limit - used)
-  local pairs = {}
+  local scored = {}
   for i = 1, granted do
-    pairs[2 * i - 1] = now
-    pairs[2 * i] = member .. ':' .. i
+    scored[2 * i - 1] = now
+    scored[2 * i] = member .. ':' .. i
   end
-  redis.call('ZADD', window_key, unpack(pairs))
+  redis.call('ZADD', window_key, unpack(scored))
   redis.call('PEXPIRE', window_key, window_ms * 2)
   return {granted, 0}
 end
@@ -64,6 +64,9 @@ if until_ms > current then
 end
 return until_ms
 """
+
+
+MAX_BATCH_TAKE = 1000
 
 
 class BudgetExhausted(TransientError):
@@ -101,7 +104,8 @@ class RateBudget:
         """Take up to ``wanted`` slots in one round trip: (slots taken, seconds to wait when none)."""
         granted, wait_ms = self._take(
             keys=self._keys,
-            args=[self.limit_for(priority), self.window_ms, uuid.uuid4().hex, self.guard_ms, max(1, wanted)],
+            # at most MAX_BATCH_TAKE per call: Lua's unpack() has a stack limit
+            args=[self.limit_for(priority), self.window_ms, uuid.uuid4().hex, self.guard_ms, min(max(1, wanted), MAX_BATCH_TAKE)],
         )
         return int(granted), int(wait_ms) / 1000.0
 
@@ -161,6 +165,11 @@ class BudgetedProvider:
         the number taken, at least one; BudgetExhausted if none came within ``max_wait_s``.
         Spend each on ``get_subscriber_reserved`` straight away."""
         return self.budget.acquire_up_to(self.priority, wanted, max_wait_s=self.max_wait_s)
+
+    def try_reserve(self, wanted: int) -> int:
+        """``reserve`` without waiting: the slots free now (maybe none)."""
+        granted, _ = self.budget.try_take_up_to(self.priority, wanted)
+        return granted
 
     def get_subscriber_reserved(self, app_user_id: str) -> Mapping[str, Any]:
         """``get_subscriber`` on a slot already taken with ``reserve``."""

@@ -38,10 +38,10 @@ class RevenueCatClient:
     """``GET /v1/subscribers/{id}`` and ``POST /v1/receipts`` with a secret key and timeouts.
 
     Safe to share between threads (the sweep reads several subscribers at once): each thread
-    gets its own ``requests.Session`` and keep-alive pool. Proxy settings are read from the
-    environment once, here, instead of on every request (``trust_env``, which also consults
-    ``~/.netrc``: about a third of the client's CPU per request, and netrc credentials would
-    replace our Authorization header).
+    gets its own ``requests.Session`` and keep-alive pool. Proxy and CA bundle settings are
+    read from the environment once, here, instead of on every request (``trust_env``, which
+    also consults ``~/.netrc``: about a third of the client's CPU per request, and netrc
+    credentials would replace our Authorization header).
     """
 
     def __init__(
@@ -56,7 +56,11 @@ class RevenueCatClient:
         self.api_key = api_key
         self.timeout = (connect_timeout_s, read_timeout_s)
         self.headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
-        self.proxies = requests.utils.get_environ_proxies(self.base_url)
+        # What requests would take from the environment on every request (proxies, and the CA
+        # bundle of REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE, e.g. behind a TLS-inspecting proxy),
+        # read once.
+        environment = requests.Session().merge_environment_settings(self.base_url, {}, None, None, None)
+        self.proxies, self.verify = environment["proxies"], environment["verify"]
         self._local = threading.local()
 
     @property
@@ -67,6 +71,7 @@ class RevenueCatClient:
             session = self._local.session = requests.Session()
             session.trust_env = False
             session.proxies.update(self.proxies)
+            session.verify = self.verify
             session.headers.update(self.headers)
         return session
 

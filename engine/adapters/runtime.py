@@ -56,7 +56,7 @@ class Runtime:
     @cached_property
     def fetch_pool(self) -> ThreadPoolExecutor:
         """Threads the sweep reads the provider on, several at once (its latency overlaps)."""
-        return ThreadPoolExecutor(max_workers=self.settings.provider_fetch_concurrency, thread_name_prefix="provider-read")
+        return ThreadPoolExecutor(max_workers=max(1, self.settings.provider_fetch_concurrency), thread_name_prefix="provider-read")
 
     @cached_property
     def reconcile_pool(self) -> ThreadPoolExecutor:
@@ -130,6 +130,9 @@ class Runtime:
         return EventProcessing(self.session_factory, provider, self.catalog, self.policy, wall_clock_ms)
 
     def close(self) -> None:
+        for pool in ("fetch_pool", "reconcile_pool"):
+            if pool in self.__dict__:
+                self.__dict__[pool].shutdown(wait=True)
         if "access_watch" in self.__dict__:
             self.access_watch.stop()
         if "access_notifier" in self.__dict__:

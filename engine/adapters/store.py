@@ -15,7 +15,7 @@ from sqlalchemy import TextClause, bindparam, delete, insert, or_, select, text,
 from sqlalchemy.orm import Session
 
 from engine.access import Access
-from engine.adapters.models import AuditEntry, Grant, Identity, LedgerTransaction, ProviderSnapshot, Subscriber, UnknownProduct
+from engine.adapters.models import AuditEntry, Grant, Identity, LedgerTransaction, ProviderSnapshot, Subscriber
 from engine.adapters.notifications import note_access_changed
 from engine.adapters.outbox import enqueue_grant_changes
 from engine.facts import Transaction
@@ -85,6 +85,12 @@ def _insert_ignore(table: Any, columns: Sequence[str]) -> TextClause:
     return stmt
 
 
+_SIGHT_UNKNOWN_PRODUCT = text(
+    'INSERT INTO "unknown_products" ("product_id", "first_seen_ms", "last_seen_ms", "last_customer_id", "sightings") '
+    "VALUES (:product_id, :now_ms, :now_ms, :customer_id, 1) "
+    'ON CONFLICT ("product_id") DO UPDATE SET "last_seen_ms" = excluded."last_seen_ms", '
+    '"last_customer_id" = excluded."last_customer_id", "sightings" = "unknown_products"."sightings" + 1'
+)
 _UPSERT_LEDGER = _upsert(_LEDGER, ["transaction_id"], [*_LEDGER_FIELDS, "observed"])
 _UPSERT_GRANT = _upsert(_GRANTS, ["customer_id", "resource"], ["mode", "expires_ms", "sources", "updated_ms"])
 _DELETE_GRANT = delete(_GRANTS).where(_GRANTS.c.customer_id == bindparam("cid"), _GRANTS.c.resource == bindparam("res"))
@@ -223,17 +229,12 @@ class SqlLedgerStore:
         enqueue_grant_changes(self.session, customer_id, actions, cause, now_ms)
 
     def record_unknown_products(self, customer_id: str, product_ids: Sequence[str], now_ms: int) -> None:
-        for product_id in product_ids:
-            row = self.session.get(UnknownProduct, product_id)
-            if row is None:
-                self.session.add(
-                    UnknownProduct(
-                        product_id=product_id, first_seen_ms=now_ms, last_seen_ms=now_ms, last_customer_id=customer_id, sightings=1
-                    )
-                )
-            else:
-                row.last_seen_ms, row.last_customer_id, row.sightings = now_ms, customer_id, row.sightings + 1
-        self.session.flush()
+        """One upsert per product, counting in the database: concurrent reconciles of two
+        customers holding the same new product neither collide nor lose a sighting."""
+        self._conn.execute(
+            _SIGHT_UNKNOWN_PRODUCT,
+            [{"product_id": p, "now_ms": now_ms, "customer_id": customer_id} for p in sorted(set(product_ids))],
+        )
 
     def mark_checked(
         self,

@@ -7,10 +7,12 @@ pushed out) so a backlog is not selected twice while its reconcile tasks wait in
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import queue
+import threading
 from concurrent.futures import Future
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
@@ -157,21 +159,22 @@ class BatchResult:
 def reconcile_customers(
     customer_ids: list[str],
     *,
-    runtime,  # noqa: ANN001 - engine.adapters.runtime.Runtime (import cycle)
+    runtime,  # noqa: ANN001 - engine.adapters.runtime.Runtime
     cause_kind: str = "sweep",
     max_wait_s: float = 20.0,
 ) -> BatchResult:
     """Reconcile each customer from the provider, spending the budget at sweep priority.
 
     Provider reads go out ``provider_fetch_concurrency`` at a time, each on a budget slot taken
-    just before it is sent, and the next group is in flight while this one's database work
-    runs. Customers whose snapshot is the one their grants were converged from are settled
-    together, in one statement (``unchanged_check_ms``); the others go through
-    ``reconcile_user`` one by one with the body already read.
+    just before it is sent. The next group is read while this one is written when the budget
+    has slots free now; otherwise this group is written first and the wait comes after, so
+    repairs already read are never held back by the budget. Customers whose snapshot is the one
+    their grants were converged from are settled together, in one statement
+    (``unchanged_check_ms``); the others go through ``reconcile_user`` with the body already read.
 
     Changes made here are drift (no webhook told us): counted by kind in the metrics and
-    reported to Sentry. A transient failure marks the customer dirty (next check at once);
-    an exhausted budget defers the rest of the batch instead of failing it.
+    reported to Sentry. A failure marks that customer dirty (next check at once) and the batch
+    goes on; an exhausted budget defers the rest of the batch instead of failing it.
     """
     from engine.adapters.rate_budget import BudgetExhausted
 
@@ -179,14 +182,17 @@ def reconcile_customers(
     result = BatchResult(drift={}, deferred=[])
     metrics: list[tuple[str, dict[str, str], int]] = []
     group_size = max(1, runtime.settings.provider_fetch_concurrency)
-    waiting = list(customer_ids)
+    waiting = list(dict.fromkeys(customer_ids))  # a customer listed twice is read once
+    # Built here, not first in a reconcile thread (cached_property builds are not locked).
+    runtime.catalog, runtime.policy, runtime.session_factory  # noqa: B018
 
-    def send_next_group() -> list[tuple[str, Future]]:
+    def send_next_group(*, wait: bool) -> list[tuple[str, Future]]:
         nonlocal waiting
         if not waiting:
             return []
+        wanted = min(group_size, len(waiting))
         try:
-            granted = provider.reserve(min(group_size, len(waiting)))
+            granted = provider.reserve(wanted) if wait else provider.try_reserve(wanted)
         except BudgetExhausted as exc:
             result.deferred = waiting
             _defer(runtime.session_factory, waiting, wall_clock_ms() + int((exc.retry_after_s or 1) * 1000))
@@ -195,13 +201,18 @@ def reconcile_customers(
         group, waiting = waiting[:granted], waiting[granted:]
         return [(customer_id, runtime.fetch_pool.submit(provider.get_subscriber_reserved, customer_id)) for customer_id in group]
 
-    in_flight = send_next_group()
-    if in_flight:
-        with _BatchConnections(runtime) as connections:
-            while in_flight:
-                bodies = _collect(in_flight, runtime, result, metrics)
-                in_flight = send_next_group()  # read the next group while this one is written
-                _settle_group(bodies, runtime, connections, cause_kind, result, metrics)
+    in_flight = send_next_group(wait=True)
+    try:
+        while in_flight:
+            bodies = _collect(in_flight, runtime, result, metrics)
+            in_flight = send_next_group(wait=False)  # read the next group while this one is written
+            _settle_group(bodies, runtime, cause_kind, result, metrics)
+            if not in_flight:
+                in_flight = send_next_group(wait=True)
+    finally:
+        # Reads already sent spent their slots: let them finish before anything else is sent
+        # from this process (a later batch must not queue behind them past its slots' times).
+        concurrent.futures.wait([future for _, future in in_flight])
     metrics.append(("engine_reconciles_total", {"cause": cause_kind}, result.reconciled))
     try:
         runtime.metrics.incr_many(metrics)
@@ -226,47 +237,68 @@ def _collect(in_flight: list[tuple[str, Future]], runtime, result: BatchResult, 
     return bodies
 
 
-class _BatchConnections:
-    """The database connections of one sweep batch, checked out (and pinged) once for it:
-    each customer still gets its own transaction on one of them. On PostgreSQL there are
+class _GroupConnections:
+    """The database connections one group of a sweep batch is written on: checked out (and
+    pinged) once per group, not per customer, and not held across the budget's waits. Each
+    customer still gets its own transaction on one of them. On PostgreSQL there are
     ``RECONCILE_OVERLAP`` of them, one per ``Runtime.reconcile_pool`` thread; SQLite takes one
-    writer at a time, so it gets one."""
+    writer at a time, so it gets one. A connection that saw an unexpected error is given back
+    to the pool (which resets or discards it) and a fresh one is checked out in its place."""
 
     def __init__(self, runtime) -> None:  # noqa: ANN001
-        self.size = RECONCILE_OVERLAP if runtime.db.dialect.name == "postgresql" else 1
         self.runtime = runtime
-        self.stack = ExitStack()
-        self.free: queue.SimpleQueue[Connection] = queue.SimpleQueue()
+        self.size = RECONCILE_OVERLAP if runtime.db.dialect.name == "postgresql" else 1
+        self.free: queue.SimpleQueue[Connection | None] = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.open: list[Connection] = []
+        for _ in range(self.size):
+            self.free.put(None)  # checked out on first use
 
-    def __enter__(self) -> "_BatchConnections":
-        try:
-            self.all = [self.stack.enter_context(self.runtime.db.connect()) for _ in range(self.size)]
-        except BaseException:
-            self.stack.close()
-            raise
-        for connection in self.all:
-            self.free.put(connection)
+    def __enter__(self) -> "_GroupConnections":
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stack.close()
+        with self.lock:
+            connections, self.open = self.open, []
+        for connection in connections:
+            connection.close()
 
-    @property
-    def primary(self) -> Connection:
-        return self.all[0]
+    def _checkout(self) -> Connection:
+        connection = self.runtime.db.connect()
+        with self.lock:
+            self.open.append(connection)
+        return connection
+
+    def _discard(self, connection: Connection) -> None:
+        with self.lock:
+            if connection in self.open:
+                self.open.remove(connection)
+        try:
+            connection.close()
+        except Exception:  # noqa: BLE001 - the pool invalidates what it cannot reset
+            log.debug("closing a failed batch connection", exc_info=True)
 
     @contextmanager
     def one(self) -> Iterator[Connection]:
         connection = self.free.get()
         try:
+            if connection is None:
+                connection = self._checkout()
             yield connection
-        finally:
+        except (TransientError, TerminalError):
+            self.free.put(connection)  # the engine's own errors leave the connection clean
+            raise
+        except BaseException:
+            if connection is not None:
+                self._discard(connection)
+            self.free.put(None)
+            raise
+        else:
             self.free.put(connection)
 
 
-def _settle_group(  # noqa: PLR0913
-    bodies: dict[str, Mapping[str, Any]], runtime, connections: _BatchConnections, cause_kind: str,  # noqa: ANN001
-    result: BatchResult, metrics: list,
+def _settle_group(
+    bodies: dict[str, Mapping[str, Any]], runtime, cause_kind: str, result: BatchResult, metrics: list,  # noqa: ANN001
 ) -> None:
     now_ms = wall_clock_ms()
     snapshots = {}
@@ -276,25 +308,33 @@ def _settle_group(  # noqa: PLR0913
         except TerminalError as exc:
             _count_failure(result, metrics, "terminal")
             log.error("reconcile of %s failed: %s", customer_id, exc)
-    settled = _settle_unchanged(runtime, connections.primary, snapshots, now_ms)
     cause = Cause(cause_kind, cause_kind)  # type: ignore[arg-type]
+    with _GroupConnections(runtime) as connections:
+        try:
+            with connections.one() as connection:
+                settled = _settle_unchanged(runtime, connection, snapshots, now_ms)
+        except Exception:  # noqa: BLE001 - settle them one by one instead
+            log.warning("could not settle unchanged customers together", exc_info=True)
+            settled = set()
 
-    def reconcile_one(customer_id: str) -> ReconcileOutcome | Exception:
-        with connections.one() as connection:
+        def reconcile_one(customer_id: str) -> ReconcileOutcome | Exception:
+            # Every failure comes back as a value: one customer's error never costs the others
+            # their results, and no thread is left writing when the group's connections close.
             try:
-                return reconcile_user(
-                    customer_id, provider=_Prefetched(customer_id, bodies[customer_id]),
-                    unit_of_work=unit_of_work(runtime.session_factory, bind=connection), catalog=runtime.catalog,
-                    now_ms=wall_clock_ms(), cause=cause, policy=runtime.policy,
-                )
-            except (TransientError, TerminalError) as exc:
+                with connections.one() as connection:
+                    return reconcile_user(
+                        customer_id, provider=_Prefetched(customer_id, bodies[customer_id]),
+                        unit_of_work=unit_of_work(runtime.session_factory, bind=connection), catalog=runtime.catalog,
+                        now_ms=wall_clock_ms(), cause=cause, policy=runtime.policy,
+                    )
+            except Exception as exc:  # noqa: BLE001
                 return exc
 
-    todo = [customer_id for customer_id in bodies if customer_id in snapshots and customer_id not in settled]
-    if connections.size > 1 and len(todo) > 1:
-        done = dict(zip(todo, runtime.reconcile_pool.map(reconcile_one, todo)))
-    else:
-        done = {customer_id: reconcile_one(customer_id) for customer_id in todo}
+        todo = [customer_id for customer_id in bodies if customer_id in snapshots and customer_id not in settled]
+        if connections.size > 1 and len(todo) > 1:
+            done = dict(zip(todo, runtime.reconcile_pool.map(reconcile_one, todo)))
+        else:
+            done = {customer_id: reconcile_one(customer_id) for customer_id in todo}
     for customer_id in bodies:
         if customer_id in settled:
             result.reconciled += 1
@@ -304,14 +344,8 @@ def _settle_group(  # noqa: PLR0913
         outcome = done.get(customer_id)
         if outcome is None:
             continue  # not parseable: counted above
-        if isinstance(outcome, TransientError):
-            _count_failure(result, metrics, "transient")
-            log.warning("reconcile of %s failed (will retry at once): %s", customer_id, outcome)
-            _defer(runtime.session_factory, [customer_id], wall_clock_ms(), dirty=True)
-            continue
-        if isinstance(outcome, TerminalError):
-            _count_failure(result, metrics, "terminal")
-            log.error("reconcile of %s failed: %s", customer_id, outcome)
+        if isinstance(outcome, Exception):
+            _fail(runtime, customer_id, outcome, result, metrics)
             continue
         result.reconciled += 1
         if outcome.actions:
@@ -325,6 +359,26 @@ def _settle_group(  # noqa: PLR0913
             report_unknown_products(outcome.customer_id, outcome.unknown_products)
         if runtime.course_sink is not None:
             _repair_lms(runtime, outcome.customer_id, cause.ref, result, metrics)
+
+
+def _fail(runtime, customer_id: str, exc: Exception, result: BatchResult, metrics: list) -> None:  # noqa: ANN001
+    """Count a failed reconcile. Anything but a terminal error (the provider's answer cannot
+    be used) leaves the customer dirty, due at once: transient errors, and unexpected ones
+    (a deadlock, a lost connection, a bug), which are also logged with their traceback."""
+    if isinstance(exc, TerminalError):
+        _count_failure(result, metrics, "terminal")
+        log.error("reconcile of %s failed: %s", customer_id, exc)
+        return
+    if isinstance(exc, TransientError):
+        _count_failure(result, metrics, "transient")
+        log.warning("reconcile of %s failed (will retry at once): %s", customer_id, exc)
+    else:
+        _count_failure(result, metrics, "error")
+        log.error("reconcile of %s failed unexpectedly (will retry at once)", customer_id, exc_info=exc)
+    try:
+        _defer(runtime.session_factory, [customer_id], wall_clock_ms(), dirty=True)
+    except Exception:  # noqa: BLE001 - its lease runs out and the sweep selects it again
+        log.warning("could not mark %s dirty", customer_id, exc_info=True)
 
 
 def _settle_unchanged(runtime, connection: Connection, snapshots: dict[str, SubscriberSnapshot], now_ms: int) -> set[str]:  # noqa: ANN001
@@ -379,7 +433,6 @@ def _count_failure(result: BatchResult, metrics: list, kind: str) -> None:
 def _repair_lms(runtime, customer_id: str, cause_ref: str, result: BatchResult, metrics: list) -> None:  # noqa: ANN001
     """LMS drift: read the customer's enrollments back and queue repairs (then drain them)."""
     from engine.adapters.outbox import repair_lms_drift
-    from engine.adapters.runtime import RECONCILE_OVERLAP, wall_clock_ms
 
     lms = repair_lms_drift(runtime.session_factory, runtime.course_sink, customer_id, now_ms=wall_clock_ms(), cause_ref=cause_ref)
     for kind, n in lms.drift.items():

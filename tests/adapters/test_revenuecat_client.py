@@ -4,32 +4,41 @@ credentials from the environment read once, never per request."""
 from __future__ import annotations
 
 import threading
+import time
 
 from engine.adapters.revenuecat_client import RevenueCatClient
 
 
 def test_threads_read_concurrently_each_on_its_own_session(simulator):
-    for user in ["t0", "t1", "t2", "t3"]:
+    users = ["t0", "t1", "t2", "t3"]
+    for user in users:
         simulator.state.purchase_subscription(user, "premium_monthly")
     client = RevenueCatClient(simulator.url, simulator.api_key)
-    sessions, bodies, errors = set(), {}, []
+    sessions, bodies, errors = {}, {}, []
+    start = threading.Barrier(len(users))
 
     def read(user: str) -> None:
         try:
-            for _ in range(5):
+            start.wait()
+            for _ in range(2):
                 bodies[user] = client.get_subscriber(user)
-            sessions.add(id(client.session))
+            sessions[user] = client.session
         except Exception as exc:  # noqa: BLE001 - surfaced below
             errors.append(exc)
 
-    threads = [threading.Thread(target=read, args=(u,)) for u in ["t0", "t1", "t2", "t3"]]
+    simulator.state.latency_ms = 200  # each read takes 0.2 s at the provider
+    threads = [threading.Thread(target=read, args=(u,)) for u in users]
+    began = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    elapsed = time.monotonic() - began
+    simulator.state.latency_ms = 0
     assert errors == []
-    assert {u: b["subscriber"]["original_app_user_id"] for u, b in bodies.items()} == {u: u for u in bodies}
-    assert len(sessions) == 4
+    assert {u: b["subscriber"]["original_app_user_id"] for u, b in bodies.items()} == {u: u for u in users}
+    assert len({id(s) for s in sessions.values()}) == len(users)  # held until the end: ids are not reused
+    assert elapsed < 1.2  # 8 reads of 0.2 s: in parallel, not one after another (1.6 s)
 
 
 def test_proxy_settings_come_from_the_environment_once_and_netrc_never_replaces_our_key(monkeypatch, tmp_path, simulator):

@@ -272,8 +272,54 @@ def test_a_batch_larger_than_the_budget_is_deferred_not_failed(client, runtime, 
         known_customer(client, runtime, simulator, user)
     small = Runtime(settings.with_(provider_rate_per_minute=3))  # the sweep may use 2 of 3
     small.budget.client.delete(*small.budget._keys)
-    result = reconcile_customers(["alice", "bob", "carol"], runtime=small, max_wait_s=0)
+    try:
+        result = reconcile_customers(["alice", "bob", "carol"], runtime=small, max_wait_s=0)
+    finally:
+        small.close()
     assert (result.reconciled, result.failed, result.deferred) == (2, 0, ["carol"])
     with runtime.session_factory() as session:
         carol = session.scalar(select(Subscriber).where(Subscriber.customer_id == "carol"))
     assert carol.next_check_ms > wall_clock_ms() + 50_000 and not carol.dirty  # when the window frees a slot
+
+
+def test_an_unexpected_error_in_one_reconcile_costs_the_others_nothing(client, runtime, simulator, monkeypatch):
+    import engine.adapters.sweep as sweep
+    from sqlalchemy import text
+
+    from engine.adapters.models import Grant as GrantRow
+
+    for user in ["alice", "bob", "carol", "dave"]:
+        known_customer(client, runtime, simulator, user)
+        simulator.state.purchase_non_renewing(user, "geometry_pack_30")  # all four changed: full reconciles
+    real = sweep.reconcile_user
+
+    def broken_for_bob(customer_id, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        if customer_id == "bob":  # fails inside its transaction, leaving that connection aborted
+            with kwargs["unit_of_work"]() as store:
+                store.session.execute(text("SELECT * FROM no_such_table"))
+        return real(customer_id, **kwargs)
+
+    monkeypatch.setattr(sweep, "reconcile_user", broken_for_bob)
+    result = reconcile_customers(["alice", "bob", "carol", "dave"], runtime=runtime)
+    assert (result.reconciled, result.changed, result.failed) == (3, 3, 1)
+    assert runtime.metrics.counters()['engine_reconcile_failures_total{kind="error"}'] == 1
+    with runtime.session_factory() as session:
+        dirty = session.scalars(select(Subscriber.customer_id).where(Subscriber.dirty)).all()
+        granted = set(session.scalars(select(GrantRow.customer_id).where(GrantRow.resource == "module:geometry")))
+    assert dirty == ["bob"] and granted >= {"alice", "carol", "dave"}
+    monkeypatch.setattr(sweep, "reconcile_user", real)
+    again = reconcile_customers(["bob"], runtime=runtime)  # the pool holds no broken connection
+    assert (again.reconciled, again.failed) == (1, 0)
+
+
+def test_two_customers_with_the_same_new_unknown_product_in_one_batch(client, runtime, simulator):
+    from engine.adapters.models import UnknownProduct
+
+    for user in ["alice", "bob", "carol", "dave"]:
+        known_customer(client, runtime, simulator, user)
+        simulator.state.purchase_non_renewing(user, "not.in.the.catalog")
+    result = reconcile_customers(["alice", "bob", "carol", "dave"], runtime=runtime)
+    assert (result.reconciled, result.failed) == (4, 0)
+    with runtime.session_factory() as session:
+        row = session.get(UnknownProduct, "not.in.the.catalog")
+    assert row.sightings == 4 and row.last_customer_id in {"alice", "bob", "carol", "dave"}
