@@ -44,9 +44,16 @@ _SELECT_LEDGER = select(_LEDGER.c.transaction_id, *(_LEDGER.c[f] for f in _LEDGE
 # Built once: building a statement (and its cache key) cost as much CPU as running it.
 _OWNED_BY = _LEDGER.c.owner.in_(bindparam("owners", expanding=True))
 _NAMED = _LEDGER.c.transaction_id.in_(bindparam("ids", expanding=True))
-_LEDGER_OWNED = _SELECT_LEDGER.where(_OWNED_BY)
-_LEDGER_NAMED = _SELECT_LEDGER.where(_NAMED)
-_LEDGER_OWNED_OR_NAMED = _SELECT_LEDGER.where(or_(_OWNED_BY, _NAMED))
+_LEDGER_READS = {
+    "owned": _SELECT_LEDGER.where(_OWNED_BY),
+    "named": _SELECT_LEDGER.where(_NAMED),
+    "both": _SELECT_LEDGER.where(or_(_OWNED_BY, _NAMED)),
+}
+# On PostgreSQL the rows are locked as they are read, in id order. The customer's own row lock
+# does not cover a transaction two customers share (a TRANSFER moved it): without this, two
+# reconciles (two sweep threads or processes, or a sweep and an event) could both merge their
+# snapshot into the same old row and the later write would drop the other's newer facts.
+_LEDGER_READS_LOCKED = {k: v.order_by(_LEDGER.c.transaction_id).with_for_update() for k, v in _LEDGER_READS.items()}
 _SELECT_CUSTOMER = select(
     _SUBSCRIBERS.c.customer_id, _SUBSCRIBERS.c.last_snapshot_ms, _SUBSCRIBERS.c.snapshot_digest,
     _SUBSCRIBERS.c.dirty, _SUBSCRIBERS.c.next_change_ms, _SUBSCRIBERS.c.projection_key,
@@ -159,12 +166,13 @@ class SqlLedgerStore:
 
     def transactions(self, customer_ids: Iterable[str], transaction_ids: Iterable[str]) -> dict[str, Transaction]:
         customers, ids = list(customer_ids), list(transaction_ids)
+        reads = _LEDGER_READS_LOCKED if self._postgres else _LEDGER_READS
         if customers and ids:
-            rows = self._conn.execute(_LEDGER_OWNED_OR_NAMED, {"owners": customers, "ids": ids})
+            rows = self._conn.execute(reads["both"], {"owners": customers, "ids": ids})
         elif customers:
-            rows = self._conn.execute(_LEDGER_OWNED, {"owners": customers})
+            rows = self._conn.execute(reads["owned"], {"owners": customers})
         elif ids:
-            rows = self._conn.execute(_LEDGER_NAMED, {"ids": ids})
+            rows = self._conn.execute(reads["named"], {"ids": ids})
         else:
             return {}
         return {row.transaction_id: _to_domain(row) for row in rows}
