@@ -8,7 +8,8 @@ other 4xx are TerminalError.
 from __future__ import annotations
 
 import threading
-from typing import Any, Mapping
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
 from urllib.parse import quote
 
 import requests
@@ -37,11 +38,14 @@ def _retry_after_s(response: requests.Response) -> float | None:
 class RevenueCatClient:
     """``GET /v1/subscribers/{id}`` and ``POST /v1/receipts`` with a secret key and timeouts.
 
-    Safe to share between threads (the sweep reads several subscribers at once): each thread
-    gets its own ``requests.Session`` and keep-alive pool. Proxy and CA bundle settings are
-    read from the environment once, here, instead of on every request (``trust_env``, which
-    also consults ``~/.netrc``: about a third of the client's CPU per request, and netrc
-    credentials would replace our Authorization header).
+    Safe to share between threads and greenlets (the sweep reads several subscribers at once;
+    the web's gevent workers serve many client syncs): each call borrows an idle
+    ``requests.Session`` (its keep-alive connections) and gives it back, so there are as many
+    sessions as calls ever ran at once, reused. Not thread-local: under gevent that would mean
+    a new session, and a new TCP and TLS handshake, for every request. Proxy and CA bundle
+    settings are read from the environment once, here, instead of on every request
+    (``trust_env``, which also consults ``~/.netrc``: about a third of the client's CPU per
+    request, and netrc credentials would replace our Authorization header).
     """
 
     def __init__(
@@ -61,19 +65,36 @@ class RevenueCatClient:
         # read once.
         environment = requests.Session().merge_environment_settings(self.base_url, {}, None, None, None)
         self.proxies, self.verify = environment["proxies"], environment["verify"]
-        self._local = threading.local()
+        self._idle: list[requests.Session] = []
+        self._lock = threading.Lock()
+        self.sessions_made = 0
 
-    @property
-    def session(self) -> requests.Session:
-        """This thread's session."""
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
-            session.trust_env = False
-            session.proxies.update(self.proxies)
-            session.verify = self.verify
-            session.headers.update(self.headers)
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        session.trust_env = False
+        session.proxies.update(self.proxies)
+        session.verify = self.verify
+        session.headers.update(self.headers)
+        self.sessions_made += 1
         return session
+
+    @contextmanager
+    def _session(self) -> Iterator[requests.Session]:
+        with self._lock:
+            session = self._idle.pop() if self._idle else None
+        if session is None:
+            session = self._new_session()
+        try:
+            yield session
+        finally:
+            with self._lock:
+                self._idle.append(session)
+
+    def close(self) -> None:
+        with self._lock:
+            sessions, self._idle = self._idle, []
+        for session in sessions:
+            session.close()
 
     def get_subscriber(self, app_user_id: str) -> Mapping[str, Any]:
         """The subscriber's v1 body (200 or 201: v1 is get-or-create)."""
@@ -87,7 +108,8 @@ class RevenueCatClient:
 
     def _call(self, method: str, url: str, **kwargs: Any) -> Mapping[str, Any]:
         try:
-            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+            with self._session() as session:
+                response = session.request(method, url, timeout=self.timeout, **kwargs)
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise TransientError(f"provider unreachable: {exc.__class__.__name__}: {exc}") from exc
         except requests.RequestException as exc:

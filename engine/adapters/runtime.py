@@ -130,6 +130,8 @@ class Runtime:
         return EventProcessing(self.session_factory, provider, self.catalog, self.policy, wall_clock_ms)
 
     def close(self) -> None:
+        if "provider" in self.__dict__:
+            self.provider.close()
         for pool in ("fetch_pool", "reconcile_pool"):
             if pool in self.__dict__:
                 self.__dict__[pool].shutdown(wait=True)

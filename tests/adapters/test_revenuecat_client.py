@@ -1,5 +1,6 @@
-"""The provider client over HTTP against the simulator: shared between threads, proxies and
-credentials from the environment read once, never per request."""
+"""The provider client over HTTP against the simulator: shared between threads (sessions
+borrowed and reused, not one per thread or greenlet), proxies and credentials from the
+environment read once, never per request."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import time
 from engine.adapters.revenuecat_client import RevenueCatClient
 
 
-def test_threads_read_concurrently_each_on_its_own_session(simulator):
+def test_threads_read_concurrently_and_reuse_their_sessions(simulator):
     users = ["t0", "t1", "t2", "t3"]
     for user in users:
         simulator.state.purchase_subscription(user, "premium_monthly")
     client = RevenueCatClient(simulator.url, simulator.api_key)
-    sessions, bodies, errors = {}, {}, []
+    bodies, errors = {}, []
     start = threading.Barrier(len(users))
 
     def read(user: str) -> None:
@@ -22,7 +23,6 @@ def test_threads_read_concurrently_each_on_its_own_session(simulator):
             start.wait()
             for _ in range(2):
                 bodies[user] = client.get_subscriber(user)
-            sessions[user] = client.session
         except Exception as exc:  # noqa: BLE001 - surfaced below
             errors.append(exc)
 
@@ -37,15 +37,21 @@ def test_threads_read_concurrently_each_on_its_own_session(simulator):
     simulator.state.latency_ms = 0
     assert errors == []
     assert {u: b["subscriber"]["original_app_user_id"] for u, b in bodies.items()} == {u: u for u in users}
-    assert len({id(s) for s in sessions.values()}) == len(users)  # held until the end: ids are not reused
     assert elapsed < 1.2  # 8 reads of 0.2 s: in parallel, not one after another (1.6 s)
+    assert client.sessions_made <= len(users)  # one per concurrent call at most
+    made = client.sessions_made
+    for user in users:  # later calls (another thread, another greenlet) reuse them
+        threading.Thread(target=client.get_subscriber, args=(user,)).start()
+        time.sleep(0.05)
+    assert client.sessions_made == made
+    client.close()
 
 
 def test_proxy_settings_come_from_the_environment_once_and_netrc_never_replaces_our_key(monkeypatch, tmp_path, simulator):
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     monkeypatch.setenv("NO_PROXY", "")
     proxied = RevenueCatClient("https://api.revenuecat.com", "sk_x")
-    assert proxied.session.proxies.get("https") == "http://proxy.example:3128"
+    assert proxied._new_session().proxies.get("https") == "http://proxy.example:3128"
     # A ~/.netrc entry for the provider's host would make requests send its credentials
     # instead of our Authorization header when trust_env is on.
     home = tmp_path / "home"
