@@ -108,18 +108,7 @@ _INSERT_SNAPSHOT = insert(ProviderSnapshot.__table__)
 def _to_domain(row: Any) -> Transaction:
     return Transaction(
         transaction_id=row.transaction_id,
-        product_id=row.product_id,
-        kind=row.kind,
-        original_transaction_id=row.original_transaction_id,
-        store=row.store,
-        is_sandbox=row.is_sandbox,
-        purchased_ms=row.purchased_ms,
-        period_type=row.period_type,
-        ownership=row.ownership,
-        expires_ms=row.expires_ms,
-        grace_expires_ms=row.grace_expires_ms,
-        refunded_ms=row.refunded_ms,
-        owner=row.owner,
+        **{f: getattr(row, f) for f in _LEDGER_FIELDS},
         observed=json.loads(row.observed or "{}"),
     )
 

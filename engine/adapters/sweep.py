@@ -227,13 +227,8 @@ def _collect(in_flight: list[tuple[str, Future]], runtime, result: BatchResult, 
     for customer_id, future in in_flight:
         try:
             bodies[customer_id] = future.result()
-        except TransientError as exc:
-            _count_failure(result, metrics, "transient")
-            log.warning("reconcile of %s failed (will retry at once): %s", customer_id, exc)
-            _defer(runtime.session_factory, [customer_id], wall_clock_ms(), dirty=True)
-        except TerminalError as exc:
-            _count_failure(result, metrics, "terminal")
-            log.error("reconcile of %s failed: %s", customer_id, exc)
+        except (TransientError, TerminalError) as exc:
+            _fail(runtime, customer_id, exc, result, metrics)
     return bodies
 
 
@@ -306,8 +301,7 @@ def _settle_group(
         try:
             snapshots[customer_id] = parse_subscriber(body)
         except TerminalError as exc:
-            _count_failure(result, metrics, "terminal")
-            log.error("reconcile of %s failed: %s", customer_id, exc)
+            _fail(runtime, customer_id, exc, result, metrics)
     cause = Cause(cause_kind, cause_kind)  # type: ignore[arg-type]
     with _GroupConnections(runtime) as connections:
         try:
