@@ -74,7 +74,21 @@ def envelope_key(body: Any) -> EnvelopeKey:
         raise MalformedEvent("event.type is missing or not a string")
     if len(event_id) > 200 or len(event_type) > 64:
         raise MalformedEvent("event.id or event.type is too long")
+    if not (_storable(event_id) and _storable(event_type)):
+        # JSON allows both; neither can be stored as text (PostgreSQL refuses NUL, and a lone
+        # surrogate has no UTF-8), so they would fail the intake instead of being kept
+        raise MalformedEvent("event.id or event.type holds a NUL or an unpaired surrogate")
     return EnvelopeKey(event_id, event_type)
+
+
+def _storable(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_instant_ms(value: Any) -> int | None:

@@ -95,6 +95,9 @@ def test_body_just_under_the_limit_is_accepted(client):
         (b'{"event": {"type": "RENEWAL"}}', "event.id"),
         (b'{"event": {"id": "e1"}}', "event.type"),
         (b'{"event": {"id": 12, "type": "RENEWAL"}}', "event.id"),
+        # valid JSON that no database can store as text: kept as malformed, not a 500 or 503
+        (b'{"event": {"id": "e\\u0000", "type": "RENEWAL"}}', "NUL"),
+        (b'{"event": {"id": "e1", "type": "RENEWAL\\ud800"}}', "surrogate"),
     ],
 )
 def test_malformed_but_authenticated_is_400_and_kept_for_inspection(client, runtime, settings, raw, reason):
