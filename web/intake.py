@@ -13,6 +13,7 @@ import hmac
 import json
 import logging
 import os
+import sys
 import threading
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -20,6 +21,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from engine.adapters.database import make_engine
+from engine.adapters.group_commit import GroupCommitter, StoreTimeout
 from engine.adapters.inbox import store_webhook
 from engine.revenuecat import MalformedEvent, envelope_key
 from tasks.publisher import publisher_for
@@ -53,13 +55,17 @@ def revenuecat_webhook():  # noqa: ANN201
             log.exception("could not keep a malformed webhook")
             return jsonify(error="storage_unavailable", message="could not store the webhook"), 503
         return jsonify(error="malformed", message=reason, inbox_id=stored.inbox_id), 400
+    committer = group_committer(current_app)
     try:
-        stored = store_webhook(db, body, key.event_id, key.event_type)
-    except SQLAlchemyError:
+        if committer is not None:  # stored, committed and enqueued with the webhooks beside it
+            stored = committer.store(body, key.event_id, key.event_type)
+        else:
+            stored = store_webhook(db, body, key.event_id, key.event_type)
+    except (SQLAlchemyError, StoreTimeout):
         log.exception("could not store webhook %s", key.event_id)
         # Not 200: RevenueCat retries (5, 10, 20, 40, 80 minutes) while the database is down.
         return jsonify(error="storage_unavailable", message="could not store the webhook, retry later"), 503
-    if stored.enqueue:
+    if stored.enqueue and committer is None:
         try:
             publisher_for(current_app).publish(stored.inbox_id)
         except Exception:  # noqa: BLE001 - any broker failure: the row is safe, redrive sends it
@@ -97,3 +103,32 @@ def intake_engine(runtime) -> Engine:  # noqa: ANN001
             if engine is None:
                 engine = _engines[key] = make_engine(settings, pool_pre_ping=False, isolation_level="AUTOCOMMIT")
     return engine
+
+
+_committers_lock = threading.Lock()
+
+
+def group_committer(app) -> GroupCommitter | None:  # noqa: ANN001
+    """This process's group committer, when webhooks are served concurrently by greenlets
+    (gunicorn's gevent worker, the Procfile's) and stored in PostgreSQL; otherwise None and
+    each webhook is stored and enqueued on its own. Under sync workers there is never a second
+    webhook in the process to group with, and with real threads the handoffs cost more than
+    the grouping saves (bench/intake.py)."""
+    pid, committer = app.extensions.get("intake_group_commit", (None, None))
+    if pid == os.getpid():
+        return committer
+    with _committers_lock:
+        pid, committer = app.extensions.get("intake_group_commit", (None, None))
+        if pid != os.getpid():
+            runtime = app.extensions["engine_runtime"]
+            committer = None
+            if runtime.settings.database_url.startswith("postgresql") and _greenlets_serve_requests():
+                publisher = publisher_for(app)
+                committer = GroupCommitter(intake_engine(runtime), publisher.publish_many)
+            app.extensions["intake_group_commit"] = (os.getpid(), committer)
+    return committer
+
+
+def _greenlets_serve_requests() -> bool:
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and monkey.is_module_patched("threading") and monkey.is_module_patched("socket")

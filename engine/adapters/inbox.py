@@ -54,12 +54,12 @@ def _store_statement(engine: Engine) -> str:
     return sql
 
 
-def _insert_returning(engine: Engine, sql: str, values: dict[str, object]) -> object:
-    """Run the store statement on a pooled DBAPI connection and return the new id (None on a
-    duplicate). The DBAPI directly, not a Core Connection, whose bookkeeping cost as much CPU
-    as the statement itself; its errors are wrapped as SQLAlchemy's would be (DBAPIError, a
-    dead connection invalidated and flagged), and a connection that is not in autocommit mode
-    (an engine other than the intake's) is committed here."""
+def _on_raw_connection(engine: Engine, sql: str, values: dict[str, object] | list[object], fetch: Callable[[object], object]) -> object:
+    """Run one statement on a pooled DBAPI connection and return ``fetch(cursor)``. The DBAPI
+    directly, not a Core Connection, whose bookkeeping cost as much CPU as the statement
+    itself; its errors are wrapped as SQLAlchemy's would be (DBAPIError, a dead connection
+    invalidated and flagged), and a connection that is not in autocommit mode (an engine other
+    than the intake's) is committed here."""
     dialect = engine.dialect
     dbapi_error = dialect.loaded_dbapi.Error
     try:
@@ -70,10 +70,10 @@ def _insert_returning(engine: Engine, sql: str, values: dict[str, object]) -> ob
     try:
         cursor = raw.cursor()
         cursor.execute(sql, values)
-        row = cursor.fetchone()
+        result = fetch(cursor)
         if not getattr(raw.driver_connection, "autocommit", False):
             raw.commit()
-        return None if row is None else row[0]
+        return result
     except dbapi_error as exc:
         disconnect = dialect.is_disconnect(exc, raw.dbapi_connection, cursor)
         if disconnect:  # as a Core Connection does: this one and all older ones are discarded
@@ -88,6 +88,31 @@ def _insert_returning(engine: Engine, sql: str, values: dict[str, object]) -> ob
         raw.close()  # back to the pool (rolled back there if a transaction is still open)
 
 
+def _first_id(cursor) -> int | None:  # noqa: ANN001
+    row = cursor.fetchone()
+    return None if row is None else row[0]
+
+
+def _retrying_once(engine: Engine, sql: str, values: dict[str, object] | list[object], fetch: Callable[[object], object]) -> object:
+    """A pooled connection found dead (the server restarted: the intake's engine does not ping
+    on checkout) is retried once on a fresh one; the intake's statements are idempotent."""
+    for attempt in (1, 2):
+        try:
+            return _on_raw_connection(engine, sql, values, fetch)
+        except DBAPIError as exc:
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _status_for(event_type: str | None, malformed_reason: str | None) -> str:
+    if malformed_reason is not None:
+        return "malformed"
+    if event_type in RECONCILE_EVENT_TYPES:
+        return "received"
+    return "ignored"  # unknown or informational type: kept, answered 200, not processed
+
+
 def store_webhook(engine: Engine, body: bytes, event_id: str | None, event_type: str | None, *, malformed_reason: str | None = None) -> Stored:
     """Insert the raw webhook and commit before anything else (duplicates insert nothing).
 
@@ -99,12 +124,7 @@ def store_webhook(engine: Engine, body: bytes, event_id: str | None, event_type:
     the intake's engine does not ping on checkout) is retried once on a fresh one; the
     statement is idempotent.
     """
-    if malformed_reason is not None:
-        status = "malformed"
-    elif event_type in RECONCILE_EVENT_TYPES:
-        status = "received"
-    else:
-        status = "ignored"  # unknown or informational type: kept, answered 200, not processed
+    status = _status_for(event_type, malformed_reason)
     values = {
         "provider": PROVIDER,
         "event_id": event_id,
@@ -115,14 +135,7 @@ def store_webhook(engine: Engine, body: bytes, event_id: str | None, event_type:
         "last_error": malformed_reason,
     }
     if engine.dialect.name == "postgresql":
-        sql = _store_statement(engine)
-        for attempt in (1, 2):
-            try:
-                inserted = _insert_returning(engine, sql, values)
-                break
-            except DBAPIError as exc:
-                if attempt == 2 or not exc.connection_invalidated:
-                    raise
+        inserted = _retrying_once(engine, _store_statement(engine), values, _first_id)
     else:
         stmt = sqlite.insert(_inbox).values(**values).on_conflict_do_nothing().returning(_inbox.c.id)
         with engine.begin() as conn:
@@ -130,6 +143,61 @@ def store_webhook(engine: Engine, body: bytes, event_id: str | None, event_type:
     if inserted is None:
         return Stored(None, True, False, "duplicate")
     return Stored(inserted, False, status == "received", status)
+
+
+# Many webhooks in one multi-row INSERT, its text built once per row count (psycopg prepares
+# each after a few uses). Measured against arrays through unnest(): psycopg dumps a bytea[]
+# in Python, and that cost more than the round trip saved. Rows named twice in one batch are
+# left out before it is sent (the first is stored, the others are duplicates), so RETURNING
+# maps back to the batch by event id.
+_store_many_sql: dict[int, str] = {}
+
+
+def _store_many_statement(rows: int) -> str:
+    sql = _store_many_sql.get(rows)
+    if sql is None:
+        sql = _store_many_sql[rows] = (
+            "INSERT INTO inbox_events (provider, event_id, event_type, status, attempts, body) VALUES "
+            + ", ".join(["(%s, %s, %s, %s, 0, %s)"] * rows)
+            + " ON CONFLICT DO NOTHING RETURNING id, event_id"
+        )
+    return sql
+
+
+def store_webhooks(engine: Engine, webhooks: Sequence[tuple[bytes, str, str]]) -> list[Stored]:
+    """Store well-formed webhooks (body, event id, event type) with one INSERT and one commit
+    on PostgreSQL (the intake's group commit), answering for each what ``store_webhook`` would
+    have answered for it alone. All or nothing: an error stores none of them."""
+    first_index: dict[str, int] = {}
+    for index, (_body, event_id, _type) in enumerate(webhooks):
+        first_index.setdefault(event_id, index)
+    unique = [webhooks[i] for i in first_index.values()]
+    statuses = [_status_for(event_type, None) for _body, _id, event_type in unique]
+    inserted: dict[str, int] = {}
+    if engine.dialect.name == "postgresql":
+        params: list[object] = []
+        for (body, event_id, event_type), status in zip(unique, statuses):
+            params += (PROVIDER, event_id, event_type, status, body)
+        returned = _retrying_once(engine, _store_many_statement(len(unique)), params, lambda cursor: cursor.fetchall())
+        inserted = {event_id: row_id for row_id, event_id in returned}
+    else:  # one transaction too, a statement per row
+        with engine.begin() as conn:
+            for (body, event_id, event_type), status in zip(unique, statuses):
+                values = {"provider": PROVIDER, "event_id": event_id, "event_type": event_type, "status": status,
+                          "attempts": 0, "body": body}
+                row_id = conn.execute(sqlite.insert(_inbox).values(**values).on_conflict_do_nothing().returning(_inbox.c.id)).scalar_one_or_none()
+                if row_id is not None:
+                    inserted[event_id] = row_id
+    status_of = {event_id: status for (_body, event_id, _type), status in zip(unique, statuses)}
+    answers = []
+    for index, (_body, event_id, _type) in enumerate(webhooks):
+        row_id = inserted.get(event_id) if first_index[event_id] == index else None
+        if row_id is None:
+            answers.append(Stored(None, True, False, "duplicate"))
+        else:
+            status = status_of[event_id]
+            answers.append(Stored(row_id, False, status == "received", status))
+    return answers
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """The Procfile's web process (gunicorn, gevent workers): one worker holds many long-polls and
-keeps answering other requests; a committed grant ends the wait of its user."""
+keeps answering other requests; a committed grant ends the wait of its user; webhooks arriving
+together are stored together (group commit on PostgreSQL) and each is answered as if alone."""
 
 from __future__ import annotations
 
@@ -78,6 +79,59 @@ def test_one_gevent_worker_holds_many_long_polls(settings, runtime, tmp_path):
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=20)
         log.close()
+
+
+def test_concurrent_webhooks_on_one_gevent_worker_are_each_stored_and_enqueued_once(settings, runtime, tmp_path):
+    import redis as redis_lib
+    from sqlalchemy import func, select
+
+    from engine.adapters.embedded_redis import redis_url
+    from engine.adapters.models import InboxEvent
+    from tests.conftest import WEBHOOK_AUTH
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "gunicorn.log", "wb")
+    proc = subprocess.Popen(web_command(port), cwd=PROJECT_ROOT, env=settings_env(settings), stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    # 40 distinct webhooks, the first 10 of them delivered twice at once
+    deliveries = [f"evt-{i}" for i in range(40)] + [f"evt-{i}" for i in range(10)]
+    answers: list[tuple[str, int, dict]] = []
+    start = threading.Barrier(len(deliveries))
+
+    def deliver(event_id: str) -> None:
+        body = {"api_version": "1.0", "event": {"id": event_id, "type": "RENEWAL", "app_user_id": f"u-{event_id}"}}
+        with requests.Session() as session:
+            start.wait()
+            r = session.post(f"{base}/webhooks/revenuecat", json=body, headers={"Authorization": WEBHOOK_AUTH}, timeout=30)
+        answers.append((event_id, r.status_code, r.json()))
+
+    try:
+        wait_for(lambda: _up(base), timeout=30, what="gunicorn")
+        threads = [threading.Thread(target=deliver, args=(e,)) for e in deliveries]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        log.close()
+
+    assert len(answers) == len(deliveries) and all(status == 200 for _e, status, _b in answers)
+    with runtime.session_factory() as session:
+        stored = {r.event_id: r for r in session.scalars(select(InboxEvent))}
+        instants = session.scalar(select(func.count(func.distinct(InboxEvent.received_at))))
+    assert set(stored) == set(deliveries) and all(r.status == "received" for r in stored.values())
+    for event_id in set(deliveries):  # each stored once: one answer with its row, any other a duplicate
+        mine = [b for e, _s, b in answers if e == event_id]
+        assert [b for b in mine if not b["duplicate"]] == [{"duplicate": False, "inbox_id": stored[event_id].id, "status": "received"}]
+    assert sum(1 for _e, _s, b in answers if b["duplicate"]) == 10
+    assert redis_lib.Redis.from_url(redis_url(settings)).llen("celery") == 40  # one task per stored row
+    if settings.database_url.startswith("postgresql"):
+        # rows committed together share their transaction's timestamp: batches did form
+        assert instants < len(stored)
 
 
 def _up(base: str) -> bool:
