@@ -1,6 +1,10 @@
 """Benchmark of the webhook intake (POST /webhooks/revenuecat) on PostgreSQL + Redis under gunicorn.
 
-Runs, in one go, under identical gunicorn settings and the same load:
+Runs, in one go, under identical gunicorn settings and the same load. The settings default to
+the Procfile's web process: gevent workers, one per core (``--worker-class sync --workers 4``
+gives the figures of earlier notes). Under gevent the intake stores the webhooks that arrive
+together with one INSERT and one commit, and publishes their tasks with one LPUSH (group commit:
+engine/adapters/group_commit.py); under sync workers each webhook is stored on its own.
 
 * the real intake (``web.app:create_app()``): authenticate, store the raw body and commit,
   publish the Celery task, answer 200;
@@ -249,7 +253,9 @@ def run_wrk(load: Load, window: CpuWindow | None = None) -> RunResult:
     per_thread = load.rate / load.connections if load.mode == "paced" else 0.0
     # Every thread stops sending webhooks at its deadline once its last one is answered (then
     # sends GET /healthz until the end); wrk's own clock (whole seconds) only has to outlast that.
-    wrk_duration = int(math.ceil(load.duration_s)) + 1
+    # 3 s, not 1: gevent serves a kept-alive connection whose next request is already there
+    # without yielding, so while other threads flood /healthz a last webhook could wait ~1 s.
+    wrk_duration = int(math.ceil(load.duration_s)) + 3
     cmd = [
         "wrk", "-t", str(load.connections), "-c", str(load.connections), "-d", f"{wrk_duration}s",
         "--timeout", "10s", "-s", str(LUA_SCRIPT), f"http://{load.host}:{load.port}{PATH}", "--",
@@ -536,6 +542,7 @@ class Server:
         self.log_path = workdir / f"gunicorn-{app}.log"
         cmd = [
             sys.executable, "-m", "gunicorn", APPS[app],
+            "-c", "python:web.gunicorn_conf",  # the Procfile's config file, for both apps
             "--bind", f"127.0.0.1:{self.port}",
             "--workers", str(args.workers),
             "--worker-class", args.worker_class,
@@ -625,6 +632,48 @@ class Stores:
         self.redis.close()
 
 
+class CommitProbe:
+    """The disk's own share of the intake's tail latency, measured in the same run: one
+    single-row INSERT and commit at a time (``rate`` per second) on its own connection, while
+    the bare app (which never touches PostgreSQL) is under paced load. A durable commit waits
+    for the WAL fsync, so when this probe alone sees 100 ms commits, so does every webhook
+    stored then (they all share the same WAL)."""
+
+    TABLE = "bench_commit_probe"
+
+    def __init__(self, database_url: str, rate: float = 100.0):
+        self.dsn = database_url.replace("postgresql+psycopg://", "postgresql://")
+        self.interval = 1.0 / rate
+        self.latencies_us: list[float] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "CommitProbe":
+        import psycopg
+
+        self._conn = psycopg.connect(self.dsn, autocommit=True)
+        self._conn.execute(f"CREATE TABLE IF NOT EXISTS {self.TABLE} (id bigserial PRIMARY KEY, at timestamptz DEFAULT now())")
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        next_at = time.perf_counter()
+        while not self._stop.is_set():
+            started = time.perf_counter()
+            self._conn.execute(f"INSERT INTO {self.TABLE} DEFAULT VALUES")
+            self.latencies_us.append((time.perf_counter() - started) * 1e6)
+            next_at = max(next_at + self.interval, time.perf_counter())
+            self._stop.wait(max(0.0, next_at - time.perf_counter()))
+
+    def __exit__(self, *exc) -> None:  # noqa: ANN002
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self._conn.execute(f"DROP TABLE IF EXISTS {self.TABLE}")
+        self._conn.close()
+
+
 def migrate(env: dict[str, str]) -> None:
     code = ("from config.settings import Settings; from engine.adapters.database import upgrade_database; "
             "upgrade_database(Settings.from_env())")
@@ -658,11 +707,17 @@ def run_benchmark(args: argparse.Namespace, env: dict[str, str], stores: Stores,
                         template_path, template, workdir)
 
         max_run = run_wrk if loadgen == "wrk" else run_python_client
+        commit_probe: list[float] = []
         paced_run = run_wrk if args.paced_loadgen == "wrk" else run_python_client
 
         def measured(app: str, mode: str, duration: float, rate: float, tag: str) -> RunResult:
             window = CpuWindow(servers[app].proc.pid, duration)
-            result = (max_run if mode == "max" else paced_run)(load(app, mode, duration, rate, tag), window)
+            if app == "bare" and mode != "max":
+                with CommitProbe(args.database_url) as probe:
+                    result = paced_run(load(app, mode, duration, rate, tag), window)
+                commit_probe.extend(probe.latencies_us)
+            else:
+                result = (max_run if mode == "max" else paced_run)(load(app, mode, duration, rate, tag), window)
             result.app, result.phase = app, ("max" if mode == "max" else "half")
             result.cpu = window.cores()
             if mode != "max":
@@ -695,6 +750,9 @@ def run_benchmark(args: argparse.Namespace, env: dict[str, str], stores: Stores,
         at_half = interleaved("paced", args.half_duration, rate)
         if "intake" in at_half:
             verify(at_half["intake"], stores)
+        if commit_probe:
+            results_probe = RunResult("commit probe", "half", "probe", len(commit_probe), len(commit_probe), 0, {}, 0.0, commit_probe)
+            return {app: [at_max[app], at_half[app]] for app in apps} | {"_probe": [results_probe]}
         return {app: [at_max[app], at_half[app]] for app in apps}
     finally:
         if profiler is not None and profiler.poll() is None:
@@ -731,7 +789,7 @@ def fmt_ms(r: RunResult) -> str:
 def report(results: dict[str, list[RunResult]], args: argparse.Namespace, loadgen_desc: str, body_bytes: int) -> bool:
     print()
     print(f"Webhook intake benchmark: gunicorn -k {args.worker_class} -w {args.workers}"
-          + (f" --threads {args.threads}" if args.worker_class != "sync" else "")
+          + (f" --threads {args.threads}" if args.worker_class == "gthread" else "")
           + f" for both apps; {body_bytes} B bodies, unique event ids; per app {args.duration:g} s at max rate"
           f" and {args.half_duration:g} s at half rate, each in {args.rounds} interleaved slices")
     print(textwrap.fill(f"load: {loadgen_desc}", width=110, subsequent_indent="  "))
@@ -761,6 +819,13 @@ def report(results: dict[str, list[RunResult]], args: argparse.Namespace, loadge
     print(" " * 42 + "".join(f"{a:>{width}}" for a in apps))
     for label, fn in rows:
         print(f"{label:<42}" + ("" if fn is None else "".join(f"{fn(results[a]):>{width}}" for a in apps)))
+    probe = results.pop("_probe", None)
+    if probe:
+        p = probe[0]
+        print(f"{'  PostgreSQL commit alone, p50 / p99 / max':<42}"
+              f"{f'{p.percentile_ms(50):.2f} / {p.percentile_ms(99):.2f} / {max(p.latencies_us) / 1000:.0f} ms':>{width * len(apps)}}")
+        print("    (one INSERT + commit at a time on an idle connection while the bare app ran: the fsync latency every")
+        print("     webhook commit waits for; the intake's half-rate tail cannot be shorter than its stalls)")
     print()
     all_checks_ok = True
     if "intake" in results:
@@ -819,8 +884,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--half-rate", type=float, default=None, help="requests/s of the paced runs (default: half the intake's measured max)")
     p.add_argument("--connections", type=int, default=16, help="connections at max rate (one wrk thread each)")
     p.add_argument("--paced-connections", type=int, default=16, help="connections of the paced runs with --paced-loadgen wrk")
-    p.add_argument("--workers", type=int, default=4, help="gunicorn workers")
-    p.add_argument("--worker-class", default="sync", help="gunicorn worker class (sync, gthread)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 2,
+                   help="gunicorn workers (default: one per core, as the Procfile's web process)")
+    p.add_argument("--worker-class", default="gevent", help="gunicorn worker class: gevent (the Procfile's), sync, gthread")
     p.add_argument("--threads", type=int, default=1, help="gunicorn threads per worker (gthread)")
     p.add_argument("--port", type=int, default=0, help="port of the intake on 127.0.0.1, the next one for the bare app (0: free ones)")
     p.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto",
