@@ -121,6 +121,10 @@ class TaskPublisher:
             try:
                 if connection.transport.driver_type != "redis" or getattr(channel, "_expires", None):
                     raise _NoTemplate("not kombu's redis transport, or queues that expire")
+                from kombu.transport.redis import SentinelChannel
+
+                if isinstance(channel, SentinelChannel):  # its clients find the master through the sentinels
+                    raise _NoTemplate("a Sentinel-managed broker")
                 captures = [self._capture(channel, task_id, arg) for task_id, arg in _SENTINELS]
                 key, render, render_body = self._template(captures)
                 client = _blocking_client(channel)

@@ -13,5 +13,7 @@ def post_worker_init(worker) -> None:  # noqa: ANN001
     They live as long as the worker, yet every full collection walked them all: about 80 ms in
     which the worker, and each request it holds (a gevent worker holds many), stood still,
     a few times a minute under load (measured: bench/intake.py). After the freeze a full
-    collection walks only what requests left behind."""
+    collection walks only what requests left behind. Collected first, so that no garbage from
+    start-up is kept for the worker's life."""
+    gc.collect()
     gc.freeze()

@@ -17,7 +17,8 @@ What one webhook could do to the others is bounded: a batch that fails for anoth
 the database being unreachable (a row the database refuses) is stored again row by row, so
 only that webhook is refused. A batch that cannot be stored at all fails every request in it
 (503: RevenueCat retries) and the writer goes on with the next. A broker error leaves the rows
-waiting for the redrive and the requests are still answered 200, as without batching.
+waiting for the redrive and the requests are still answered 200, as without batching; the next
+batches skip the broker for ``broker_pause_s`` so that a hanging broker cannot hold them all.
 
 The writer is a thread; under gevent's monkey-patching (gunicorn's gevent worker patches
 ``threading``) a greenlet, and the locks and events below gevent's. With real threads it works
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from typing import Callable, Sequence
 
@@ -74,12 +76,15 @@ class GroupCommitter:
         max_rows: int = 64,
         max_bytes: int = 4 << 20,
         answer_timeout_s: float = 10.0,
+        broker_pause_s: float = 2.0,
     ):
         self.engine = engine
         self.publish_many = publish_many
         self.max_rows = max_rows
         self.max_bytes = max_bytes
         self.answer_timeout_s = answer_timeout_s
+        self.broker_pause_s = broker_pause_s
+        self._publish_paused_until = float("-inf")
         self._queue: deque[_Waiting] = deque()
         self._ready = threading.Condition(threading.Lock())
         self._writer: threading.Thread | None = None
@@ -97,12 +102,18 @@ class GroupCommitter:
             if self._stopping:
                 raise StoreTimeout("the intake is shutting down")
             self._queue.append(waiting)
-            if self._writer is None:
+            if self._writer is None or not self._writer.is_alive():  # first use, or the last one was killed
                 self._writer = threading.Thread(target=self._run, name="intake-group-commit", daemon=True)
                 self._writer.start()
             self._ready.notify()
         if not waiting.done.wait(self.answer_timeout_s):
-            raise StoreTimeout(f"webhook {event_id} not stored within {self.answer_timeout_s} s")
+            with self._ready:
+                try:
+                    self._queue.remove(waiting)  # never taken: certainly not stored
+                    raise StoreTimeout(f"webhook {event_id} not stored: the writer did not reach it within {self.answer_timeout_s} s")
+                except ValueError:
+                    pass  # in a batch being written: may be stored (a retry is then a duplicate)
+            raise StoreTimeout(f"webhook {event_id} not answered within {self.answer_timeout_s} s")
         if waiting.error is not None:
             raise waiting.error
         assert waiting.stored is not None
@@ -130,9 +141,15 @@ class GroupCommitter:
             try:
                 self._write(batch)
             except BaseException as exc:  # noqa: BLE001 - never leave a request waiting
+                # killed (GreenletExit, a gevent Timeout, SystemExit): the requests get a
+                # storage error they can answer 503 with, and the next webhook starts a writer
+                error = exc if isinstance(exc, Exception) else StoreTimeout(f"the intake's writer stopped: {exc!r}")
+                if not isinstance(exc, Exception):
+                    with self._ready:
+                        self._writer = None  # before any request is woken: the next one starts a writer
                 for waiting in batch:
                     if not waiting.done.is_set():
-                        waiting.error = exc
+                        waiting.error = error
                         waiting.done.set()
                 if not isinstance(exc, Exception):
                     raise
@@ -159,11 +176,20 @@ class GroupCommitter:
         self.batches += 1
         self.rows += len(batch)
         new_ids = [stored.inbox_id for stored in results if stored is not None and stored.enqueue]
-        if new_ids:
+        if new_ids and time.monotonic() < self._publish_paused_until:
+            log.warning("broker unavailable; inbox rows %s wait for redrive", new_ids)
+        elif new_ids:
             try:
                 self.publish_many(new_ids)
             except Exception:  # noqa: BLE001 - any broker failure: the rows are safe, redrive sends them
-                log.warning("broker unavailable; inbox rows %s wait for redrive", new_ids, exc_info=True)
+                # One writer publishes for every request of the process: a broker that is down
+                # or hanging would hold each batch for its connect/socket timeouts, and the
+                # requests behind would time out (503) although their rows are stored. So
+                # after a failure the next batches skip the broker for a moment; the redrive
+                # enqueues their rows.
+                self._publish_paused_until = time.monotonic() + self.broker_pause_s
+                log.warning("broker unavailable; inbox rows %s wait for redrive (publishing paused %.0f s)",
+                            new_ids, self.broker_pause_s, exc_info=True)
         for waiting, stored in zip(batch, results):
             if stored is not None:
                 waiting.stored = stored

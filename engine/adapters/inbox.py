@@ -171,7 +171,8 @@ def store_webhooks(engine: Engine, webhooks: Sequence[tuple[bytes, str, str]]) -
     first_index: dict[str, int] = {}
     for index, (_body, event_id, _type) in enumerate(webhooks):
         first_index.setdefault(event_id, index)
-    unique = [webhooks[i] for i in first_index.values()]
+    # in event id order: two processes' batches that share ids take their locks in one order
+    unique = sorted((webhooks[i] for i in first_index.values()), key=lambda w: w[1])
     statuses = [_status_for(event_type, None) for _body, _id, event_type in unique]
     inserted: dict[str, int] = {}
     if engine.dialect.name == "postgresql":

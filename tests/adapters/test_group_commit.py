@@ -194,3 +194,59 @@ def test_batches_are_bounded_in_rows_and_bytes(runtime):
     assert all(isinstance(a, Stored) and a.enqueue for a in answers.values())
     assert committer.rows == 11 and committer.batches == 1 + 3  # 10 queued: 4 + 4 + 2
     assert [len(c) for c in publisher.calls] == [1, 4, 4, 2]
+
+
+def test_a_webhook_still_queued_when_its_wait_ends_is_taken_out_and_never_stored(runtime):
+    publisher = Publisher()
+    committer = GroupCommitter(runtime.db, publisher, answer_timeout_s=0.5)
+    first: list[BaseException] = []
+    t = threading.Thread(target=lambda: first.append(pytest.raises(StoreTimeout, committer.store, body("first"), "first", "RENEWAL").value))
+    try:
+        t.start()
+        assert publisher.entered.wait(10)  # the writer is held with "first" in flight
+        with pytest.raises(StoreTimeout, match="not stored"):
+            committer.store(body("queued"), "queued", "RENEWAL")
+    finally:
+        publisher.release.set()
+        t.join(10)
+        committer.stop()
+    assert "first" in rows(runtime) and "queued" not in rows(runtime)
+
+
+class Killed(BaseException):
+    """Stands for what kills a greenlet or thread (GreenletExit, a gevent Timeout)."""
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the writer dies, as meant
+def test_a_killed_writer_fails_its_batch_with_a_storage_error_and_the_next_webhook_starts_another(runtime):
+    calls: list[list[int]] = []
+
+    def publish(ids: list[int]) -> None:
+        calls.append(ids)
+        if len(calls) == 1:
+            raise Killed()
+
+    committer = GroupCommitter(runtime.db, publish)
+    try:
+        with pytest.raises(StoreTimeout, match="writer stopped"):
+            committer.store(body("a"), "a", "RENEWAL")
+        assert committer.store(body("b"), "b", "RENEWAL").enqueue  # a new writer
+    finally:
+        committer.stop()
+    assert set(rows(runtime)) == {"a", "b"} and len(calls) == 2
+
+
+def test_after_a_broker_failure_the_next_batches_skip_the_broker_for_a_moment(runtime):
+    calls: list[list[int]] = []
+
+    def publish(ids: list[int]) -> None:
+        calls.append(ids)
+        raise ConnectionError("broker hangs")
+
+    committer = GroupCommitter(runtime.db, publish, broker_pause_s=60)
+    try:
+        answers = [committer.store(body(f"e{i}"), f"e{i}", "RENEWAL") for i in range(3)]
+    finally:
+        committer.stop()
+    assert all(a.enqueue and not a.duplicate for a in answers)  # stored, answered 200, left for the redrive
+    assert len(calls) == 1
