@@ -105,6 +105,12 @@ def _retrying_once(engine: Engine, sql: str, values: dict[str, object] | list[ob
     raise AssertionError("unreachable")
 
 
+def _insert_sqlite(conn: Connection, values: dict[str, object]) -> int | None:
+    """The new row's id, or None when (provider, event id) is already stored."""
+    stmt = sqlite.insert(_inbox).values(**values).on_conflict_do_nothing().returning(_inbox.c.id)
+    return conn.execute(stmt).scalar_one_or_none()
+
+
 def _status_for(event_type: str | None, malformed_reason: str | None) -> str:
     if malformed_reason is not None:
         return "malformed"
@@ -137,9 +143,8 @@ def store_webhook(engine: Engine, body: bytes, event_id: str | None, event_type:
     if engine.dialect.name == "postgresql":
         inserted = _retrying_once(engine, _store_statement(engine), values, _first_id)
     else:
-        stmt = sqlite.insert(_inbox).values(**values).on_conflict_do_nothing().returning(_inbox.c.id)
         with engine.begin() as conn:
-            inserted = conn.execute(stmt).scalar_one_or_none()
+            inserted = _insert_sqlite(conn, values)
     if inserted is None:
         return Stored(None, True, False, "duplicate")
     return Stored(inserted, False, status == "received", status)
@@ -184,9 +189,8 @@ def store_webhooks(engine: Engine, webhooks: Sequence[tuple[bytes, str, str]]) -
     else:  # one transaction too, a statement per row
         with engine.begin() as conn:
             for (body, event_id, event_type), status in zip(unique, statuses):
-                values = {"provider": PROVIDER, "event_id": event_id, "event_type": event_type, "status": status,
-                          "attempts": 0, "body": body}
-                row_id = conn.execute(sqlite.insert(_inbox).values(**values).on_conflict_do_nothing().returning(_inbox.c.id)).scalar_one_or_none()
+                row_id = _insert_sqlite(conn, {"provider": PROVIDER, "event_id": event_id, "event_type": event_type,
+                                               "status": status, "attempts": 0, "body": body})
                 if row_id is not None:
                     inserted[event_id] = row_id
     status_of = {event_id: status for (_body, event_id, _type), status in zip(unique, statuses)}

@@ -4,6 +4,7 @@ together are stored together (group commit on PostgreSQL) and each is answered a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -35,6 +36,24 @@ def web_command(port: int) -> list[str]:
     return [sys.executable, "-m", "gunicorn", *argv[1:]]
 
 
+@contextlib.contextmanager
+def procfile_web(settings, tmp_path):  # noqa: ANN001, ANN201
+    """The Procfile's web process on a free port, up; its base URL. Stopped on the way out."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "gunicorn.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(web_command(port), cwd=PROJECT_ROOT, env=settings_env(settings), stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: _up(base), timeout=30, what="gunicorn")
+        yield base
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        log.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -42,19 +61,13 @@ def free_port() -> int:
 
 
 def test_one_gevent_worker_holds_many_long_polls(settings, runtime, tmp_path):
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = open(tmp_path / "gunicorn.log", "wb")
-    proc = subprocess.Popen(web_command(port), cwd=PROJECT_ROOT, env=settings_env(settings), stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
     answers: dict[str, tuple[float, list[str]]] = {}
 
     def poll(user: str) -> None:
         r = requests.get(f"{base}/v1/users/{user}/access?wait=20", headers=OPERATOR, timeout=30)
         answers[user] = (time.monotonic(), [a["resource"] for a in r.json()["access"]])
 
-    try:
-        wait_for(lambda: _up(base), timeout=30, what="gunicorn")
+    with procfile_web(settings, tmp_path) as base:
         threads = [threading.Thread(target=poll, args=(f"g{i}",)) for i in range(CLIENTS)]
         for t in threads:
             t.start()
@@ -74,11 +87,6 @@ def test_one_gevent_worker_holds_many_long_polls(settings, runtime, tmp_path):
         assert len(answers) == CLIENTS
         for user, (at, resources) in answers.items():
             assert resources == ["course:H01ENB"] and at - committed[user] < 3.0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        log.close()
 
 
 def test_concurrent_webhooks_on_one_gevent_worker_are_each_stored_and_enqueued_once(settings, runtime, tmp_path):
@@ -89,11 +97,6 @@ def test_concurrent_webhooks_on_one_gevent_worker_are_each_stored_and_enqueued_o
     from engine.adapters.models import InboxEvent
     from tests.conftest import WEBHOOK_AUTH
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = open(tmp_path / "gunicorn.log", "wb")
-    proc = subprocess.Popen(web_command(port), cwd=PROJECT_ROOT, env=settings_env(settings), stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
     # 40 distinct webhooks, the first 10 of them delivered twice at once
     deliveries = [f"evt-{i}" for i in range(40)] + [f"evt-{i}" for i in range(10)]
     answers: list[tuple[str, int, dict]] = []
@@ -106,18 +109,12 @@ def test_concurrent_webhooks_on_one_gevent_worker_are_each_stored_and_enqueued_o
             r = session.post(f"{base}/webhooks/revenuecat", json=body, headers={"Authorization": WEBHOOK_AUTH}, timeout=30)
         answers.append((event_id, r.status_code, r.json()))
 
-    try:
-        wait_for(lambda: _up(base), timeout=30, what="gunicorn")
+    with procfile_web(settings, tmp_path) as base:
         threads = [threading.Thread(target=deliver, args=(e,)) for e in deliveries]
         for t in threads:
             t.start()
         for t in threads:
             t.join(30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        log.close()
 
     assert len(answers) == len(deliveries) and all(status == 200 for _e, status, _b in answers)
     with runtime.session_factory() as session:
