@@ -13,7 +13,6 @@ import hmac
 import json
 import logging
 import os
-import sys
 import threading
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -25,6 +24,7 @@ from engine.adapters.group_commit import GroupCommitter, StoreTimeout
 from engine.adapters.inbox import store_webhook
 from engine.revenuecat import MalformedEvent, envelope_key
 from tasks.publisher import publisher_for
+from web.greenlets import serve_requests, wait_until_idle
 
 log = logging.getLogger(__name__)
 bp = Blueprint("intake", __name__)
@@ -122,13 +122,18 @@ def group_committer(app) -> GroupCommitter | None:  # noqa: ANN001
         if pid != os.getpid():
             runtime = app.extensions["engine_runtime"]
             committer = None
-            if runtime.settings.database_url.startswith("postgresql") and _greenlets_serve_requests():
+            if runtime.settings.database_url.startswith("postgresql") and serve_requests():
                 publisher = publisher_for(app)
-                committer = GroupCommitter(intake_engine(runtime), publisher.publish_many)
+                committer = GroupCommitter(intake_engine(runtime), publisher.publish_many, settle=_settle_greenlets)
             app.extensions["intake_group_commit"] = (os.getpid(), committer)
     return committer
 
 
-def _greenlets_serve_requests() -> bool:
-    monkey = sys.modules.get("gevent.monkey")
-    return monkey is not None and monkey.is_module_patched("threading") and monkey.is_module_patched("socket")
+SETTLE_MAX_S = 0.001
+
+
+def _settle_greenlets() -> None:
+    """The group-commit writer's wait under load (engine/adapters/group_commit.py): until every
+    request that has arrived has been read, parsed and handed to the writer and every answer
+    sent, SETTLE_MAX_S at most."""
+    wait_until_idle(SETTLE_MAX_S)
