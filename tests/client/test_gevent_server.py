@@ -26,10 +26,10 @@ from tests.support import settings_env, wait_for
 CLIENTS = 20
 
 
-def web_command(port: int) -> list[str]:
-    """The Procfile's web line with its ${VAR:-default} expanded (one worker, the given port)."""
+def web_command(port: int, workers: int = 1) -> list[str]:
+    """The Procfile's web line with its ${VAR:-default} expanded (the given workers and port)."""
     line = next(l for l in (PROJECT_ROOT / "Procfile").read_text().splitlines() if l.startswith("web:"))
-    values = {"PORT": str(port), "WEB_CONCURRENCY": "1"}
+    values = {"PORT": str(port), "WEB_CONCURRENCY": str(workers)}
     line = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: values.get(m.group(1), m.group(2)), line[len("web:"):])
     argv = shlex.split(line)
     assert argv[0] == "gunicorn" and "gevent" in argv
@@ -37,15 +37,18 @@ def web_command(port: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def procfile_web(settings, tmp_path):  # noqa: ANN001, ANN201
-    """The Procfile's web process on a free port, up; its base URL. Stopped on the way out."""
+def procfile_web(settings, tmp_path, workers: int = 1, started: list | None = None):  # noqa: ANN001, ANN201
+    """The Procfile's web process on a free port, up; its base URL (and its master process
+    appended to ``started``). Stopped on the way out."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = open(tmp_path / "gunicorn.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(web_command(port), cwd=PROJECT_ROOT, env=settings_env(settings), stdout=log,
+    proc = subprocess.Popen(web_command(port, workers), cwd=PROJECT_ROOT, env=settings_env(settings), stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for(lambda: _up(base), timeout=30, what="gunicorn")
+        if started is not None:
+            started.append(proc)
         yield base
     finally:
         if proc.poll() is None:
@@ -136,3 +139,117 @@ def _up(base: str) -> bool:
         return requests.get(f"{base}/healthz", timeout=1).status_code == 200
     except requests.RequestException:
         return False
+
+
+def test_each_web_worker_listens_on_its_own_socket_and_gets_a_share_of_the_connections(settings, runtime, tmp_path):
+    """SO_REUSEPORT (web/gunicorn_conf.py): the kernel spreads connections over the workers.
+    With one shared socket a burst of kept-alive connections mostly landed on one gevent worker
+    and the other idled (bench/intake.py)."""
+    import psutil
+
+    masters: list[subprocess.Popen] = []
+    with procfile_web(settings, tmp_path, workers=2, started=masters) as base:
+        port = int(base.rsplit(":", 1)[1])
+        master = psutil.Process(masters[0].pid)
+        wait_for(lambda: len(master.children()) == 2 and all(_listening(w, port) for w in master.children()),
+                 timeout=30, what="both workers listening")
+        workers = master.children()
+        assert not _listening(master, port)  # no shared socket held by the master
+        sessions = [requests.Session() for _ in range(32)]
+        try:
+            for session in sessions:  # kept alive: each stays with the worker that accepted it
+                assert session.get(f"{base}/healthz", timeout=5).status_code == 200
+            held = {w.pid: sum(1 for c in w.net_connections(kind="tcp")
+                               if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port)
+                    for w in workers}
+        finally:
+            for session in sessions:
+                session.close()
+        # hashed over 32 connections: all on one worker has a probability of 2**-31
+        assert sum(held.values()) == 32 and min(held.values()) > 0, held
+
+
+def _listening(proc, port: int) -> bool:  # noqa: ANN001
+    import psutil
+
+    return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+               for c in proc.net_connections(kind="tcp"))
+
+
+def test_after_a_hup_reload_the_new_workers_listen_and_answer(settings, runtime, tmp_path):
+    """HUP (gunicorn's reload, a usual systemd ExecReload) reads the configuration again, where
+    reuse_port is off, while the master holds no socket to hand the new workers: on_reload
+    keeps each worker on its own socket, or the port would be left closed."""
+    import psutil
+
+    masters: list[subprocess.Popen] = []
+    with procfile_web(settings, tmp_path, workers=2, started=masters) as base:
+        port = int(base.rsplit(":", 1)[1])
+        master = psutil.Process(masters[0].pid)
+        wait_for(lambda: len(master.children()) == 2, timeout=30, what="two workers")
+        before = {w.pid for w in master.children()}
+        os.kill(master.pid, signal.SIGHUP)
+
+        def reloaded() -> bool:
+            workers = master.children()
+            return (len(workers) == 2 and not before & {w.pid for w in workers}
+                    and all(_listening(w, port) for w in workers))
+
+        wait_for(reloaded, timeout=30, what="two new workers listening")
+        for _ in range(8):  # fresh connections, hashed over both new workers
+            assert requests.get(f"{base}/healthz", timeout=5, headers={"Connection": "close"}).status_code == 200
+
+
+def test_a_webhook_is_answered_promptly_while_other_connections_keep_a_worker_busy(settings, runtime, tmp_path):
+    """gevent runs a greenlet until it would block, and a kept-alive connection whose next
+    request is already there never blocks: without a yield between requests, clients that keep
+    a worker busy (pipelined or instant requests) held a webhook for seconds (a /healthz flood
+    held them 1-10 s). web/gunicorn_conf.py's pre_request lets what is waiting run first."""
+    from tests.conftest import WEBHOOK_AUTH
+
+    pipelined = 3000  # GET /healthz requests sent at once on each busy connection
+    request = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+    received = [0, 0, 0, 0]  # bytes of answers each busy connection has had back
+
+    def keep_busy(i: int, port: int, answer_len: int) -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
+            sender = threading.Thread(target=conn.sendall, args=(request * pipelined,), daemon=True)
+            sender.start()
+            while received[i] < answer_len * pipelined:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                received[i] += len(chunk)
+
+    with procfile_web(settings, tmp_path) as base:
+        port = int(base.rsplit(":", 1)[1])
+        answer_len = _raw_answer_length(port, request)  # every /healthz answer has this length
+        busy = [threading.Thread(target=keep_busy, args=(i, port, answer_len), daemon=True) for i in range(4)]
+        for t in busy:
+            t.start()
+        time.sleep(0.3)  # the worker is working through the pipelined requests
+        body = {"api_version": "1.0", "event": {"id": "evt-busy", "type": "RENEWAL", "app_user_id": "busy"}}
+        started = time.monotonic()
+        r = requests.post(f"{base}/webhooks/revenuecat", json=body, headers={"Authorization": WEBHOOK_AUTH}, timeout=60)
+        waited = time.monotonic() - started
+        answered_meanwhile = sum(received) // answer_len
+        for t in busy:
+            t.join(60)
+        assert sum(received) == 4 * pipelined * answer_len  # every pipelined request answered
+    assert r.status_code == 200 and not r.json()["duplicate"]
+    # the webhook did not simply come after the busy connections were done
+    assert answered_meanwhile < 4 * pipelined
+    assert waited < 1.0, f"the webhook waited {waited:.2f} s behind the busy connections"
+
+
+def _raw_answer_length(port: int, request: bytes) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += conn.recv(65536)
+        head, _, rest = answer.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+        while len(rest) < length:
+            rest += conn.recv(65536)
+        return len(head) + 4 + length
