@@ -150,6 +150,7 @@ class RunResult:
     check_ok: bool | None = None
     slices: list["RunResult"] = field(default_factory=list)  # the interleaved runs this combines
     split: list[int] = field(default_factory=list)  # the load's connections held by each worker
+    commits: tuple[int, int] | None = None  # (rows, transactions that stored them): the group commit's batches
 
     @property
     def answered(self) -> int:
@@ -172,6 +173,16 @@ class RunResult:
     def cpu_ms_per_answer(self, component: str) -> float:
         answered_per_s = self.answered / self.window_s if self.window_s > 0 else 0.0
         return 1000.0 * self.cpu.get(component, 0.0) / answered_per_s if answered_per_s else float("nan")
+
+    @property
+    def rows_per_commit(self) -> float | None:
+        """Webhooks stored per transaction (the intake's group-commit batch size), over the
+        slices combined."""
+        parts = [s.commits for s in self.slices] if self.slices else [self.commits]
+        if not parts or any(p is None for p in parts):
+            return None
+        rows, commits = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        return rows / commits if commits else None
 
     def percentile_ms(self, p: float) -> float:
         if not self.latencies_us:
@@ -201,6 +212,9 @@ class RunResult:
             "check_ok": self.check_ok,
             "slice_ok_per_s": [round(x.ok_rate, 1) for x in self.slices],
             "connections_per_worker": [x.split for x in self.slices] or [self.split],
+            "rows_per_commit": None if self.rows_per_commit is None else round(self.rows_per_commit, 2),
+            "slice_rows_per_commit": [round(x.commits[0] / x.commits[1], 2) if x.commits and x.commits[1] else None
+                                      for x in self.slices],
         }
 
     @classmethod
@@ -649,6 +663,18 @@ class Stores:
                 text("SELECT count(*), count(*) FILTER (WHERE status = 'received') FROM inbox_events")).one()
         return int(rows), int(received), int(self.redis.llen("celery"))
 
+    def commits_after(self, last_id: int) -> tuple[int, int, int]:
+        """(rows stored after inbox id ``last_id``, transactions that stored them, the last id).
+        PostgreSQL's xmin is the id of the transaction that inserted each row (nothing updates
+        them during the benchmark: no Celery worker runs)."""
+        from sqlalchemy import text
+
+        with self.engine.connect() as conn:
+            rows, commits, last = conn.execute(
+                text("SELECT count(*), count(DISTINCT xmin::text), coalesce(max(id), :last) FROM inbox_events"
+                     " WHERE id > :last"), {"last": last_id}).one()
+        return int(rows), int(commits), int(last)
+
     def close(self) -> None:
         self.engine.dispose()
         self.redis.close()
@@ -732,6 +758,8 @@ def run_benchmark(args: argparse.Namespace, env: dict[str, str], stores: Stores,
         commit_probe: list[float] = []
         paced_run = run_wrk if args.paced_loadgen == "wrk" else run_python_client
 
+        last_id = [0]  # the inbox's last row before the slice being measured
+
         def measured(app: str, mode: str, duration: float, rate: float, tag: str) -> RunResult:
             window = CpuWindow(servers[app].proc.pid, duration, servers[app].port if mode == "max" else None)
             if app == "bare" and mode != "max":
@@ -743,6 +771,9 @@ def run_benchmark(args: argparse.Namespace, env: dict[str, str], stores: Stores,
             result.app, result.phase = app, ("max" if mode == "max" else "half")
             result.cpu = window.cores()
             result.split = window.split
+            if app == "intake":
+                rows, commits, last_id[0] = stores.commits_after(last_id[0])
+                result.commits = (rows, commits)
             if mode != "max":
                 result.target_rate = round(rate, 1)
             return result
@@ -759,6 +790,7 @@ def run_benchmark(args: argparse.Namespace, env: dict[str, str], stores: Stores,
             for app in apps:
                 max_run(load(app, "max", args.warmup, 0, "warmup"))
         stores.reset_between_runs()
+        last_id[0] = 0
         if args.profile:
             # the first app's whole max phase (wrk outlasts each slice by WRK_SLACK_S)
             # each slice: wrk's whole seconds plus its slack, and a second for the gaps between
@@ -772,6 +804,7 @@ def run_benchmark(args: argparse.Namespace, env: dict[str, str], stores: Stores,
             verify(at_max["intake"], stores)
         rate = args.half_rate if args.half_rate is not None else at_max["intake"].ok_rate / 2
         stores.reset_between_runs()
+        last_id[0] = 0
         at_half = interleaved("paced", args.half_duration, rate)
         if "intake" in at_half:
             verify(at_half["intake"], stores)
@@ -834,6 +867,10 @@ def fmt_ms(r: RunResult) -> str:
     return f"{r.percentile_ms(50):6.2f} / {r.percentile_ms(95):6.2f} / {r.percentile_ms(99):6.2f}"
 
 
+def _per_commit(r: RunResult) -> str:
+    return "-" if r.rows_per_commit is None else f"{r.rows_per_commit:.2f}"
+
+
 def report(results: dict[str, list[RunResult]], args: argparse.Namespace, loadgen_desc: str, body_bytes: int) -> bool:
     print()
     print(f"Webhook intake benchmark: gunicorn -k {args.worker_class} -w {args.workers}"
@@ -857,11 +894,13 @@ def report(results: dict[str, list[RunResult]], args: argparse.Namespace, loadge
         ("  latency p50 / p95 / p99 ms", lambda r: fmt_ms(r[0])),
         ("  CPU cores: gunicorn/pg/redis/gen/irq/other", lambda r: "/".join(f"{r[0].cpu.get(k, 0):.2f}" for k in components)),
         ("  CPU ms per webhook: gunicorn/pg/redis", lambda r: "/".join(f"{r[0].cpu_ms_per_answer(k):.2f}" for k in components[:3])),
+        ("  webhooks stored per commit", lambda r: _per_commit(r[0])),
         ("  non-200 answers, socket errors", lambda r: f"{r[0].other}, {sum(r[0].errors.values())}"),
         ("HALF RATE (open loop)", None),
         ("  webhooks/s target / achieved", lambda r: f"{r[1].target_rate or 0:,.0f} / {r[1].answered / r[1].window_s if r[1].window_s else 0:,.0f}"),
         ("  latency p50 / p95 / p99 ms", lambda r: fmt_ms(r[1])),
         ("  CPU cores: gunicorn/pg/redis/gen/irq/other", lambda r: "/".join(f"{r[1].cpu.get(k, 0):.2f}" for k in components)),
+        ("  webhooks stored per commit", lambda r: _per_commit(r[1])),
         ("  non-200 answers, socket errors", lambda r: f"{r[1].other}, {sum(r[1].errors.values())}"),
     ]
     print()
