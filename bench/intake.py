@@ -151,6 +151,7 @@ class RunResult:
     slices: list["RunResult"] = field(default_factory=list)  # the interleaved runs this combines
     split: list[int] = field(default_factory=list)  # the load's connections held by each worker
     commits: tuple[int, int] | None = None  # (rows, transactions that stored them): the group commit's batches
+    due_s: list[float] = field(default_factory=list)  # paced: when each latency's webhook was due, s from the start
 
     @property
     def answered(self) -> int:
@@ -183,6 +184,23 @@ class RunResult:
             return None
         rows, commits = sum(p[0] for p in parts), sum(p[1] for p in parts)
         return rows / commits if commits else None
+
+    def tail_windows(self, p: float = 99.0, window_s: float = 0.1) -> tuple[int, int, int] | None:
+        """Where the slowest (100 - p)% of a paced run were due: (webhooks at or above the p-th
+        percentile, distinct ``window_s`` windows of the run they were due in, the most in one
+        window). A stall of the machine, the disk or PostgreSQL puts them in a few windows;
+        a load the server cannot keep up with spreads them."""
+        parts = self.slices or [self]
+        if any(len(x.due_s) != len(x.latencies_us) or not x.due_s for x in parts):
+            return None
+        threshold = self.percentile_ms(p) * 1000.0
+        windows: dict[tuple[int, int], int] = {}
+        for i, x in enumerate(parts):
+            for due, latency in zip(x.due_s, x.latencies_us):
+                if latency >= threshold:
+                    key = (i, int(due // window_s))
+                    windows[key] = windows.get(key, 0) + 1
+        return sum(windows.values()), len(windows), max(windows.values(), default=0)
 
     def percentile_ms(self, p: float) -> float:
         if not self.latencies_us:
@@ -383,7 +401,9 @@ def run_python_client(load: Load, window: CpuWindow | None = None) -> RunResult:
             "Content-Type: application/json\r\nContent-Length: ")
     stats = {"sent": 0, "ok": 0, "other": 0, "connect": 0, "read": 0, "write": 0, "timeout": 0, "unanswered": 0}
     latencies: list[float] = []
+    dues: list[float] = []  # paced: each latency's due time, from the start
     bounds: list[float] = []
+    origin = [0.0]  # when the run starts
 
     def request(event_id: str) -> bytes:
         body = (prefix + "".join(event_id + piece for piece in rest)).encode()
@@ -404,6 +424,8 @@ def run_python_client(load: Load, window: CpuWindow | None = None) -> RunResult:
         t = time.monotonic()
         bounds.append(t)
         latencies.append((t - (min(t_send, due) if due is not None else t_send)) * 1e6)
+        if due is not None:
+            dues.append(due - origin[0])
         stats["ok" if status == 200 else "other"] += 1
         return conn if conn.open else None
 
@@ -458,7 +480,7 @@ def run_python_client(load: Load, window: CpuWindow | None = None) -> RunResult:
     async def main() -> None:
         if window is not None:
             window.start(os.getpid())
-        start = time.monotonic() + 0.05
+        start = origin[0] = time.monotonic() + 0.05
         if load.mode == "paced":
             await paced(start)
         else:
@@ -468,7 +490,8 @@ def run_python_client(load: Load, window: CpuWindow | None = None) -> RunResult:
     asyncio.run(main())
     window_s = (max(bounds) - min(bounds)) if bounds else 0.0
     errors = {k: stats[k] for k in ("connect", "read", "write", "timeout", "unanswered")}
-    return RunResult("", load.mode, "python-asyncio", stats["sent"], stats["ok"], stats["other"], errors, window_s, latencies)
+    return RunResult("", load.mode, "python-asyncio", stats["sent"], stats["ok"], stats["other"], errors, window_s, latencies,
+                     due_s=dues)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -867,6 +890,11 @@ def fmt_ms(r: RunResult) -> str:
     return f"{r.percentile_ms(50):6.2f} / {r.percentile_ms(95):6.2f} / {r.percentile_ms(99):6.2f}"
 
 
+def _tail(r: RunResult) -> str:
+    t = r.tail_windows()
+    return "-" if t is None else f"{t[0]} / {t[1]} / {t[2]}"
+
+
 def _per_commit(r: RunResult) -> str:
     return "-" if r.rows_per_commit is None else f"{r.rows_per_commit:.2f}"
 
@@ -900,6 +928,7 @@ def report(results: dict[str, list[RunResult]], args: argparse.Namespace, loadge
         ("  webhooks/s target / achieved", lambda r: f"{r[1].target_rate or 0:,.0f} / {r[1].answered / r[1].window_s if r[1].window_s else 0:,.0f}"),
         ("  latency p50 / p95 / p99 ms", lambda r: fmt_ms(r[1])),
         ("  CPU cores: gunicorn/pg/redis/gen/irq/other", lambda r: "/".join(f"{r[1].cpu.get(k, 0):.2f}" for k in components)),
+        ("  slowest 1%: webhooks / 100-ms windows / most in one", lambda r: _tail(r[1])),
         ("  webhooks stored per commit", lambda r: _per_commit(r[1])),
         ("  non-200 answers, socket errors", lambda r: f"{r[1].other}, {sum(r[1].errors.values())}"),
     ]
