@@ -83,12 +83,7 @@ class TaskPublisher:
         )
 
     def publish(self, inbox_id: int) -> None:
-        if not self.ready and not self.fallback:
-            self._build()
-        if self.fallback:
-            self.celery.send_task(PROCESS_EVENT, args=(inbox_id,), retry=False)
-            return
-        self.client.lpush(self.key, self._message(inbox_id))
+        self.publish_many([inbox_id])
 
     def publish_many(self, inbox_ids: list[int]) -> None:
         """``publish`` for each id, in order; with the template, all in one LPUSH (the intake's

@@ -232,7 +232,6 @@ class GroupCommitter:
             return None
 
 
-
 def _unavailable(exc: Exception) -> bool:
     """The database itself cannot be used now (not one row refused): storing the rows one by
     one would only repeat the failure once per row."""
