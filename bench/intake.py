@@ -746,7 +746,7 @@ class CommitProbe:
 
 
 def migrate(env: dict[str, str]) -> None:
-    code = ("from config.settings import Settings; from engine.adapters.database import upgrade_database; "
+    code = ("from config.settings import Settings; from persistence.database import upgrade_database; "
             "upgrade_database(Settings.from_env())")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:

@@ -87,8 +87,8 @@ def reset_stores(env: dict[str, str]) -> None:
     import redis
     from sqlalchemy import delete
 
-    from engine.adapters.database import make_engine, upgrade_database
-    from engine.adapters.models import Base
+    from persistence.database import make_engine, upgrade_database
+    from persistence.models import Base
 
     settings = settings_from(env)
     upgrade_database(settings)
@@ -270,8 +270,8 @@ def redis_clients(redis_url: str) -> int:
 
 def grant(runtime, app_user_id: str, now_ms: int) -> float:  # noqa: ANN001
     """Commit a grant for one user the way every unit of work does; returns the commit time."""
-    from engine.adapters.inbox import unit_of_work
-    from engine.adapters.models import Grant
+    from persistence.unit_of_work import unit_of_work
+    from persistence.models import Grant
 
     with unit_of_work(runtime.session_factory)() as store:
         store.session.add(Grant(customer_id=app_user_id, resource="course:H01ENB", mode="paid", expires_ms=None,
@@ -280,7 +280,7 @@ def grant(runtime, app_user_id: str, now_ms: int) -> float:  # noqa: ANN001
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.adapters.runtime import Runtime, wall_clock_ms
+    from services.wiring import Runtime, wall_clock_ms
 
     ensure_database(args.database_url)
     workdir = Path(tempfile.mkdtemp(prefix="bench-long-poll-"))

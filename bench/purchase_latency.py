@@ -2,7 +2,7 @@
 
 The whole path, each part in its own process as in production (Procfile):
 
-    simulator (python -m engine.simulator, auto-delivers the webhook)
+    simulator (python -m simulators.revenuecat, auto-delivers the webhook)
       -> gunicorn, gevent workers: POST /webhooks/revenuecat (stored, task published)
       -> celery worker (prefork): process_event -> GET /v1/subscribers from the simulator
          -> ledger, grants, commit -> access-change notification (Redis)
@@ -73,7 +73,7 @@ class Purchase:
 
 def start_simulator(env: dict[str, str], workdir: Path, *, port: int, web_port: int) -> Process:
     argv = [
-        sys.executable, "-m", "engine.simulator", "--host", "127.0.0.1", "--port", str(port), "--api-key", SIM_KEY,
+        sys.executable, "-m", "simulators.revenuecat", "--host", "127.0.0.1", "--port", str(port), "--api-key", SIM_KEY,
         "--webhook-url", f"http://127.0.0.1:{web_port}/webhooks/revenuecat", "--webhook-auth", WEBHOOK_AUTH,
     ]
     sim = Process("simulator", argv, env, workdir)

@@ -186,8 +186,8 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def simulator_app():  # noqa: ANN201 - a Flask app (gunicorn's entry point: bench.sweep:simulator_app())
     """The RevenueCat simulator over one ProviderState (``BENCH_SIM_SEED`` keeps transaction ids
     of several simulators apart: the ledger is keyed by transaction id)."""
-    from engine.simulator.server import create_simulator_app
-    from engine.simulator.state import ProviderState
+    from simulators.revenuecat.server import create_simulator_app
+    from simulators.revenuecat.state import ProviderState
 
     state = ProviderState(id_seed=int(os.environ.get("BENCH_SIM_SEED", "1")))
     return create_simulator_app(state, api_key=os.environ.get("BENCH_SIM_API_KEY", API_KEY))
@@ -293,7 +293,7 @@ def ensure_database(url: str) -> None:
 def reset_data(engine) -> None:  # noqa: ANN001
     from sqlalchemy import text
 
-    from engine.adapters.models import Base
+    from persistence.models import Base
 
     names = ", ".join(t.name for t in Base.metadata.sorted_tables)
     with engine.begin() as conn:
@@ -423,7 +423,7 @@ class PassResult:
 
 
 def in_process_pass(label: str, ids: list[str], rt, meter: CpuMeter, admin, sql: SqlCounter | None = None) -> PassResult:  # noqa: ANN001
-    from engine.adapters.sweep import reconcile_customers
+    from services.sweep import reconcile_customers
 
     before_rows = table_counts(admin)
     before_sql = sql.snapshot() if sql else None
@@ -614,7 +614,7 @@ def celery_pass(label: str, ids: list[str], app, admin, meter: CpuMeter, timeout
 
 
 def throughput_phase(args: argparse.Namespace, instance: Path, admin, deadline: float) -> dict[str, Any]:  # noqa: ANN001
-    from engine.adapters.runtime import Runtime
+    from services.wiring import Runtime
 
     say("== 1. reconcile throughput of one process (simulator answering at once, budget unlimited) ==")
     sim = start_simulator("sim-throughput", seed=1, log_dir=instance)
@@ -709,10 +709,10 @@ def celery_phase(args, settings, instance: Path, admin, sim: Sim, ids: list[str]
 
 def rate_worker(config: dict[str, Any]) -> None:
     """One competing worker process with its own Runtime and RateBudget instance (hidden role)."""
-    from engine.adapters.inbox import unit_of_work
-    from engine.adapters.rate_budget import BudgetedProvider, BudgetExhausted, RateBudget
-    from engine.adapters.runtime import Runtime, wall_clock_ms
-    from engine.adapters.sweep import reconcile_customers
+    from persistence.unit_of_work import unit_of_work
+    from adapters.rate_budget import BudgetedProvider, BudgetExhausted, RateBudget
+    from services.wiring import Runtime, wall_clock_ms
+    from services.sweep import reconcile_customers
     from engine.ports import Cause
     from engine.reconcile import reconcile_user
 
@@ -843,7 +843,7 @@ def _sweep_cap(per_minute: int) -> int:
     """RateBudget.limit_for("sweep") for this budget (no Redis needed)."""
     import redis
 
-    from engine.adapters.rate_budget import RateBudget
+    from adapters.rate_budget import RateBudget
 
     return RateBudget(redis.Redis(), per_minute).limit_for("sweep")  # register_script does not connect
 
@@ -917,8 +917,8 @@ def finish_rate_phase(args: argparse.Namespace, scenarios: list[Scenario]) -> di
 def selection_phase(args: argparse.Namespace, settings, admin) -> dict[int, dict[str, Any]]:  # noqa: ANN001
     from sqlalchemy import event, text
 
-    from engine.adapters.database import make_engine, make_session_factory
-    from engine.adapters.sweep import select_due
+    from persistence.database import make_engine, make_session_factory
+    from persistence.subscribers import select_due
     from tasks.jobs import SWEEP_LEASE_MS
 
     say(f"== 3. select_due(limit={SELECT_LIMIT}) at {', '.join(f'{s:,}' for s in args.select_sizes)} subscribers ==")
@@ -1045,7 +1045,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
 
     def watchdog() -> None:
-        print(f"!! watchdog: time box + 60 s exceeded, stopping every child process", flush=True)
+        print("!! watchdog: time box + 60 s exceeded, stopping every child process", flush=True)
         CHILDREN.stop_all()
         os._exit(3)
 
@@ -1065,7 +1065,7 @@ def run(args: argparse.Namespace, skip: set[str], instance: Path, deadline: floa
     import redis
     from sqlalchemy import create_engine
 
-    from engine.adapters.database import upgrade_database
+    from persistence.database import upgrade_database
 
     say(f"bench.sweep: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
         f"database {args.database_url}, redis {args.redis_url}, logs in {instance}")

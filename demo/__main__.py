@@ -22,22 +22,22 @@ import sys
 import time
 from collections import Counter
 
-import requests
 from sqlalchemy import func, select, update
 
 from config.settings import PROJECT_ROOT, Settings
-from engine.adapters.database import upgrade_database
-from engine.adapters.embedded_redis import redis_url
-from engine.adapters.models import Grant, InboxEvent, Subscriber
-from engine.adapters.runtime import runtime_for, wall_clock_ms
-from engine.adapters.store import grant_to_access
-from engine.adapters.sweep import drift_report, track_customers
+from persistence.database import upgrade_database
+from adapters.embedded_redis import redis_url
+from persistence.models import Grant, InboxEvent, Subscriber
+from services.wiring import runtime_for, wall_clock_ms
+from persistence.ledger_store import grant_to_access
+from persistence.audit import drift_report
+from persistence.subscribers import track_customers
 from engine.facts import observe_all
 from engine.projection import project_access
 from engine.revenuecat import parse_subscriber
-from engine.simulator.server import SimulatorServer
-from engine.simulator.serving import ServedApp
-from engine.simulator.state import SimulatorError
+from simulators.revenuecat.server import SimulatorServer
+from simulators.serving import ServedApp
+from simulators.revenuecat.state import SimulatorError
 from tasks.celery_app import create_celery
 from tasks.launch import celery_worker
 
@@ -155,7 +155,7 @@ def main() -> int:
     if not base.database_url.startswith("sqlite"):
         from sqlalchemy import delete
 
-        from engine.adapters.models import Base
+        from persistence.models import Base
 
         rt0 = runtime_for(base)
         with rt0.db.begin() as conn:
@@ -260,6 +260,6 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     finally:
-        from engine.adapters.embedded_redis import stop_embedded_redis
+        from adapters.embedded_redis import stop_embedded_redis
 
         stop_embedded_redis()  # the demo's redis-server stops with it

@@ -33,3 +33,11 @@ class CatalogError(TerminalError):
     def __init__(self, problems: list[str]):
         super().__init__("invalid catalog: " + "; ".join(problems))
         self.problems = problems
+
+
+class SinkAuthError(TerminalError):
+    """The sink refuses our credentials (401 after a token refresh, 403 for staff-only calls).
+
+    Retrying one row cannot help, but the row is not wrong either: the drain stops, keeps every
+    row pending, and alerts; rows go out once an operator fixes the credentials.
+    """

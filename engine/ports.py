@@ -73,3 +73,33 @@ class LedgerStore(Protocol):
         projection: tuple[int | None, str] | None = None,
     ) -> None:
         """Record the check; ``projection`` = (next_change_ms, projection_key) when one was computed."""
+
+
+@dataclass(frozen=True)
+class EnrollmentState:
+    """An enrollment of one user in one course run: its mode and whether it is active.
+
+    Used both for what the LMS holds and for what the engine wants it to hold (see
+    ``engine.enrollment.enrollment_calls`` for how a desired state is read).
+    """
+
+    mode: str
+    is_active: bool
+
+
+class CourseSink(Protocol):
+    """An LMS that holds course enrollments (the engine's grants table is the truth; a sink
+    mirrors it through an outbox written in the grant's own transaction).
+
+    ``apply`` makes the enrollment of ``username`` in ``course_run_id`` match ``desired`` and
+    returns what the LMS then holds; it must be idempotent (the outbox re-sends after a crash).
+    ``read`` returns what the LMS holds now (None: no enrollment), for drift checks.
+    Both raise TransientError (unreachable, 5xx, 429: retried with backoff), TerminalError
+    (this row can never succeed: unknown user or course, mode not offered) or SinkAuthError.
+    """
+
+    name: str
+
+    def apply(self, username: str, course_run_id: str, desired: EnrollmentState) -> EnrollmentState | None: ...
+
+    def read(self, username: str, course_run_id: str) -> EnrollmentState | None: ...

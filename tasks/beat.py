@@ -13,7 +13,7 @@ import uuid
 import redis
 from celery.beat import PersistentScheduler
 
-from engine.adapters.embedded_redis import redis_url
+from adapters.embedded_redis import redis_url
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Celery
 
 from config.settings import Settings
-from engine.adapters.embedded_redis import broker_url
+from adapters.embedded_redis import broker_url
 
 
 def create_celery(settings: Settings) -> Celery:

@@ -11,14 +11,17 @@ from celery import Celery, Task
 
 import sentry_sdk
 
-from engine.adapters.inbox import process_inbox_event, rows_to_redrive
-from engine.adapters.outbox import drain_outbox, enqueue_expired_mappings, repair_lms_drift
-from engine.adapters.runtime import runtime_for, wall_clock_ms
-from engine.adapters.sweep import customers_with_due_expiry, reconcile_customers, select_due
+from persistence.inbox import rows_to_redrive
+from services.inbox import process_inbox_event
+from persistence.outbox import enqueue_expired_mappings
+from services.outbox import drain_outbox, repair_lms_drift
+from services.wiring import runtime_for, wall_clock_ms
+from persistence.subscribers import customers_with_due_expiry, select_due
+from services.sweep import reconcile_customers
 from engine.errors import TransientError
 from engine.ports import Cause
 from engine.reconcile import reproject_customer
-from engine.adapters.inbox import unit_of_work
+from persistence.unit_of_work import unit_of_work
 
 log = logging.getLogger(__name__)
 

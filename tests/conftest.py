@@ -11,10 +11,10 @@ import redis as redis_lib
 from sqlalchemy import delete
 
 from config.settings import Settings
-from engine.adapters.database import make_engine, upgrade_database
-from engine.adapters.embedded_redis import redis_url
-from engine.adapters.models import Base
-from engine.adapters.runtime import Runtime, runtime_for
+from persistence.database import make_engine, upgrade_database
+from adapters.embedded_redis import redis_url
+from persistence.models import Base
+from services.wiring import Runtime, runtime_for
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 WEBHOOK_AUTH = "Bearer test-webhook-secret"
@@ -43,7 +43,7 @@ def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings
     upgrade_database(settings)
     yield settings
     if not settings.redis_url:
-        from engine.adapters.embedded_redis import stop_embedded_redis
+        from adapters.embedded_redis import stop_embedded_redis
 
         stop_embedded_redis()  # or each run leaves its embedded redis-server running
 
@@ -86,7 +86,7 @@ def clean_state(base_settings: Settings) -> Iterator[None]:
 
 @pytest.fixture
 def simulator(base_settings: Settings):
-    from engine.simulator.server import SimulatorServer
+    from simulators.revenuecat.server import SimulatorServer
 
     with SimulatorServer(api_key=SIM_KEY, webhook_auth=WEBHOOK_AUTH) as sim:
         yield sim
@@ -119,7 +119,7 @@ def client(app):
 @pytest.fixture
 def live_server(app):
     """The Flask app on a real HTTP port (werkzeug, threaded) for webhooks sent by the simulator."""
-    from engine.simulator.serving import ServedApp
+    from simulators.serving import ServedApp
 
     with ServedApp(app, name="engine-under-test") as server:
         yield server.url

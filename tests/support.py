@@ -8,7 +8,7 @@ import time
 from typing import Callable, TypeVar
 
 from config.settings import PROJECT_ROOT, Settings
-from engine.adapters.embedded_redis import redis_url
+from adapters.embedded_redis import redis_url
 from tasks.launch import celery_worker as _launch_worker
 
 T = TypeVar("T")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
-from engine.adapters.client_service import AccessView, current_access
-from engine.adapters.notifications import wait_for_change
-from engine.adapters.runtime import wall_clock_ms
+from services.client import AccessView, current_access
+from adapters.access_notifications import wait_for_change
+from services.wiring import wall_clock_ms
 from engine.client_flows import InvalidRequest, access_entries, access_version, app_user_id_problem, iso_ms, parse_wait
 from web.auth import require_user_access
 

@@ -6,7 +6,7 @@ from celery import Celery
 from flask import Flask, jsonify
 
 from config.settings import Settings
-from engine.adapters.runtime import runtime_for
+from services.wiring import runtime_for
 
 
 def create_app(settings: Settings | None = None, *, celery: Celery | None = None) -> Flask:

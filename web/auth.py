@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from flask import current_app, g, jsonify, request
 
-from engine.adapters.runtime import wall_clock_ms
+from services.wiring import wall_clock_ms
 from engine.client_flows import TokenRefused, is_user_token, verify_user_token
 
 

@@ -7,9 +7,9 @@ import json
 import click
 from flask import Flask, current_app
 
-from engine.adapters.database import upgrade_database
-from engine.adapters.inbox import unit_of_work
-from engine.adapters.runtime import wall_clock_ms
+from persistence.database import upgrade_database
+from persistence.unit_of_work import unit_of_work
+from services.wiring import wall_clock_ms
 from engine.ports import Cause
 from engine.reconcile import reconcile_user
 
@@ -70,7 +70,8 @@ def register(app: Flask) -> None:
     @click.option("--chunk", default=100, show_default=True, help="customers per database page")
     def reconcile_all(chunk: int) -> None:
         """Re-read every known customer from the provider (within the budget) and converge."""
-        from engine.adapters.sweep import all_customer_ids, count_customers, reconcile_customers
+        from persistence.subscribers import all_customer_ids, count_customers
+        from services.sweep import reconcile_customers
 
         rt = current_app.extensions["engine_runtime"]
         total = count_customers(rt.session_factory)
@@ -100,7 +101,7 @@ def register(app: Flask) -> None:
     @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
     def drift_report_command(since: str, until: str, as_json: bool) -> None:
         """Drift the sweep found and repaired in a time window, by kind, with recent examples."""
-        from engine.adapters.sweep import drift_examples, drift_report
+        from persistence.audit import drift_examples, drift_report
 
         rt = current_app.extensions["engine_runtime"]
         now = wall_clock_ms()
@@ -128,7 +129,8 @@ def register(app: Flask) -> None:
     @click.option("--limit", default=100, show_default=True)
     def sweep_command(dry_run: bool, limit: int) -> None:
         """Run one sweep now: the customers due for a check (dry run: report only)."""
-        from engine.adapters.sweep import peek_due, reconcile_customers, select_due
+        from persistence.subscribers import peek_due, select_due
+        from services.sweep import reconcile_customers
 
         rt = current_app.extensions["engine_runtime"]
         now = wall_clock_ms()
@@ -158,8 +160,8 @@ def register(app: Flask) -> None:
     @click.option("--dry-run", is_flag=True, help="validate and report, write nothing")
     def import_mappings(csv_file, replace: bool, dry_run: bool) -> None:  # noqa: ANN001
         """Validate every row, then import all of them in one transaction (or none)."""
-        from engine.adapters.course_catalog import import_course_mappings
-        from engine.sinks.mapping_csv import MappingCsvError
+        from services.course_mappings import import_course_mappings
+        from engine.course_mapping_csv import MappingCsvError
 
         rt = current_app.extensions["engine_runtime"]
         known = {g.resource for product in rt.catalog.products.values() for g in product.grants}
@@ -179,7 +181,7 @@ def register(app: Flask) -> None:
     @click.argument("csv_file", type=click.File("w", encoding="utf-8"), default="-")
     def export_mappings(csv_file) -> None:  # noqa: ANN001
         """Write every mapping as CSV (to stdout by default); importing it back changes nothing."""
-        from engine.adapters.course_catalog import export_course_mappings
+        from services.course_mappings import export_course_mappings
 
         csv_file.write(export_course_mappings(current_app.extensions["engine_runtime"].session_factory))
 
@@ -191,8 +193,8 @@ def register(app: Flask) -> None:
         """Show or set the LMS username of an app_user_id (by default they are equal)."""
         from sqlalchemy import select
 
-        from engine.adapters.course_catalog import lms_username, set_lms_username
-        from engine.adapters.models import Identity
+        from persistence.course_mappings import lms_username, set_lms_username
+        from persistence.models import Identity
 
         rt = current_app.extensions["engine_runtime"]
         with rt.session_factory() as session, session.begin():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, jsonify
 from sqlalchemy import text
 
-from engine.adapters.inbox import inbox_counts
+from persistence.inbox import inbox_counts
 
 bp = Blueprint("health", __name__)
 
@@ -39,9 +39,9 @@ def readyz():  # noqa: ANN201
 def metrics():  # noqa: ANN201
     """Prometheus text: counters shared by every process (drift repaired by kind, reconciles,
     sweep selections) and gauges read from the database (inbox by status, subscribers due)."""
-    from engine.adapters.metrics import render
-    from engine.adapters.runtime import wall_clock_ms
-    from engine.adapters.sweep import count_due
+    from adapters.metrics import render
+    from services.wiring import wall_clock_ms
+    from persistence.subscribers import count_due
 
     runtime = current_app.extensions["engine_runtime"]
     gauges = {f'engine_inbox_events{{status="{status}"}}': n for status, n in inbox_counts(runtime.session_factory).items()}

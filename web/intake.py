@@ -19,11 +19,11 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine.adapters.database import make_engine
-from engine.adapters.group_commit import GroupCommitter, StoreTimeout
-from engine.adapters.inbox import store_webhook
+from persistence.database import make_engine
+from services.group_commit import GroupCommitter, StoreTimeout
+from persistence.inbox import store_webhook
 from engine.revenuecat import MalformedEvent, envelope_key
-from tasks.publisher import publisher_for
+from adapters.task_publisher import publisher_for
 from web.greenlets import serve_requests, wait_until_idle
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ import math
 from flask import Blueprint, current_app, g, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine.adapters.client_service import validate_purchase
-from engine.adapters.runtime import wall_clock_ms
+from services.client import validate_purchase
+from services.wiring import wall_clock_ms
 from engine.client_flows import InvalidRequest, Refusal, invalid_request_answer, refusal_answer
 from engine.errors import TransientError
 from web.auth import Refused, check_user, require_caller

@@ -13,8 +13,8 @@ import click
 from flask import Blueprint, current_app, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine.adapters.client_service import SyncLimiter, current_access, sync_user
-from engine.adapters.runtime import wall_clock_ms
+from services.client import SyncLimiter, current_access, sync_user
+from services.wiring import wall_clock_ms
 from engine.client_flows import (
     DEFAULT_USER_TOKEN_TTL_S,
     MAX_USER_TOKEN_TTL_S,

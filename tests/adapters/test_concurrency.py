@@ -4,9 +4,9 @@ import threading
 
 from sqlalchemy import func, select
 
-from engine.adapters.inbox import unit_of_work
-from engine.adapters.models import AuditEntry, Grant
-from engine.adapters.runtime import wall_clock_ms
+from persistence.unit_of_work import unit_of_work
+from persistence.models import AuditEntry, Grant
+from services.wiring import wall_clock_ms
 from engine.ports import Cause
 from engine.reconcile import reconcile_user
 

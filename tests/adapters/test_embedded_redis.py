@@ -6,7 +6,7 @@ from __future__ import annotations
 import psutil
 import redis as redis_lib
 
-from engine.adapters.embedded_redis import embedded_redis_socket, stop_embedded_redis
+from adapters.embedded_redis import embedded_redis_socket, stop_embedded_redis
 
 
 def test_stopping_the_embedded_server_with_clients_still_connected(tmp_path):

@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine.adapters.database import make_engine
-from engine.adapters.group_commit import GroupCommitter, StoreTimeout
-from engine.adapters.inbox import Stored, store_webhook
-from engine.adapters.models import InboxEvent
+from persistence.database import make_engine
+from services.group_commit import GroupCommitter, StoreTimeout
+from persistence.inbox import Stored, store_webhook
+from persistence.models import InboxEvent
 
 
 def body(event_id: str, event_type: str = "INITIAL_PURCHASE") -> bytes:

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from engine.adapters.rate_budget import BudgetedProvider, BudgetExhausted, RateBudget
+from adapters.rate_budget import BudgetedProvider, BudgetExhausted, RateBudget
 from engine.errors import TransientError
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
-from engine.adapters.revenuecat_client import RevenueCatClient
+from adapters.revenuecat import RevenueCatClient
 
 
 def test_threads_read_concurrently_and_reuse_their_sessions(simulator):

@@ -18,8 +18,8 @@ import time
 import requests
 
 from config.settings import PROJECT_ROOT
-from engine.adapters.inbox import unit_of_work
-from engine.adapters.models import Grant
+from persistence.unit_of_work import unit_of_work
+from persistence.models import Grant
 from tests.client.support import OPERATOR
 from tests.support import settings_env, wait_for
 
@@ -96,8 +96,8 @@ def test_concurrent_webhooks_on_one_gevent_worker_are_each_stored_and_enqueued_o
     import redis as redis_lib
     from sqlalchemy import func, select
 
-    from engine.adapters.embedded_redis import redis_url
-    from engine.adapters.models import InboxEvent
+    from adapters.embedded_redis import redis_url
+    from persistence.models import InboxEvent
     from tests.conftest import WEBHOOK_AUTH
 
     # 40 distinct webhooks, the first 10 of them delivered twice at once

@@ -9,11 +9,12 @@ import time
 import redis as redis_lib
 import requests
 
-from engine.adapters.embedded_redis import redis_url
-from engine.adapters.inbox import process_inbox_event, unit_of_work
-from engine.adapters.models import Grant
-from engine.adapters.notifications import AccessNotifier, AccessWatch, channel_for
-from engine.adapters.runtime import wall_clock_ms
+from adapters.embedded_redis import redis_url
+from persistence.unit_of_work import unit_of_work
+from services.inbox import process_inbox_event
+from persistence.models import Grant
+from adapters.access_notifications import AccessNotifier, AccessWatch, channel_for
+from services.wiring import wall_clock_ms
 from tests.client.support import OPERATOR, WEBHOOK
 from tests.support import celery_worker, wait_for
 
@@ -164,7 +165,7 @@ def test_waiters_poll_while_the_subscription_is_down():
 
     watch = AccessWatch(unreachable, retry_s=0.1)
     reads = []
-    from engine.adapters.notifications import wait_for_change
+    from adapters.access_notifications import wait_for_change
 
     started = time.monotonic()
     result = wait_for_change(

@@ -7,8 +7,8 @@ import threading
 import redis as redis_lib
 from sqlalchemy import select
 
-from engine.adapters.embedded_redis import redis_url
-from engine.adapters.models import AuditEntry, Subscriber
+from adapters.embedded_redis import redis_url
+from persistence.models import AuditEntry, Subscriber
 from tests.client.support import OPERATOR, access, provider_requests
 from web.app import create_app
 

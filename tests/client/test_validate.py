@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from engine.adapters.models import AuditEntry, Grant, LedgerTransaction
+from persistence.models import AuditEntry, Grant, LedgerTransaction
 from tests.client.support import OPERATOR, access, android_payload, count, ios_payload, provider_requests
 
 URL = "/v1/purchases/validate"

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 from sqlalchemy import delete, select
 
-from engine.adapters.inbox import EventProcessing, process_inbox_event, unit_of_work
-from engine.adapters.models import Base, Grant
-from engine.adapters.store import grant_to_access
+from persistence.unit_of_work import unit_of_work
+from services.inbox import EventProcessing, process_inbox_event
+from persistence.models import Base, Grant
+from persistence.ledger_store import grant_to_access
 from engine.catalog import DAY_MS
 from engine.errors import TransientError
 from engine.facts import observe_all
@@ -25,8 +26,8 @@ from engine.ports import Cause
 from engine.projection import project_access
 from engine.reconcile import reconcile_user
 from engine.revenuecat import parse_subscriber
-from engine.simulator.server import SimulatorServer
-from engine.simulator.state import ProviderState, SimulatorError
+from simulators.revenuecat.server import SimulatorServer
+from simulators.revenuecat.state import ProviderState, SimulatorError
 from tests.conftest import SIM_KEY, WEBHOOK_AUTH
 
 USERS = ["ana", "ben", "$RCAnonymousID:c0ffee"]

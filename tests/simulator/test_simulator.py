@@ -20,9 +20,9 @@ import pytest
 import requests
 
 from engine.revenuecat import parse_event, parse_subscriber
-from engine.simulator import ProviderState, SimulatorError, SimulatorServer
-from engine.simulator.customer_info import iso_ms
-from engine.simulator.records import DAY_MS
+from simulators.revenuecat import ProviderState, SimulatorError, SimulatorServer
+from simulators.revenuecat.customer_info import iso_ms
+from simulators.revenuecat.records import DAY_MS
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "revenuecat"
 API_KEY = "sk_test_sim"

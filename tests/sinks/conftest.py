@@ -8,13 +8,13 @@ from typing import Callable, Iterator
 import pytest
 
 from config.settings import Settings
-from engine.adapters.course_catalog import import_course_mappings
-from engine.adapters.inbox import unit_of_work
-from engine.adapters.outbox import DrainResult, drain_outbox
-from engine.adapters.runtime import Runtime, runtime_for, wall_clock_ms
+from services.course_mappings import import_course_mappings
+from persistence.unit_of_work import unit_of_work
+from services.outbox import DrainResult, drain_outbox
+from services.wiring import Runtime, runtime_for, wall_clock_ms
 from engine.ports import Cause
 from engine.reconcile import ReconcileOutcome, reconcile_user
-from engine.simulator.openedx_lms import LmsServer, LmsState
+from simulators.openedx_lms import LmsServer, LmsState
 
 COURSE = "course-v1:HypnoElp+H01ENB+2024"
 CLIENT_ID, CLIENT_SECRET = "engine-sink", "s3cret"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from engine.adapters.models import CourseMappingRow, SinkOutboxRow
+from persistence.models import CourseMappingRow, SinkOutboxRow
 from tests.sinks.conftest import COURSE, sync
 
 HEADER = "resource,course_run_id,mode,active,expires_at,on_revoke\n"

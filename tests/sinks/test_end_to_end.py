@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.simulator.serving import ServedApp
+from simulators.serving import ServedApp
 from tests.sinks.conftest import COURSE, map_course
 from tests.support import celery_worker, wait_for
 

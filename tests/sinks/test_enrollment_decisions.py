@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from engine.access import Access
-from engine.sinks.enrollment import (
+from engine.enrollment import (
     CourseMapping,
     desired_enrollment,
     enrollment_calls,
     lms_drift_kind,
     retry_delay_ms,
 )
-from engine.sinks.ports import EnrollmentState as E
+from engine.ports import EnrollmentState as E
 
 PRO = E("professional", True)
 AUDIT = E("audit", True)

@@ -7,10 +7,10 @@ import json
 import redis as redis_lib
 from sqlalchemy import select, update
 
-from engine.adapters.embedded_redis import redis_url
-from engine.adapters.models import AuditEntry, SinkOutboxRow
-from engine.adapters.outbox import repair_lms_drift
-from engine.adapters.runtime import wall_clock_ms
+from adapters.embedded_redis import redis_url
+from persistence.models import AuditEntry, SinkOutboxRow
+from services.outbox import repair_lms_drift
+from services.wiring import wall_clock_ms
 from tasks.celery_app import create_celery
 from tests.sinks.conftest import COURSE, drain, map_course, one_time_tx, sync
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.sinks.enrollment import CourseMapping
-from engine.sinks.mapping_csv import MappingCsvError, format_mapping_csv, parse_mapping_csv
+from engine.enrollment import CourseMapping
+from engine.course_mapping_csv import MappingCsvError, format_mapping_csv, parse_mapping_csv
 
 KNOWN = {"course:H01ENB", "course:H02ENB", "course:H03ENB"}
 HEADER = "resource,course_run_id,mode,active,expires_at,on_revoke\n"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from engine.adapters.database import make_engine
-from engine.adapters.models import Base
+from persistence.database import make_engine
+from persistence.models import Base
 
 SINK_TABLES = {"course_mappings", "lms_users", "sink_outbox"}
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import requests
 
-from engine.adapters.openedx import OpenEdxClient, OpenEdxSink
+from adapters.openedx import OpenEdxClient, OpenEdxSink
 from engine.errors import TerminalError, TransientError
-from engine.simulator.openedx_lms import LmsServer, LmsState
-from engine.sinks.ports import EnrollmentState as E
-from engine.sinks.ports import SinkAuthError
+from simulators.openedx_lms import LmsServer, LmsState
+from engine.ports import EnrollmentState as E
+from engine.errors import SinkAuthError
 from tests.sinks.conftest import CLIENT_ID, CLIENT_SECRET, COURSE
 
 PRO, AUDIT = E("professional", True), E("audit", True)

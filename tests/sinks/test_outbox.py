@@ -8,11 +8,12 @@ import threading
 from sqlalchemy import func, select
 
 from engine.access import Access
-from engine.adapters.course_catalog import set_lms_username
-from engine.adapters.inbox import unit_of_work
-from engine.adapters.models import AuditEntry, Grant, SinkOutboxRow
-from engine.adapters.outbox import drain_outbox, enqueue_expired_mappings, outbox_counts
-from engine.adapters.runtime import wall_clock_ms
+from persistence.course_mappings import set_lms_username
+from persistence.unit_of_work import unit_of_work
+from persistence.models import AuditEntry, Grant, SinkOutboxRow
+from persistence.outbox import enqueue_expired_mappings, outbox_counts
+from services.outbox import drain_outbox
+from services.wiring import wall_clock_ms
 from engine.plan import Action
 from engine.ports import Cause
 from tests.sinks.conftest import COURSE, drain, map_course, one_time_tx, sync

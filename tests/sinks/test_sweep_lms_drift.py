@@ -1,6 +1,6 @@
 """The sweep repairs LMS drift (a learner downgraded by hand) and counts it like provider drift."""
 
-from engine.adapters.sweep import reconcile_customers
+from services.sweep import reconcile_customers
 from tests.sinks.conftest import COURSE, drain, map_course, sync
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
 from sqlalchemy import func, select
 
-from engine.adapters.inbox import process_inbox_event
-from engine.adapters.models import AuditEntry, Grant, InboxEvent, Subscriber, UnknownProduct
+from services.inbox import process_inbox_event
+from persistence.models import AuditEntry, Grant, InboxEvent, Subscriber, UnknownProduct
 from engine.errors import TransientError
 from tests.conftest import API_TOKEN, WEBHOOK_AUTH
 
@@ -131,7 +130,7 @@ def test_provider_down_on_the_last_attempt_leaves_the_event_degraded(client, run
 
 
 def test_provider_timeout_is_transient(client, settings, simulator):
-    from engine.adapters.runtime import Runtime
+    from services.wiring import Runtime
 
     slow = Runtime(settings.with_(provider_read_timeout_s=0.2))
     inbox_id = intake(client, simulator.state.purchase_subscription("alice", "premium_monthly"))

@@ -5,9 +5,9 @@ import json
 
 import redis as redis_lib
 
-from engine.adapters.embedded_redis import redis_url
+from adapters.embedded_redis import redis_url
 from tasks.celery_app import create_celery
-from tasks.publisher import TaskPublisher
+from adapters.task_publisher import TaskPublisher
 
 
 def normalised(raw: bytes) -> dict:

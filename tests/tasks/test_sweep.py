@@ -12,11 +12,13 @@ import time
 import redis as redis_lib
 from sqlalchemy import event, func, select, update
 
-from engine.adapters.embedded_redis import redis_url
-from engine.adapters.inbox import process_inbox_event, unit_of_work
-from engine.adapters.models import AuditEntry, Grant, LedgerTransaction, ProviderSnapshot, Subscriber
-from engine.adapters.runtime import wall_clock_ms
-from engine.adapters.sweep import reconcile_customers, select_due
+from adapters.embedded_redis import redis_url
+from persistence.unit_of_work import unit_of_work
+from services.inbox import process_inbox_event
+from persistence.models import AuditEntry, Grant, LedgerTransaction, ProviderSnapshot, Subscriber
+from services.wiring import wall_clock_ms
+from persistence.subscribers import select_due
+from services.sweep import reconcile_customers
 from engine.ports import Cause
 from engine.reconcile import reconcile_user
 from tasks.celery_app import create_celery
@@ -266,7 +268,7 @@ def test_a_failed_read_in_a_batch_defers_only_that_customer(client, runtime, sim
 
 
 def test_a_batch_larger_than_the_budget_is_deferred_not_failed(client, runtime, simulator, settings):
-    from engine.adapters.runtime import Runtime
+    from services.wiring import Runtime
 
     for user in ["alice", "bob", "carol"]:
         known_customer(client, runtime, simulator, user)
@@ -283,10 +285,10 @@ def test_a_batch_larger_than_the_budget_is_deferred_not_failed(client, runtime, 
 
 
 def test_an_unexpected_error_in_one_reconcile_costs_the_others_nothing(client, runtime, simulator, monkeypatch):
-    import engine.adapters.sweep as sweep
+    import services.sweep as sweep
     from sqlalchemy import text
 
-    from engine.adapters.models import Grant as GrantRow
+    from persistence.models import Grant as GrantRow
 
     for user in ["alice", "bob", "carol", "dave"]:
         known_customer(client, runtime, simulator, user)
@@ -313,7 +315,7 @@ def test_an_unexpected_error_in_one_reconcile_costs_the_others_nothing(client, r
 
 
 def test_two_customers_with_the_same_new_unknown_product_in_one_batch(client, runtime, simulator):
-    from engine.adapters.models import UnknownProduct
+    from persistence.models import UnknownProduct
 
     for user in ["alice", "bob", "carol", "dave"]:
         known_customer(client, runtime, simulator, user)

@@ -9,7 +9,7 @@ import psutil
 import requests
 from sqlalchemy import func, select
 
-from engine.adapters.models import AuditEntry, Grant, InboxEvent
+from persistence.models import AuditEntry, Grant, InboxEvent
 from tasks.celery_app import create_celery
 from tests.conftest import API_TOKEN, WEBHOOK_AUTH
 from tests.support import celery_worker, wait_for

@@ -10,8 +10,8 @@ from flask import jsonify
 from sqlalchemy import select
 
 from config.settings import Settings
-from engine.adapters.embedded_redis import redis_url
-from engine.adapters.models import InboxEvent
+from adapters.embedded_redis import redis_url
+from persistence.models import InboxEvent
 from tests.conftest import WEBHOOK_AUTH
 from web.app import create_app
 

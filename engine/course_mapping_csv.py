@@ -1,0 +1,201 @@
+"""The course mapping as CSV: operators export it, edit it, import it. Pure.
+
+Columns (header row required, any order, names case-insensitive)::
+
+    resource,course_run_id,mode,active,expires_at,on_revoke
+    course:H01ENB,course-v1:HypnoElp+H01ENB+2024,professional,true,,audit
+
+* ``resource`` (required): the resource a catalog product grants (``grants[].resource``).
+* ``course_run_id`` (required): an Open edX course key, ``course-v1:ORG+COURSE+RUN`` (or the
+  old ``ORG/COURSE/RUN``). One course run per file: two resources on one run would race.
+* ``mode`` (required): the paid mode to enroll in (``professional``, ``no-id-professional``,
+  ``verified``…); free modes (``audit``, ``honor``) are refused.
+* ``active`` (optional, default true): false keeps the row but makes no LMS call for it.
+* ``expires_at`` (optional): ISO 8601 with a timezone (``2026-06-30T00:00:00Z``); paid access
+  to the run ends then, even if the grant lasts longer.
+* ``on_revoke`` (optional, default ``audit``): ``audit`` downgrades, ``deactivate`` unenrolls.
+
+Every row is checked and every problem reported with its line number; the caller imports
+nothing unless there is no problem at all.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Collection, Iterable
+
+from engine.enrollment import KNOWN_MODES, PAID_MODES, REVOKE_POLICIES, CourseMapping
+
+COLUMNS = ("resource", "course_run_id", "mode", "active", "expires_at", "on_revoke")
+REQUIRED = ("resource", "course_run_id", "mode")
+
+# opaque_keys: course-v1 keys are ORG+COURSE+RUN, old ones ORG/COURSE/RUN, of [\w\-~.:] chars.
+_KEY_PART = r"[\w\-~.:]+"
+COURSE_KEY = re.compile(rf"^(course-v1:{_KEY_PART}\+{_KEY_PART}\+{_KEY_PART}|{_KEY_PART}/{_KEY_PART}/{_KEY_PART})$")
+_TRUE = {"true", "1", "yes", "y"}
+_FALSE = {"false", "0", "no", "n"}
+
+
+@dataclass(frozen=True)
+class CsvProblem:
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}"
+
+
+class MappingCsvError(ValueError):
+    """The file has problems; ``problems`` lists every one, in line order."""
+
+    def __init__(self, problems: list[CsvProblem]):
+        super().__init__("; ".join(map(str, problems)))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class MappingRow:
+    """A valid row and the line it came from (for errors found later, against stored rows)."""
+
+    line: int
+    mapping: CourseMapping
+
+
+def parse_mapping_csv(text: str, *, known_resources: Collection[str] | None = None) -> list[MappingRow]:
+    """Validate a whole file; raise MappingCsvError listing every problem, or return its rows.
+
+    ``known_resources``: the resources the catalog grants (None: not checked).
+    """
+    problems: list[CsvProblem] = []
+    rows: list[MappingRow] = []
+    reader = csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""))
+    header: list[str] | None = None
+    seen_resource: dict[str, int] = {}
+    seen_run: dict[str, int] = {}
+    for line, fields in _records(reader, problems):
+        if not any(f.strip() for f in fields):
+            continue  # blank line
+        if header is None:
+            header = [f.strip().lower() for f in fields]
+            missing = [c for c in REQUIRED if c not in header]
+            unknown = [c for c in header if c not in COLUMNS]
+            duplicated = sorted({c for c in header if header.count(c) > 1})
+            if missing:
+                problems.append(CsvProblem(line, f"header lacks required column(s): {', '.join(missing)}"))
+            if unknown:
+                problems.append(CsvProblem(line, f"unknown column(s): {', '.join(unknown)} (expected {', '.join(COLUMNS)})"))
+            if duplicated:
+                problems.append(CsvProblem(line, f"column(s) named twice: {', '.join(duplicated)}"))
+            if missing or unknown or duplicated:
+                break  # rows cannot be read against a broken header
+            continue
+        if len(fields) != len(header):
+            problems.append(CsvProblem(line, f"expected {len(header)} fields, found {len(fields)}"))
+            continue
+        values = {name: value.strip() for name, value in zip(header, fields)}
+        row_problems: list[str] = []
+        mapping = _parse_row(values, row_problems, known_resources)
+        if mapping is not None:
+            earlier = seen_resource.get(mapping.resource)
+            if earlier is not None:
+                row_problems.append(f"resource {mapping.resource!r} is already mapped on line {earlier}")
+            else:
+                seen_resource[mapping.resource] = line
+            earlier = seen_run.get(mapping.course_run_id)
+            if earlier is not None:
+                row_problems.append(f"course_run_id {mapping.course_run_id!r} is already mapped on line {earlier}")
+            else:
+                seen_run[mapping.course_run_id] = line
+        problems.extend(CsvProblem(line, message) for message in row_problems)
+        if mapping is not None and not row_problems:
+            rows.append(MappingRow(line, mapping))
+    if header is None and not problems:
+        problems.append(CsvProblem(1, "no header row: the file is empty"))
+    if problems:
+        raise MappingCsvError(sorted(problems, key=lambda p: p.line))
+    return rows
+
+
+def _records(reader: "csv._reader", problems: list[CsvProblem]) -> Iterable[tuple[int, list[str]]]:
+    """(first physical line, fields) for each record; a CSV syntax error ends the file."""
+    start = 1
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            problems.append(CsvProblem(start, f"unreadable CSV: {exc}"))
+            return
+        yield start, fields
+        start = reader.line_num + 1
+
+
+def _parse_row(values: dict[str, str], problems: list[str], known_resources: Collection[str] | None) -> CourseMapping | None:
+    resource = values.get("resource", "")
+    course_run_id = values.get("course_run_id", "")
+    mode = values.get("mode", "")
+    if not resource:
+        problems.append("resource: required")
+    elif known_resources is not None and resource not in known_resources:
+        problems.append(f"resource {resource!r} is not granted by any product in the catalog")
+    if not course_run_id:
+        problems.append("course_run_id: required")
+    elif not COURSE_KEY.match(course_run_id):
+        problems.append(f"course_run_id {course_run_id!r} is not an Open edX course key (course-v1:ORG+COURSE+RUN)")
+    if not mode:
+        problems.append("mode: required")
+    elif mode not in KNOWN_MODES:
+        problems.append(f"mode {mode!r} is not an Open edX mode ({', '.join(sorted(PAID_MODES))})")
+    elif mode not in PAID_MODES:
+        problems.append(f"mode {mode!r} is free: a purchase must enroll in a paid mode ({', '.join(sorted(PAID_MODES))})")
+    active_text = values.get("active", "").lower()
+    active = True
+    if active_text in _FALSE:
+        active = False
+    elif active_text and active_text not in _TRUE:
+        problems.append(f"active {values['active']!r} is not true or false")
+    expires_ms = None
+    expires_text = values.get("expires_at", "")
+    if expires_text:
+        expires_ms = _parse_instant(expires_text, problems)
+    on_revoke = values.get("on_revoke", "").lower() or "audit"
+    if on_revoke not in REVOKE_POLICIES:
+        problems.append(f"on_revoke {values['on_revoke']!r} is not one of {', '.join(sorted(REVOKE_POLICIES))}")
+    if problems:
+        return None
+    return CourseMapping(resource, course_run_id, mode, active, expires_ms, on_revoke)  # type: ignore[arg-type]
+
+
+def _parse_instant(text: str, problems: list[str]) -> int | None:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        problems.append(f"expires_at {text!r} is not an ISO 8601 date-time (e.g. 2026-06-30T00:00:00Z)")
+        return None
+    if moment.tzinfo is None:
+        problems.append(f"expires_at {text!r} has no timezone (add Z for UTC)")
+        return None
+    return int(moment.timestamp() * 1000)
+
+
+def format_instant(ms: int | None) -> str:
+    if ms is None:
+        return ""
+    moment = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    text = moment.isoformat(timespec="milliseconds" if ms % 1000 else "seconds")
+    return text.replace("+00:00", "Z")
+
+
+def format_mapping_csv(mappings: Iterable[CourseMapping]) -> str:
+    """The mapping as CSV (sorted by resource); importing it back changes nothing."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for m in sorted(mappings, key=lambda m: m.resource):
+        writer.writerow([m.resource, m.course_run_id, m.mode, "true" if m.active else "false", format_instant(m.expires_ms), m.on_revoke])
+    return out.getvalue()
