@@ -21,9 +21,10 @@ import json
 import logging
 import threading
 import time
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from itertools import chain
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 import redis
 
@@ -59,7 +60,7 @@ class AccessNotifier:
                     self._client = self._connect()
                 client = self._client
             client.publish(channel_for(client), json.dumps(ids))
-        except Exception:  # noqa: BLE001 - a lost notification costs latency only
+        except Exception:
             log.warning("could not publish access changes for %d customers", len(ids), exc_info=True)
 
     def close(self) -> None:
@@ -136,17 +137,15 @@ class AccessWatch:
                         self._subscribed.set()
                     elif message["type"] == "message":
                         self._dispatch(message["data"])
-            except Exception:  # noqa: BLE001 - Redis away: waiters poll meanwhile; resubscribe
+            except Exception:
                 if not self._stop.is_set():
                     log.warning("access-change subscription lost; retrying in %.1fs", self._retry_s, exc_info=True)
                     self._wake_everyone()
             finally:
                 self._subscribed.clear()
                 if pubsub is not None:
-                    try:
+                    with suppress(Exception):
                         pubsub.close()
-                    except Exception:  # noqa: BLE001
-                        pass
             self._stop.wait(self._retry_s)
 
     def _dispatch(self, data: bytes | str) -> None:

@@ -50,8 +50,10 @@ def stop_embedded_redis(instance_path: Path | None = None) -> None:
             # for seconds); NOSAVE only: the bundled server predates SHUTDOWN's NOW/FORCE.
             import redis
 
-            redis.Redis(unix_socket_path=server.socket_file, retry=None, socket_timeout=5).execute_command("SHUTDOWN", "NOSAVE")  # type: ignore[attr-defined]
-        except Exception:  # noqa: BLE001 - already gone, or going: either way it stops
+            redis.Redis(unix_socket_path=server.socket_file, retry=None, socket_timeout=5).execute_command(
+                "SHUTDOWN", "NOSAVE"
+            )  # type: ignore[attr-defined]
+        except Exception:
             log.debug("embedded redis-server already stopped", exc_info=True)
 
 
@@ -66,6 +68,6 @@ def broker_url(settings: Settings) -> str:
     """The same server as a kombu broker URL (kombu spells Unix sockets ``redis+socket://``)."""
     url = redis_url(settings)
     if url.startswith("unix://"):
-        path, _, query = url[len("unix://"):].partition("?")
+        path, _, query = url[len("unix://") :].partition("?")
         return f"redis+socket://{path}" + (f"?{query}" if query else "")
     return url

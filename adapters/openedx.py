@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote
 
 import requests
 
-from engine.errors import TerminalError, TransientError
 from engine.enrollment import enrollment_calls, is_paid
-from engine.errors import SinkAuthError
+from engine.errors import SinkAuthError, TerminalError, TransientError
 from engine.ports import EnrollmentState
 
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -125,14 +125,18 @@ class OpenEdxClient:
             return response
         what = f"{method} {path}"
         if status in TRANSIENT_STATUSES:
-            raise TransientError(f"LMS answered {status} for {what}", retry_after_s=_retry_after_s(response), status=status)
+            raise TransientError(
+                f"LMS answered {status} for {what}", retry_after_s=_retry_after_s(response), status=status
+            )
         message = _message(response)
         if status == 401:
             raise SinkAuthError(f"LMS refused our credentials for {what}: {message}", status=status)
         if status == 403 and "permission" in message.lower():
             raise SinkAuthError(f"LMS says we lack staff rights for {what}: {message}", status=status)
         if status == 404:  # the LMS's answer to acting for another user without staff rights
-            raise SinkAuthError(f"LMS does not let us act for other users (not global staff?) for {what}", status=status)
+            raise SinkAuthError(
+                f"LMS does not let us act for other users (not global staff?) for {what}", status=status
+            )
         if status == 400 and "Won't deactivate" in message:
             raise ModeMismatch(message, status=status)
         raise TerminalError(f"LMS refused {what}: {status} {message}", status=status)
@@ -157,15 +161,24 @@ class OpenEdxClient:
         response = self._send(
             "POST",
             self.base_url + TOKEN_PATH,
-            data={"grant_type": "client_credentials", "client_id": self.client_id,
-                  "client_secret": self.client_secret, "token_type": "jwt"},
+            data={
+                "grant_type": "client_credentials",
+                "client_id": self.client_id,
+                "client_secret": self.client_secret,
+                "token_type": "jwt",
+            },
         )
         if response.status_code in TRANSIENT_STATUSES:
-            raise TransientError(f"LMS token endpoint answered {response.status_code}", status=response.status_code,
-                                 retry_after_s=_retry_after_s(response))
+            raise TransientError(
+                f"LMS token endpoint answered {response.status_code}",
+                status=response.status_code,
+                retry_after_s=_retry_after_s(response),
+            )
         if response.status_code >= 400:
-            raise SinkAuthError(f"LMS refused our client credentials: {response.status_code} {_message(response)}",
-                                status=response.status_code)
+            raise SinkAuthError(
+                f"LMS refused our client credentials: {response.status_code} {_message(response)}",
+                status=response.status_code,
+            )
         try:
             body = response.json()
             token, token_type = str(body["access_token"]), str(body.get("token_type") or "JWT")

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import redis
 
@@ -105,7 +106,13 @@ class RateBudget:
         granted, wait_ms = self._take(
             keys=self._keys,
             # at most MAX_BATCH_TAKE per call: Lua's unpack() has a stack limit
-            args=[self.limit_for(priority), self.window_ms, uuid.uuid4().hex, self.guard_ms, min(max(1, wanted), MAX_BATCH_TAKE)],
+            args=[
+                self.limit_for(priority),
+                self.window_ms,
+                uuid.uuid4().hex,
+                self.guard_ms,
+                min(max(1, wanted), MAX_BATCH_TAKE),
+            ],
         )
         return int(granted), int(wait_ms) / 1000.0
 

@@ -8,8 +8,9 @@ other 4xx are TerminalError.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from typing import Any
 from urllib.parse import quote
 
 import requests

@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import uuid
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class TaskPublisher:
     the broker being unreachable.
     """
 
-    def __init__(self, celery) -> None:  # noqa: ANN001
+    def __init__(self, celery) -> None:
         self.celery = celery
         self.lock = threading.Lock()
         self.ready = False
@@ -63,9 +63,8 @@ class TaskPublisher:
         self.render_body: Callable[[str], str] | None = None
 
     @staticmethod
-    def _lean_possible(celery) -> bool:  # noqa: ANN001
-        from celery import Celery
-        from celery import signals
+    def _lean_possible(celery) -> bool:
+        from celery import Celery, signals
 
         conf = celery.conf
         routes = conf.task_routes or ()
@@ -123,7 +122,7 @@ class TaskPublisher:
                 captures = [self._capture(channel, task_id, arg) for task_id, arg in _SENTINELS]
                 key, render, render_body = self._template(captures)
                 client = _blocking_client(channel)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 connection.release()
                 if isinstance(exc, _NoTemplate):
                     log.info("intake publishes with celery.send_task: %s", exc)
@@ -133,16 +132,22 @@ class TaskPublisher:
                     log.warning("intake publishes with celery.send_task: no message template", exc_info=True)
                 self.fallback = True
                 return
-            self.connection, self.client, self.key, self.render, self.render_body = connection, client, key, render, render_body
+            self.connection, self.client, self.key, self.render, self.render_body = (
+                connection,
+                client,
+                key,
+                render,
+                render_body,
+            )
             self.ready = True
 
-    def _capture(self, channel, task_id: str, arg: int) -> tuple[str, dict, str]:  # noqa: ANN001
+    def _capture(self, channel, task_id: str, arg: int) -> tuple[str, dict, str]:
         from kombu import Producer
         from kombu.utils.json import dumps
 
         captured: list[tuple[str, dict]] = []
 
-        def put(queue, message, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        def put(queue, message, **kwargs):
             if kwargs.get("_publish_batch") is not None:
                 raise _NoTemplate("kombu publishes in batches")
             captured.append((queue, message))
@@ -161,7 +166,7 @@ class TaskPublisher:
         return key, message, dumps(message)
 
     @staticmethod
-    def _template(captures: list[tuple[str, dict, str]]):  # noqa: ANN205
+    def _template(captures: list[tuple[str, dict, str]]):
         """Split the first captured message into constant pieces and slots; check that it
         renders both captured messages exactly."""
         (key, message, payload), (key2, message2, payload2) = captures
@@ -189,7 +194,7 @@ class TaskPublisher:
         return key, render, render_body
 
 
-def _blocking_client(channel):  # noqa: ANN001, ANN202
+def _blocking_client(channel):
     """A client with the channel's own connection parameters (kombu's, as ``_put`` uses, max
     connections included) on a pool that waits for a free connection instead of failing.
 
@@ -224,7 +229,7 @@ def _split(text: str, values: dict[str, str]) -> tuple[list[str], list[str]]:
 
 def _join(pieces: list[str], slots: list[str], values: dict[str, str]) -> str:
     out = [pieces[0]]
-    for slot, piece in zip(slots, pieces[1:]):
+    for slot, piece in zip(slots, pieces[1:], strict=False):
         out.append(values[slot])
         out.append(piece)
     return "".join(out)
@@ -241,7 +246,7 @@ def _is_broker_error(exc: BaseException) -> bool:
 _publishers_lock = threading.Lock()
 
 
-def publisher_for(app) -> "TaskPublisher":  # noqa: ANN001
+def publisher_for(app) -> TaskPublisher:
     """This process's publisher for the app's Celery (a forked child builds its own)."""
     pid, publisher = app.extensions.get("intake_publisher", (None, None))
     if pid != os.getpid():

@@ -15,12 +15,12 @@ def create_app() -> Flask:
     app = Flask(__name__)
 
     @app.post("/webhooks/revenuecat")
-    def webhook():  # noqa: ANN202
+    def webhook():
         event = json.loads(request.get_data(cache=False))["event"]
         return jsonify(status="parsed", event_id=event["id"]), 200
 
     @app.get("/healthz")
-    def healthz():  # noqa: ANN202
+    def healthz():
         return jsonify(status="ok")
 
     return app

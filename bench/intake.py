@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http.client
 import json
 import math
@@ -148,7 +149,7 @@ class RunResult:
     cpu: dict[str, float] = field(default_factory=dict)  # cores used during the run, by component
     check: str | None = None
     check_ok: bool | None = None
-    slices: list["RunResult"] = field(default_factory=list)  # the interleaved runs this combines
+    slices: list[RunResult] = field(default_factory=list)  # the interleaved runs this combines
     split: list[int] = field(default_factory=list)  # the load's connections held by each worker
     commits: tuple[int, int] | None = None  # (rows, transactions that stored them): the group commit's batches
     due_s: list[float] = field(default_factory=list)  # paced: when each latency's webhook was due, s from the start
@@ -196,7 +197,7 @@ class RunResult:
         threshold = self.percentile_ms(p) * 1000.0
         windows: dict[tuple[int, int], int] = {}
         for i, x in enumerate(parts):
-            for due, latency in zip(x.due_s, x.latencies_us):
+            for due, latency in zip(x.due_s, x.latencies_us, strict=False):
                 if latency >= threshold:
                     key = (i, int(due // window_s))
                     windows[key] = windows.get(key, 0) + 1
@@ -231,12 +232,13 @@ class RunResult:
             "slice_ok_per_s": [round(x.ok_rate, 1) for x in self.slices],
             "connections_per_worker": [x.split for x in self.slices] or [self.split],
             "rows_per_commit": None if self.rows_per_commit is None else round(self.rows_per_commit, 2),
-            "slice_rows_per_commit": [round(x.commits[0] / x.commits[1], 2) if x.commits and x.commits[1] else None
-                                      for x in self.slices],
+            "slice_rows_per_commit": [
+                round(x.commits[0] / x.commits[1], 2) if x.commits and x.commits[1] else None for x in self.slices
+            ],
         }
 
     @classmethod
-    def combine(cls, app: str, phase: str, slices: list["RunResult"]) -> "RunResult":
+    def combine(cls, app: str, phase: str, slices: list[RunResult]) -> RunResult:
         """The interleaved slices of one app and phase as one result: counts, latencies and CPU
         added up (CPU weighted by time), rates the median of the slices' rates."""
         errors: dict[str, int] = {}
@@ -249,8 +251,20 @@ class RunResult:
             for k in slices[0].cpu:
                 cpu[k] = sum(x.cpu.get(k, 0.0) * x.window_s for x in slices) / window
         latencies = [v for x in slices for v in x.latencies_us]
-        return cls(app, phase, slices[0].loadgen, sum(x.sent for x in slices), sum(x.ok for x in slices),
-                   sum(x.other for x in slices), errors, window, latencies, slices[0].target_rate, cpu, slices=slices)
+        return cls(
+            app,
+            phase,
+            slices[0].loadgen,
+            sum(x.sent for x in slices),
+            sum(x.ok for x in slices),
+            sum(x.other for x in slices),
+            errors,
+            window,
+            latencies,
+            slices[0].target_rate,
+            cpu,
+            slices=slices,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,7 +290,7 @@ def wrk_available() -> str | None:
     if not path:
         return None
     try:
-        out = subprocess.run([path, "-v"], capture_output=True, text=True, timeout=5)
+        out = subprocess.run([path, "-v"], check=False, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
     text = (out.stdout + out.stderr).strip().splitlines()
@@ -292,12 +306,29 @@ def run_wrk(load: Load, window: CpuWindow | None = None) -> RunResult:
     # without yielding, so while other threads flooded /healthz a last webhook could wait ~1 s
     # (and stretch the slice's window: the intake's 12 s ran 15-18 s). web/gunicorn_conf.py's
     # pre_request yield ended that (windows 12.07 s); the slack stays for other settings.
-    wrk_duration = int(math.ceil(load.duration_s)) + WRK_SLACK_S
+    wrk_duration = math.ceil(load.duration_s) + WRK_SLACK_S
     cmd = [
-        "wrk", "-t", str(load.connections), "-c", str(load.connections), "-d", f"{wrk_duration}s",
-        "--timeout", "10s", "-s", str(LUA_SCRIPT), f"http://{load.host}:{load.port}{PATH}", "--",
-        load.mode, repr(load.duration_s), repr(per_thread), load.tag, str(load.template_path), AUTH,
-        str(out_path), str(load.connections),
+        "wrk",
+        "-t",
+        str(load.connections),
+        "-c",
+        str(load.connections),
+        "-d",
+        f"{wrk_duration}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(LUA_SCRIPT),
+        f"http://{load.host}:{load.port}{PATH}",
+        "--",
+        load.mode,
+        repr(load.duration_s),
+        repr(per_thread),
+        load.tag,
+        str(load.template_path),
+        AUTH,
+        str(out_path),
+        str(load.connections),
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if window is not None:
@@ -317,7 +348,7 @@ def run_wrk(load: Load, window: CpuWindow | None = None) -> RunResult:
     for line in out_path.read_text().splitlines():
         kind, _, rest = line.partition(" ")
         if kind == "E":
-            _requests, connect, read, write, status, timeout = (int(x) for x in rest.split())
+            _requests, connect, read, write, _status, timeout = (int(x) for x in rest.split())
             errors = {"connect": connect, "read": read, "write": write, "timeout": timeout, "unanswered": 0}
         elif kind == "T":
             _tid, t_sent, t_ok, t_other, first, last, t_lost = rest.split()
@@ -344,7 +375,7 @@ class _HttpConn:
         self.open = True
 
     @classmethod
-    async def connect(cls, loop: asyncio.AbstractEventLoop, host: str, port: int) -> "_HttpConn":
+    async def connect(cls, loop: asyncio.AbstractEventLoop, host: str, port: int) -> _HttpConn:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -397,8 +428,10 @@ def run_python_client(load: Load, window: CpuWindow | None = None) -> RunResult:
     wrk does, reconnecting at once and then waiting out its delay) holds a sync worker idle.
     """
     prefix, *rest = load.template.split(ID_MARK)
-    head = (f"POST {PATH} HTTP/1.1\r\nHost: {load.host}:{load.port}\r\nAuthorization: {AUTH}\r\n"
-            "Content-Type: application/json\r\nContent-Length: ")
+    head = (
+        f"POST {PATH} HTTP/1.1\r\nHost: {load.host}:{load.port}\r\nAuthorization: {AUTH}\r\n"
+        "Content-Type: application/json\r\nContent-Length: "
+    )
     stats = {"sent": 0, "ok": 0, "other": 0, "connect": 0, "read": 0, "write": 0, "timeout": 0, "unanswered": 0}
     latencies: list[float] = []
     dues: list[float] = []  # paced: each latency's due time, from the start
@@ -409,7 +442,7 @@ def run_python_client(load: Load, window: CpuWindow | None = None) -> RunResult:
         body = (prefix + "".join(event_id + piece for piece in rest)).encode()
         return head.encode() + str(len(body)).encode() + b"\r\n\r\n" + body
 
-    async def exchange(loop, conn: _HttpConn, event_id: str, due: float | None) -> _HttpConn | None:  # noqa: ANN001
+    async def exchange(loop, conn: _HttpConn, event_id: str, due: float | None) -> _HttpConn | None:
         stats["sent"] += 1
         t_send = time.monotonic()
         bounds.append(t_send)
@@ -490,30 +523,43 @@ def run_python_client(load: Load, window: CpuWindow | None = None) -> RunResult:
     asyncio.run(main())
     window_s = (max(bounds) - min(bounds)) if bounds else 0.0
     errors = {k: stats[k] for k in ("connect", "read", "write", "timeout", "unanswered")}
-    return RunResult("", load.mode, "python-asyncio", stats["sent"], stats["ok"], stats["other"], errors, window_s, latencies,
-                     due_s=dues)
+    return RunResult(
+        "",
+        load.mode,
+        "python-asyncio",
+        stats["sent"],
+        stats["ok"],
+        stats["other"],
+        errors,
+        window_s,
+        latencies,
+        due_s=dues,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # CPU accounting (to see where the 2 cores go)
 
 
-def _cpu_of(proc) -> float:  # noqa: ANN001
+def _cpu_of(proc) -> float:
     try:
         t = proc.cpu_times()
         return t.user + t.system
-    except Exception:  # noqa: BLE001 - process gone
+    except Exception:
         return 0.0
 
 
-def _connections_on(proc, port: int) -> int:  # noqa: ANN001
+def _connections_on(proc, port: int) -> int:
     """Established TCP connections of ``proc`` on local ``port``: how the kernel (SO_REUSEPORT,
     web/gunicorn_conf.py) or the workers' accept race shared the load's connections out."""
     import psutil
 
     try:
-        return sum(1 for c in proc.net_connections(kind="tcp")
-                   if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port)
+        return sum(
+            1
+            for c in proc.net_connections(kind="tcp")
+            if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port
+        )
     except psutil.Error:
         return 0
 
@@ -560,10 +606,8 @@ class CpuWindow:
                 snap["postgres"] += _cpu_of(proc)
             elif name.startswith("redis-server"):
                 snap["redis"] += _cpu_of(proc)
-        try:
+        with contextlib.suppress(psutil.Error):
             snap["loadgen"] = _cpu_of(psutil.Process(loadgen_pid))
-        except psutil.Error:
-            pass
         total = psutil.cpu_times()
         snap["busy"] = total.user + total.nice + total.system + total.irq + total.softirq + getattr(total, "steal", 0.0)
         snap["irq"] = total.irq + total.softirq  # mostly loopback TCP: not charged to any process
@@ -600,21 +644,35 @@ class Server:
         self.port = port or free_port()
         self.log_path = workdir / f"gunicorn-{app}.log"
         cmd = [
-            sys.executable, "-m", "gunicorn", APPS[app],
-            "-c", "python:web.gunicorn_conf",  # the Procfile's config file, for both apps
-            "--bind", f"127.0.0.1:{self.port}",
-            "--workers", str(args.workers),
-            "--worker-class", args.worker_class,
-            "--threads", str(args.threads),
-            "--backlog", "2048",
-            "--keep-alive", "5",
-            "--worker-tmp-dir", "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir(),
-            "--graceful-timeout", "5",
-            "--log-level", "warning",
+            sys.executable,
+            "-m",
+            "gunicorn",
+            APPS[app],
+            "-c",
+            "python:web.gunicorn_conf",  # the Procfile's config file, for both apps
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--workers",
+            str(args.workers),
+            "--worker-class",
+            args.worker_class,
+            "--threads",
+            str(args.threads),
+            "--backlog",
+            "2048",
+            "--keep-alive",
+            "5",
+            "--worker-tmp-dir",
+            "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir(),
+            "--graceful-timeout",
+            "5",
+            "--log-level",
+            "warning",
         ]
         self.log = open(self.log_path, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -683,7 +741,8 @@ class Stores:
 
         with self.engine.connect() as conn:
             rows, received = conn.execute(
-                text("SELECT count(*), count(*) FILTER (WHERE status = 'received') FROM inbox_events")).one()
+                text("SELECT count(*), count(*) FILTER (WHERE status = 'received') FROM inbox_events")
+            ).one()
         return int(rows), int(received), int(self.redis.llen("celery"))
 
     def commits_after(self, last_id: int) -> tuple[int, int, int]:
@@ -694,8 +753,12 @@ class Stores:
 
         with self.engine.connect() as conn:
             rows, commits, last = conn.execute(
-                text("SELECT count(*), count(DISTINCT xmin::text), coalesce(max(id), :last) FROM inbox_events"
-                     " WHERE id > :last"), {"last": last_id}).one()
+                text(
+                    "SELECT count(*), count(DISTINCT xmin::text), coalesce(max(id), :last) FROM inbox_events"
+                    " WHERE id > :last"
+                ),
+                {"last": last_id},
+            ).one()
         return int(rows), int(commits), int(last)
 
     def close(self) -> None:
@@ -719,11 +782,13 @@ class CommitProbe:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> "CommitProbe":
+    def __enter__(self) -> CommitProbe:
         import psycopg
 
         self._conn = psycopg.connect(self.dsn, autocommit=True)
-        self._conn.execute(f"CREATE TABLE IF NOT EXISTS {self.TABLE} (id bigserial PRIMARY KEY, at timestamptz DEFAULT now())")
+        self._conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.TABLE} (id bigserial PRIMARY KEY, at timestamptz DEFAULT now())"
+        )
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -737,7 +802,7 @@ class CommitProbe:
             next_at = max(next_at + self.interval, time.perf_counter())
             self._stop.wait(max(0.0, next_at - time.perf_counter()))
 
-    def __exit__(self, *exc) -> None:  # noqa: ANN002
+    def __exit__(self, *exc) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
@@ -746,9 +811,13 @@ class CommitProbe:
 
 
 def migrate(env: dict[str, str]) -> None:
-    code = ("from config.settings import Settings; from persistence.database import upgrade_database; "
-            "upgrade_database(Settings.from_env())")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    code = (
+        "from config.settings import Settings; from persistence.database import upgrade_database; "
+        "upgrade_database(Settings.from_env())"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"migration failed:\n{proc.stdout}\n{proc.stderr}")
 
@@ -757,8 +826,15 @@ def migrate(env: dict[str, str]) -> None:
 # The benchmark
 
 
-def run_benchmark(args: argparse.Namespace, env: dict[str, str], stores: Stores, workdir: Path, template: str,
-                  template_path: Path, loadgen: str) -> dict[str, list[RunResult]]:
+def run_benchmark(
+    args: argparse.Namespace,
+    env: dict[str, str],
+    stores: Stores,
+    workdir: Path,
+    template: str,
+    template_path: Path,
+    loadgen: str,
+) -> dict[str, list[RunResult]]:
     """Both servers up at once (an idle one only sleeps), measured in interleaved slices —
     intake, bare, bare, intake, … — so that both see the same machine, whatever else it runs."""
     apps = [a for a in ("intake", "bare") if a in args.apps]
@@ -774,8 +850,18 @@ def run_benchmark(args: argparse.Namespace, env: dict[str, str], stores: Stores,
 
         def load(app: str, mode: str, duration: float, rate: float, tag: str) -> Load:
             connections = args.connections if mode == "max" else args.paced_connections
-            return Load("127.0.0.1", servers[app].port, mode, duration, connections, rate, f"{run_id}-{app}-{tag}",
-                        template_path, template, workdir)
+            return Load(
+                "127.0.0.1",
+                servers[app].port,
+                mode,
+                duration,
+                connections,
+                rate,
+                f"{run_id}-{app}-{tag}",
+                template_path,
+                template,
+                workdir,
+            )
 
         max_run = run_wrk if loadgen == "wrk" else run_python_client
         commit_probe: list[float] = []
@@ -804,7 +890,7 @@ def run_benchmark(args: argparse.Namespace, env: dict[str, str], stores: Stores,
         def interleaved(mode: str, total_s: float, rate: float) -> dict[str, RunResult]:
             slices: dict[str, list[RunResult]] = {app: [] for app in apps}
             for r in range(args.rounds):
-                for app in (apps if r % 2 == 0 else apps[::-1]):
+                for app in apps if r % 2 == 0 else apps[::-1]:
                     print(f"  {mode:>5} {app:<6} slice {r + 1}/{args.rounds}", flush=True)
                     slices[app].append(measured(app, mode, total_s / args.rounds, rate, f"{mode}{r}"))
             return {app: RunResult.combine(app, "max" if mode == "max" else "half", xs) for app, xs in slices.items()}
@@ -832,7 +918,9 @@ def run_benchmark(args: argparse.Namespace, env: dict[str, str], stores: Stores,
         if "intake" in at_half:
             verify(at_half["intake"], stores)
         if commit_probe:
-            results_probe = RunResult("commit probe", "half", "probe", len(commit_probe), len(commit_probe), 0, {}, 0.0, commit_probe)
+            results_probe = RunResult(
+                "commit probe", "half", "probe", len(commit_probe), len(commit_probe), 0, {}, 0.0, commit_probe
+            )
             return {app: [at_max[app], at_half[app]] for app in apps} | {"_probe": [results_probe]}
         return {app: [at_max[app], at_half[app]] for app in apps}
     finally:
@@ -851,8 +939,22 @@ def start_profiler(master_pid: int, out: str, duration: float, gil_only: bool = 
     if not spy:
         raise RuntimeError("--profile needs py-spy (pip install py-spy)")
     fmt = "raw" if out.endswith(".txt") else ("speedscope" if out.endswith(".json") else "flamegraph")
-    cmd = [spy, "record", "--pid", str(master_pid), "--subprocesses", "--duration", str(int(math.ceil(duration))),
-           "--rate", "200", "--format", fmt, "--output", out, "--nonblocking"] + (["--gil"] if gil_only else [])
+    cmd = [
+        spy,
+        "record",
+        "--pid",
+        str(master_pid),
+        "--subprocesses",
+        "--duration",
+        str(math.ceil(duration)),
+        "--rate",
+        "200",
+        "--format",
+        fmt,
+        "--output",
+        out,
+        "--nonblocking",
+    ] + (["--gil"] if gil_only else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
     return proc
@@ -877,13 +979,17 @@ def verify(result: RunResult, stores: Stores) -> None:
     if proven:
         verdict = "OK (every 200 is stored and queued)"
     elif consistent:
-        verdict = (f"NOT PROVEN ({rows - result.ok} rows beyond the 200s: stored webhooks whose answer was not "
-                   "seen, so a 200 without a row cannot be ruled out)")
+        verdict = (
+            f"NOT PROVEN ({rows - result.ok} rows beyond the 200s: stored webhooks whose answer was not "
+            "seen, so a 200 without a row cannot be ruled out)"
+        )
     else:
         verdict = "MISMATCH"
     result.check_ok = proven
-    result.check = (f"{result.sent} sent, {result.ok} answered 200, {rows} rows stored, {queued} tasks queued"
-                    f" -> {verdict}" + "".join(f"; {n}" for n in notes))
+    result.check = (
+        f"{result.sent} sent, {result.ok} answered 200, {rows} rows stored, {queued} tasks queued"
+        f" -> {verdict}" + "".join(f"; {n}" for n in notes)
+    )
 
 
 def fmt_ms(r: RunResult) -> str:
@@ -901,10 +1007,12 @@ def _per_commit(r: RunResult) -> str:
 
 def report(results: dict[str, list[RunResult]], args: argparse.Namespace, loadgen_desc: str, body_bytes: int) -> bool:
     print()
-    print(f"Webhook intake benchmark: gunicorn -k {args.worker_class} -w {args.workers}"
-          + (f" --threads {args.threads}" if args.worker_class == "gthread" else "")
-          + f" for both apps; {body_bytes} B bodies, unique event ids; per app {args.duration:g} s at max rate"
-          f" and {args.half_duration:g} s at half rate, each in {args.rounds} interleaved slices")
+    print(
+        f"Webhook intake benchmark: gunicorn -k {args.worker_class} -w {args.workers}"
+        + (f" --threads {args.threads}" if args.worker_class == "gthread" else "")
+        + f" for both apps; {body_bytes} B bodies, unique event ids; per app {args.duration:g} s at max rate"
+        f" and {args.half_duration:g} s at half rate, each in {args.rounds} interleaved slices"
+    )
     print(textwrap.fill(f"load: {loadgen_desc}", width=110, subsequent_indent="  "))
     apps = [a for a in ("intake", "bare") if a in results]
     width = 30
@@ -918,16 +1026,31 @@ def report(results: dict[str, list[RunResult]], args: argparse.Namespace, loadge
         ("MAX RATE", None),
         ("  webhooks/s answered 200 (median)", lambda r: f"{r[0].ok_rate:,.0f}"),
         ("  slices min-max", lambda r: slice_range(r[0])),
-        ("  connections per worker, each slice", lambda r: " ".join("/".join(map(str, x.split)) or "?" for x in (r[0].slices or [r[0]]))),
+        (
+            "  connections per worker, each slice",
+            lambda r: " ".join("/".join(map(str, x.split)) or "?" for x in (r[0].slices or [r[0]])),
+        ),
         ("  latency p50 / p95 / p99 ms", lambda r: fmt_ms(r[0])),
-        ("  CPU cores: gunicorn/pg/redis/gen/irq/other", lambda r: "/".join(f"{r[0].cpu.get(k, 0):.2f}" for k in components)),
-        ("  CPU ms per webhook: gunicorn/pg/redis", lambda r: "/".join(f"{r[0].cpu_ms_per_answer(k):.2f}" for k in components[:3])),
+        (
+            "  CPU cores: gunicorn/pg/redis/gen/irq/other",
+            lambda r: "/".join(f"{r[0].cpu.get(k, 0):.2f}" for k in components),
+        ),
+        (
+            "  CPU ms per webhook: gunicorn/pg/redis",
+            lambda r: "/".join(f"{r[0].cpu_ms_per_answer(k):.2f}" for k in components[:3]),
+        ),
         ("  webhooks stored per commit", lambda r: _per_commit(r[0])),
         ("  non-200 answers, socket errors", lambda r: f"{r[0].other}, {sum(r[0].errors.values())}"),
         ("HALF RATE (open loop)", None),
-        ("  webhooks/s target / achieved", lambda r: f"{r[1].target_rate or 0:,.0f} / {r[1].answered / r[1].window_s if r[1].window_s else 0:,.0f}"),
+        (
+            "  webhooks/s target / achieved",
+            lambda r: f"{r[1].target_rate or 0:,.0f} / {r[1].answered / r[1].window_s if r[1].window_s else 0:,.0f}",
+        ),
         ("  latency p50 / p95 / p99 ms", lambda r: fmt_ms(r[1])),
-        ("  CPU cores: gunicorn/pg/redis/gen/irq/other", lambda r: "/".join(f"{r[1].cpu.get(k, 0):.2f}" for k in components)),
+        (
+            "  CPU cores: gunicorn/pg/redis/gen/irq/other",
+            lambda r: "/".join(f"{r[1].cpu.get(k, 0):.2f}" for k in components),
+        ),
         ("  slowest 1%: webhooks / 100-ms windows / most in one", lambda r: _tail(r[1])),
         ("  webhooks stored per commit", lambda r: _per_commit(r[1])),
         ("  non-200 answers, socket errors", lambda r: f"{r[1].other}, {sum(r[1].errors.values())}"),
@@ -939,9 +1062,13 @@ def report(results: dict[str, list[RunResult]], args: argparse.Namespace, loadge
     probe = results.pop("_probe", None)
     if probe:
         p = probe[0]
-        print(f"{'  PostgreSQL commit alone, p50 / p99 / max':<42}"
-              f"{f'{p.percentile_ms(50):.2f} / {p.percentile_ms(99):.2f} / {max(p.latencies_us) / 1000:.0f} ms':>{width * len(apps)}}")
-        print("    (one INSERT + commit at a time on an idle connection while the bare app ran: the fsync latency every")
+        print(
+            f"{'  PostgreSQL commit alone, p50 / p99 / max':<42}"
+            f"{f'{p.percentile_ms(50):.2f} / {p.percentile_ms(99):.2f} / {max(p.latencies_us) / 1000:.0f} ms':>{width * len(apps)}}"
+        )
+        print(
+            "    (one INSERT + commit at a time on an idle connection while the bare app ran: the fsync latency every"
+        )
         print("     webhook commit waits for; the intake's half-rate tail cannot be shorter than its stalls)")
     print()
     all_checks_ok = True
@@ -951,8 +1078,10 @@ def report(results: dict[str, list[RunResult]], args: argparse.Namespace, loadge
             all_checks_ok = all_checks_ok and bool(r.check_ok)
     others = [r.cpu.get("other", 0.0) for rs in results.values() for r in rs if r.cpu]
     if others and max(others) > 0.2:
-        print(f"NOTE: up to {max(others):.2f} cores went to other work on this machine during the runs: "
-              "the figures are lower than on an idle machine.")
+        print(
+            f"NOTE: up to {max(others):.2f} cores went to other work on this machine during the runs: "
+            "the figures are lower than on an idle machine."
+        )
     intake_max = results["intake"][0].ok_rate if "intake" in results else None
     ratio = None
     if "intake" in results and "bare" in results and results["bare"][0].ok_rate > 0:
@@ -962,13 +1091,19 @@ def report(results: dict[str, list[RunResult]], args: argparse.Namespace, loadge
         half_p99 = results["intake"][1].percentile_ms(99)
         print()
         print("targets:")
-        print(f"  >= {TARGET_RATE:,.0f} stored-and-queued webhooks/s   {intake_max:>8,.0f}     "
-              f"{'MET' if intake_max >= TARGET_RATE else 'MISSED'}")
+        print(
+            f"  >= {TARGET_RATE:,.0f} stored-and-queued webhooks/s   {intake_max:>8,.0f}     "
+            f"{'MET' if intake_max >= TARGET_RATE else 'MISSED'}"
+        )
         if ratio is not None:
-            print(f"  >= {TARGET_RATIO:.0%} of the bare endpoint           {ratio:>8.1%}     "
-                  f"{'MET' if ratio >= TARGET_RATIO else 'MISSED'}")
-        print(f"  p99 < {TARGET_HALF_P99_MS:g} ms at half the max rate        {half_p99:>5.2f} ms     "
-              f"{'MET' if half_p99 < TARGET_HALF_P99_MS else 'MISSED'}")
+            print(
+                f"  >= {TARGET_RATIO:.0%} of the bare endpoint           {ratio:>8.1%}     "
+                f"{'MET' if ratio >= TARGET_RATIO else 'MISSED'}"
+            )
+        print(
+            f"  p99 < {TARGET_HALF_P99_MS:g} ms at half the max rate        {half_p99:>5.2f} ms     "
+            f"{'MET' if half_p99 < TARGET_HALF_P99_MS else 'MISSED'}"
+        )
     if args.json:
         payload = {
             "settings": {k: v for k, v in vars(args).items() if k not in {"json"}},
@@ -986,40 +1121,88 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench.intake",
         description="Benchmark POST /webhooks/revenuecat (PostgreSQL + Redis, gunicorn) beside a bare Flask "
-                    "endpoint that only parses JSON, under the same gunicorn settings and load. Needs wrk "
-                    "(apt-get install wrk); falls back to a Python client without it.",
+        "endpoint that only parses JSON, under the same gunicorn settings and load. Needs wrk "
+        "(apt-get install wrk); falls back to a Python client without it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--database-url", default=DEFAULT_DB, help="SQLAlchemy URL of the PostgreSQL database (its inbox_events table is truncated)")
+    p.add_argument(
+        "--database-url",
+        default=DEFAULT_DB,
+        help="SQLAlchemy URL of the PostgreSQL database (its inbox_events table is truncated)",
+    )
     p.add_argument("--redis-url", default=DEFAULT_REDIS, help="Redis broker URL (this database is flushed)")
     p.add_argument("--apps", default="intake,bare", help="which apps to run, comma-separated: intake, bare")
     p.add_argument("--duration", type=float, default=12.0, help="seconds at max rate, per app")
     p.add_argument("--half-duration", type=float, default=12.0, help="seconds at half rate (paced), per app")
-    p.add_argument("--rounds", type=int, default=4,
-                   help="slices each duration is cut into, the apps taking turns (so both meet the same machine)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="slices each duration is cut into, the apps taking turns (so both meet the same machine)",
+    )
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load after each server starts")
-    p.add_argument("--half-rate", type=float, default=None, help="requests/s of the paced runs (default: half the intake's measured max)")
+    p.add_argument(
+        "--half-rate",
+        type=float,
+        default=None,
+        help="requests/s of the paced runs (default: half the intake's measured max)",
+    )
     p.add_argument("--connections", type=int, default=16, help="connections at max rate (one wrk thread each)")
-    p.add_argument("--paced-connections", type=int, default=16, help="connections of the paced runs with --paced-loadgen wrk")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 2,
-                   help="gunicorn workers (default: one per core, as the Procfile's web process)")
-    p.add_argument("--worker-class", default="gevent", help="gunicorn worker class: gevent (the Procfile's), sync, gthread")
+    p.add_argument(
+        "--paced-connections", type=int, default=16, help="connections of the paced runs with --paced-loadgen wrk"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 2,
+        help="gunicorn workers (default: one per core, as the Procfile's web process)",
+    )
+    p.add_argument(
+        "--worker-class", default="gevent", help="gunicorn worker class: gevent (the Procfile's), sync, gthread"
+    )
     p.add_argument("--threads", type=int, default=1, help="gunicorn threads per worker (gthread)")
-    p.add_argument("--port", type=int, default=0, help="port of the intake on 127.0.0.1, the next one for the bare app (0: free ones)")
-    p.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto",
-                   help="load generator of the max-rate runs (auto: wrk when installed)")
-    p.add_argument("--paced-loadgen", choices=("python", "wrk"), default="python",
-                   help="load generator of the half-rate runs: the Python open-loop client, or wrk's Lua delay() "
-                        "(which holds gunicorn sync workers on connections opened ahead of their request)")
-    p.add_argument("--profile", default=None, metavar="FILE",
-                   help="py-spy record the first app's workers during its max-rate run (.svg flamegraph, .txt raw, .json speedscope); "
-                        "perturbs the figures")
-    p.add_argument("--profile-gil", action="store_true",
-                   help="with --profile: count only samples holding the GIL (CPU spent, not time runnable)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="port of the intake on 127.0.0.1, the next one for the bare app (0: free ones)",
+    )
+    p.add_argument(
+        "--loadgen",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="load generator of the max-rate runs (auto: wrk when installed)",
+    )
+    p.add_argument(
+        "--paced-loadgen",
+        choices=("python", "wrk"),
+        default="python",
+        help="load generator of the half-rate runs: the Python open-loop client, or wrk's Lua delay() "
+        "(which holds gunicorn sync workers on connections opened ahead of their request)",
+    )
+    p.add_argument(
+        "--profile",
+        default=None,
+        metavar="FILE",
+        help="py-spy record the first app's workers during its max-rate run (.svg flamegraph, .txt raw, .json speedscope); "
+        "perturbs the figures",
+    )
+    p.add_argument(
+        "--profile-gil",
+        action="store_true",
+        help="with --profile: count only samples holding the GIL (CPU spent, not time runnable)",
+    )
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
-    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
-                   help="first wait up to this long (at most 60 s) for the machine to be idle")
-    p.add_argument("--keep", action="store_true", help="keep the gunicorn logs and wrk output (kept anyway when a check fails)")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="first wait up to this long (at most 60 s) for the machine to be idle",
+    )
+    p.add_argument(
+        "--keep", action="store_true", help="keep the gunicorn logs and wrk output (kept anyway when a check fails)"
+    )
     args = p.parse_args(argv)
     args.apps = [a.strip() for a in args.apps.split(",") if a.strip()]
     unknown = set(args.apps) - set(APPS)
@@ -1045,20 +1228,32 @@ def main(argv: list[str] | None = None) -> int:
         print("wrk is not installed: install it with `apt-get install wrk` (or use --loadgen python)", file=sys.stderr)
         return 2
     if args.loadgen == "auto" and not wrk:
-        print("NOTE: wrk is not installed (apt-get install wrk); falling back to the Python asyncio load generator,\n"
-              "      which runs on the same 2 cores as the servers and lowers the figures.", file=sys.stderr)
+        print(
+            "NOTE: wrk is not installed (apt-get install wrk); falling back to the Python asyncio load generator,\n"
+            "      which runs on the same 2 cores as the servers and lowers the figures.",
+            file=sys.stderr,
+        )
     loadgen = "wrk" if (args.loadgen in ("auto", "wrk") and wrk) else "python"
     if args.paced_loadgen == "wrk" and not wrk:
-        print("wrk is not installed: install it with `apt-get install wrk` (or drop --paced-loadgen wrk)", file=sys.stderr)
+        print(
+            "wrk is not installed: install it with `apt-get install wrk` (or drop --paced-loadgen wrk)", file=sys.stderr
+        )
         return 2
-    max_desc = (f"{wrk} with bench/wrk_webhooks.lua, {args.connections} connections (one per wrk thread)"
-                if loadgen == "wrk" else f"Python asyncio client, {args.connections} connections (wrk missing)")
+    max_desc = (
+        f"{wrk} with bench/wrk_webhooks.lua, {args.connections} connections (one per wrk thread)"
+        if loadgen == "wrk"
+        else f"Python asyncio client, {args.connections} connections (wrk missing)"
+    )
     if args.paced_loadgen == "wrk":
-        paced_desc = (f"open loop paced by wrk's Lua delay() over {args.paced_connections} connections, latency counted "
-                      "from each request's due time")
+        paced_desc = (
+            f"open loop paced by wrk's Lua delay() over {args.paced_connections} connections, latency counted "
+            "from each request's due time"
+        )
     else:
-        paced_desc = ("open loop, Python asyncio client (each webhook due at t0 + i/rate, sent on an idle kept-alive "
-                      "connection or a new one opened then), latency counted from each webhook's due time")
+        paced_desc = (
+            "open loop, Python asyncio client (each webhook due at t0 + i/rate, sent on an idle kept-alive "
+            "connection or a new one opened then), latency counted from each webhook's due time"
+        )
     loadgen_desc = f"max rate: closed loop, {max_desc}; half rate: {paced_desc}"
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-intake-"))
@@ -1079,13 +1274,19 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     busy = machine_busy(1.0)
     if busy is not None and busy > 0.25 and args.wait_quiet > 0:
-        print(f"the machine is busy ({busy:.2f} cores): waiting up to {args.wait_quiet:g} s for it to quiet down ...", flush=True)
+        print(
+            f"the machine is busy ({busy:.2f} cores): waiting up to {args.wait_quiet:g} s for it to quiet down ...",
+            flush=True,
+        )
         deadline = time.monotonic() + args.wait_quiet
         while busy is not None and busy > 0.25 and time.monotonic() < deadline:
             busy = machine_busy(2.0)
     if busy is not None and busy > 0.25:
-        print(f"WARNING: {busy:.2f} cores were busy before the run: other work shares these 2 cores and will lower "
-              "the figures (see 'other' below).", flush=True)
+        print(
+            f"WARNING: {busy:.2f} cores were busy before the run: other work shares these 2 cores and will lower "
+            "the figures (see 'other' below).",
+            flush=True,
+        )
     print(f"migrating {args.database_url} ...", flush=True)
     migrate(env)
     stores = Stores(args.database_url, args.redis_url)

@@ -56,7 +56,9 @@ def ensure_database(url: str) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def stack_env(database_url: str, redis_url: str, instance: Path, provider_url: str = "http://127.0.0.1:9") -> dict[str, str]:
+def stack_env(
+    database_url: str, redis_url: str, instance: Path, provider_url: str = "http://127.0.0.1:9"
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "SENTRY_DSN"))}
     env.update(
         {
@@ -76,7 +78,7 @@ def stack_env(database_url: str, redis_url: str, instance: Path, provider_url: s
     return env
 
 
-def settings_from(env: dict[str, str]):  # noqa: ANN201 - config.settings.Settings
+def settings_from(env: dict[str, str]):
     from config.settings import Settings
 
     return Settings.from_env(env)
@@ -112,8 +114,10 @@ class Process:
     def __init__(self, name: str, argv: list[str], env: dict[str, str], workdir: Path):
         self.name = name
         self.log_path = workdir / f"{name}.log"
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - held for the process's life, closed in stop()
+        self.proc = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def check(self) -> None:
         if self.proc.poll() is not None:
@@ -134,12 +138,27 @@ class Process:
         self.log.close()
 
 
-def start_gunicorn(env: dict[str, str], workdir: Path, *, port: int, workers: int, worker_class: str, connections: int) -> Process:
+def start_gunicorn(
+    env: dict[str, str], workdir: Path, *, port: int, workers: int, worker_class: str, connections: int
+) -> Process:
     """The Procfile's web line, on a loopback port (no access log: it would be measured too)."""
     argv = [
-        sys.executable, "-m", "gunicorn", "--worker-class", worker_class, "--workers", str(workers),
-        "--worker-connections", str(connections), "--bind", f"127.0.0.1:{port}", "--timeout", "60",
-        "--graceful-timeout", "5", "web.app:create_app()",
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--worker-class",
+        worker_class,
+        "--workers",
+        str(workers),
+        "--worker-connections",
+        str(connections),
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--timeout",
+        "60",
+        "--graceful-timeout",
+        "5",
+        "web.app:create_app()",
     ]
     web = Process("gunicorn", argv, env, workdir)
     deadline = time.monotonic() + 30
@@ -159,20 +178,40 @@ def start_gunicorn(env: dict[str, str], workdir: Path, *, port: int, workers: in
 def start_celery(env: dict[str, str], workdir: Path, *, concurrency: int) -> Process:
     """The Procfile's worker line (prefork)."""
     argv = [
-        sys.executable, "-m", "celery", "-A", "tasks.worker", "worker", "--pool=prefork", f"--concurrency={concurrency}",
-        "--loglevel=WARNING", "--without-mingle", "--without-gossip", "-Q", "celery,sweep", "-n", f"bench{os.getpid()}@%h",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tasks.worker",
+        "worker",
+        "--pool=prefork",
+        f"--concurrency={concurrency}",
+        "--loglevel=WARNING",
+        "--without-mingle",
+        "--without-gossip",
+        "-Q",
+        "celery,sweep",
+        "-n",
+        f"bench{os.getpid()}@%h",
     ]
     return Process("celery", argv, env, workdir)
 
 
-def gunicorn_workers(master_pid: int) -> list:  # noqa: ANN201 - psutil.Process
+def gunicorn_workers(master_pid: int) -> list:
     import psutil
 
     return psutil.Process(master_pid).children()
 
 
-def request(port: int, method: str, path: str, *, body: object = None, timeout: float = 40,
-            conn: http.client.HTTPConnection | None = None) -> tuple[int, dict, dict]:
+def request(
+    port: int,
+    method: str,
+    path: str,
+    *,
+    body: object = None,
+    timeout: float = 40,
+    conn: http.client.HTTPConnection | None = None,
+) -> tuple[int, dict, dict]:
     """One HTTP request with the API token: (status, JSON body, headers)."""
     own = conn is None
     conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
@@ -222,7 +261,7 @@ class Waiter:
 def long_poll(port: int, waiter: Waiter, wait_s: float, sent: threading.Barrier | None) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=wait_s + 15)
     try:
-        status, body, headers = request(port, "GET", f"/v1/users/{waiter.app_user_id}/access", conn=conn)
+        _status, _body, headers = request(port, "GET", f"/v1/users/{waiter.app_user_id}/access", conn=conn)
         waiter.etag = headers.get("etag", "").strip('"')
         path = f"/v1/users/{waiter.app_user_id}/access?wait={wait_s:g}&since={waiter.etag}"
         conn.request("GET", path, headers={"Authorization": f"Bearer {API_TOKEN}"})
@@ -234,7 +273,7 @@ def long_poll(port: int, waiter: Waiter, wait_s: float, sent: threading.Barrier 
         waiter.answered_at = time.monotonic()
         waiter.status = response.status
         waiter.resources = [a["resource"] for a in json.loads(raw)["access"]]
-    except Exception as exc:  # noqa: BLE001 - reported
+    except Exception as exc:
         waiter.error = repr(exc)
     finally:
         conn.close()
@@ -268,14 +307,22 @@ def redis_clients(redis_url: str) -> int:
     return sum(1 for c in client.client_list() if str(c.get("db")) == db) - 1  # less this one
 
 
-def grant(runtime, app_user_id: str, now_ms: int) -> float:  # noqa: ANN001
+def grant(runtime, app_user_id: str, now_ms: int) -> float:
     """Commit a grant for one user the way every unit of work does; returns the commit time."""
-    from persistence.unit_of_work import unit_of_work
     from persistence.models import Grant
+    from persistence.unit_of_work import unit_of_work
 
     with unit_of_work(runtime.session_factory)() as store:
-        store.session.add(Grant(customer_id=app_user_id, resource="course:H01ENB", mode="paid", expires_ms=None,
-                                sources='["bench"]', updated_ms=now_ms))
+        store.session.add(
+            Grant(
+                customer_id=app_user_id,
+                resource="course:H01ENB",
+                mode="paid",
+                expires_ms=None,
+                sources='["bench"]',
+                updated_ms=now_ms,
+            )
+        )
     return time.monotonic()
 
 
@@ -287,7 +334,9 @@ def run(args: argparse.Namespace) -> int:
     env = stack_env(args.database_url, args.redis_url, workdir)
     reset_stores(env)
     port = free_port()
-    web = start_gunicorn(env, workdir, port=port, workers=args.workers, worker_class=args.worker_class, connections=1000)
+    web = start_gunicorn(
+        env, workdir, port=port, workers=args.workers, worker_class=args.worker_class, connections=1000
+    )
     runtime = Runtime(settings_from(env))
     try:
         pids = [p.pid for p in gunicorn_workers(web.proc.pid)]
@@ -347,20 +396,28 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     print(f"Long-poll benchmark: {args.clients} clients waiting on GET /v1/users/<id>/access?wait={args.wait:g}")
-    print(f"  gunicorn --worker-class {args.worker_class} --workers {args.workers} --worker-connections 1000 "
-          f"(PostgreSQL {args.database_url.rsplit('/', 1)[-1]}, Redis {args.redis_url})")
-    print(f"  all {args.clients} sent and held open after {connected_s:.1f}s; still waiting before any grant: "
-          f"{still_waiting}/{args.clients}")
+    print(
+        f"  gunicorn --worker-class {args.worker_class} --workers {args.workers} --worker-connections 1000 "
+        f"(PostgreSQL {args.database_url.rsplit('/', 1)[-1]}, Redis {args.redis_url})"
+    )
+    print(
+        f"  all {args.clients} sent and held open after {connected_s:.1f}s; still waiting before any grant: "
+        f"{still_waiting}/{args.clients}"
+    )
     for k, v in holding.items():
         print(f"  {k:<40} {v}")
-    print(f"  while they wait, other requests: /healthz p50 {ms(health, 50)} p95 {ms(health, 95)}; "
-          f"plain access read p50 {ms(reads, 50)} p95 {ms(reads, 95)} ({args.probes} each)")
+    print(
+        f"  while they wait, other requests: /healthz p50 {ms(health, 50)} p95 {ms(health, 95)}; "
+        f"plain access read p50 {ms(reads, 50)} p95 {ms(reads, 95)} ({args.probes} each)"
+    )
     print(f"  grants committed one by one; answered with the new access: {ok}/{args.clients}, errors: {len(errors)}")
     print(f"  commit -> answer received: p50 {ms(wake, 50)}  p95 {ms(wake, 95)}  max {ms(wake, 100)}")
     if errors:
         print(f"  first error: {errors[0]}")
-    print(f"  command: python -m bench.long_poll --clients {args.clients} --workers {args.workers} "
-          f"--worker-class {args.worker_class} --wait {args.wait:g}")
+    print(
+        f"  command: python -m bench.long_poll --clients {args.clients} --workers {args.workers} "
+        f"--worker-class {args.worker_class} --wait {args.wait:g}"
+    )
     return 0 if ok == args.clients and still_waiting == args.clients else 1
 
 

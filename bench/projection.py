@@ -80,19 +80,34 @@ def build_transactions(n: int) -> list[Transaction]:
         # Lifetime course.
         _tx(3_000_000_000, "me.hypnoelp.app.h01enb", "non_subscription", NOW_MS - 200 * DAY_MS),
         # One refunded credit pack.
-        _tx(3_000_000_001, "geometry_pack_30", "non_subscription", NOW_MS - 40 * DAY_MS,
-            refunded_ms=NOW_MS - 39 * DAY_MS),
+        _tx(
+            3_000_000_001,
+            "geometry_pack_30",
+            "non_subscription",
+            NOW_MS - 40 * DAY_MS,
+            refunded_ms=NOW_MS - 39 * DAY_MS,
+        ),
         # One sandbox (test) subscription: grants nothing by default.
-        _tx(3_000_000_002, "premium_yearly", "subscription", NOW_MS - 3 * DAY_MS,
-            is_sandbox=True, expires_ms=NOW_MS + HOUR_MS),
+        _tx(
+            3_000_000_002,
+            "premium_yearly",
+            "subscription",
+            NOW_MS - 3 * DAY_MS,
+            is_sandbox=True,
+            expires_ms=NOW_MS + HOUR_MS,
+        ),
         # One product the catalog does not know.
         _tx(3_000_000_003, "me.example.app.legacy_bundle", "non_subscription", NOW_MS - 500 * DAY_MS),
     ]
     packs_count = max(2, n // 10)
     # Credit packs that stack: bought in a burst recently, so the chain runs into the future.
     packs = [
-        _tx(4_000_000_000 + i, "me.example.app.geometry_pack_30", "non_subscription",
-            NOW_MS - (packs_count - i) * 2 * DAY_MS)
+        _tx(
+            4_000_000_000 + i,
+            "me.example.app.geometry_pack_30",
+            "non_subscription",
+            NOW_MS - (packs_count - i) * 2 * DAY_MS,
+        )
         for i in range(packs_count)
     ]
     periods = n - len(fixed) - packs_count
@@ -112,7 +127,7 @@ def granted_variants(desired: tuple[Access, ...]) -> tuple[tuple[Access, ...], t
     """(a) equal to ``desired`` (fresh objects); (b) one access missing, one with a wrong expiry."""
     same = tuple(Access(a.resource, a.mode, a.expires_ms, a.sources) for a in desired)
     assert len(desired) >= 2, "need at least two accesses to perturb"
-    missing, wrong, *rest = desired
+    _missing, wrong, *rest = desired
     wrong_expiry = (wrong.expires_ms or NOW_MS + YEAR_MS) - 5 * DAY_MS
     changed = (Access(wrong.resource, wrong.mode, wrong_expiry, wrong.sources), *rest)
     return same, tuple(sorted(changed, key=lambda a: a.resource))
@@ -136,7 +151,7 @@ def _median_us_per_call(*fns) -> list[float]:
     counts = [_calibrate(fn, ROUND_TARGET_S) for fn in fns]
     rounds: list[list[float]] = [[] for _ in fns]
     for _ in range(ROUNDS):
-        for fn, n, out in zip(fns, counts, rounds):
+        for fn, n, out in zip(fns, counts, rounds, strict=False):
             t0 = time.perf_counter_ns()
             fn(n)
             out.append((time.perf_counter_ns() - t0) / n)

@@ -73,8 +73,19 @@ class Purchase:
 
 def start_simulator(env: dict[str, str], workdir: Path, *, port: int, web_port: int) -> Process:
     argv = [
-        sys.executable, "-m", "simulators.revenuecat", "--host", "127.0.0.1", "--port", str(port), "--api-key", SIM_KEY,
-        "--webhook-url", f"http://127.0.0.1:{web_port}/webhooks/revenuecat", "--webhook-auth", WEBHOOK_AUTH,
+        sys.executable,
+        "-m",
+        "simulators.revenuecat",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--api-key",
+        SIM_KEY,
+        "--webhook-url",
+        f"http://127.0.0.1:{web_port}/webhooks/revenuecat",
+        "--webhook-auth",
+        WEBHOOK_AUTH,
     ]
     sim = Process("simulator", argv, env, workdir)
     deadline = time.monotonic() + 20
@@ -103,7 +114,7 @@ def buy(sim_port: int, purchase: Purchase) -> None:
         purchase.delivered_at = time.monotonic()
         if response.status != 200:
             purchase.error = f"simulator answered {response.status}"
-    except Exception as exc:  # noqa: BLE001 - reported
+    except Exception as exc:
         purchase.error = repr(exc)
     finally:
         conn.close()
@@ -128,7 +139,7 @@ def watch(web_port: int, purchase: Purchase, deadline: float) -> None:
                 return
             etag = headers.get("etag", "").strip('"')
         purchase.error = "access not visible before the deadline"
-    except Exception as exc:  # noqa: BLE001 - reported
+    except Exception as exc:
         purchase.error = repr(exc)
     finally:
         conn.close()
@@ -163,7 +174,7 @@ def cpu_snapshot(processes: list[Process]) -> dict[tuple[str, int], float]:
 
     snap: dict[tuple[str, int], float] = {}
 
-    def add(part: str, proc) -> None:  # noqa: ANN001
+    def add(part: str, proc) -> None:
         try:
             t = proc.cpu_times()
             snap[(part, proc.pid)] = t.user + t.system
@@ -187,7 +198,9 @@ def cpu_snapshot(processes: list[Process]) -> dict[tuple[str, int], float]:
     return snap
 
 
-def cores_by_part(before: dict[tuple[str, int], float], after: dict[tuple[str, int], float], elapsed: float) -> dict[str, float]:
+def cores_by_part(
+    before: dict[tuple[str, int], float], after: dict[tuple[str, int], float], elapsed: float
+) -> dict[str, float]:
     parts: dict[str, float] = {}
     for (part, pid), seconds in after.items():
         parts[part] = parts.get(part, 0.0) + (seconds - before.get((part, pid), 0.0)) / elapsed
@@ -232,7 +245,11 @@ def run(args: argparse.Namespace) -> int:
     processes: list[Process] = []
     try:
         processes.append(start_simulator(env, workdir, port=sim_port, web_port=web_port))
-        processes.append(start_gunicorn(env, workdir, port=web_port, workers=args.web_workers, worker_class="gevent", connections=1000))
+        processes.append(
+            start_gunicorn(
+                env, workdir, port=web_port, workers=args.web_workers, worker_class="gevent", connections=1000
+            )
+        )
         processes.append(start_celery(env, workdir, concurrency=args.celery_concurrency))
         # Warm-up (not measured): forked children, connection pools, the publisher's template.
         warm = [Purchase(i, f"warm-{i}", time.monotonic() + 1.0 + i * 0.1) for i in range(args.warmup)]
@@ -261,9 +278,19 @@ def run(args: argparse.Namespace) -> int:
     if args.dump:
         with open(args.dump, "w") as fh:
             for p in purchases:
-                fh.write(json.dumps({"i": p.index, "user": p.app_user_id, "at": round(p.purchased_at - t0, 4),
-                                     "delivered": round(p.delivered_at - p.purchased_at, 4),
-                                     "latency": round(p.latency, 4) if p.visible_at else None, "error": p.error}) + "\n")
+                fh.write(
+                    json.dumps(
+                        {
+                            "i": p.index,
+                            "user": p.app_user_id,
+                            "at": round(p.purchased_at - t0, 4),
+                            "delivered": round(p.delivered_at - p.purchased_at, 4),
+                            "latency": round(p.latency, 4) if p.visible_at else None,
+                            "error": p.error,
+                        }
+                    )
+                    + "\n"
+                )
     done = [p for p in purchases if p.visible_at and not p.error]
     latencies = [p.latency for p in done]
     deliveries = [p.delivered_at - p.purchased_at for p in purchases if p.delivered_at]
@@ -271,25 +298,39 @@ def run(args: argparse.Namespace) -> int:
     errors = [p for p in purchases if p.error or not p.visible_at]
     span = max(p.purchased_at for p in purchases) - min(p.purchased_at for p in purchases if p.purchased_at)
     p95 = percentile(latencies, 95)
-    print(f"Purchase-to-access latency: {total} purchases at {args.rate:g}/s for {args.duration:g}s "
-          f"(achieved {(total - 1) / span if span else 0:.1f}/s, pacing p95 late by {ms(lateness, 95)})")
-    print(f"  simulator (auto-deliver) -> gunicorn --worker-class gevent --workers {args.web_workers} -> "
-          f"celery prefork --concurrency {args.celery_concurrency} -> long-poll ?wait=30&since=<etag>")
-    print(f"  PostgreSQL {args.database_url.rsplit('/', 1)[-1]}, Redis {args.redis_url}, "
-          f"machine: {psutil.cpu_count()} cores, {busy:.2f} cores busy on average during the run")
+    print(
+        f"Purchase-to-access latency: {total} purchases at {args.rate:g}/s for {args.duration:g}s "
+        f"(achieved {(total - 1) / span if span else 0:.1f}/s, pacing p95 late by {ms(lateness, 95)})"
+    )
+    print(
+        f"  simulator (auto-deliver) -> gunicorn --worker-class gevent --workers {args.web_workers} -> "
+        f"celery prefork --concurrency {args.celery_concurrency} -> long-poll ?wait=30&since=<etag>"
+    )
+    print(
+        f"  PostgreSQL {args.database_url.rsplit('/', 1)[-1]}, Redis {args.redis_url}, "
+        f"machine: {psutil.cpu_count()} cores, {busy:.2f} cores busy on average during the run"
+    )
     others = max(0.0, busy - sum(parts.values()))
-    print("  cores used by part: " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()) + f"; anything else {others:.2f}")
-    print(f"  access visible: {len(done)}/{total}; errors or never visible: {len(errors)}; "
-          f"grants in the database: {grants - args.warmup}")
-    print(f"  purchase -> access visible:  p50 {ms(latencies, 50)}  p95 {ms(latencies, 95)}  "
-          f"p99 {ms(latencies, 99)}  max {ms(latencies, 100)}")
+    print(
+        "  cores used by part: " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()) + f"; anything else {others:.2f}"
+    )
+    print(
+        f"  access visible: {len(done)}/{total}; errors or never visible: {len(errors)}; "
+        f"grants in the database: {grants - args.warmup}"
+    )
+    print(
+        f"  purchase -> access visible:  p50 {ms(latencies, 50)}  p95 {ms(latencies, 95)}  "
+        f"p99 {ms(latencies, 99)}  max {ms(latencies, 100)}"
+    )
     print(f"  of which webhook delivered (simulator -> intake 200): p50 {ms(deliveries, 50)}  p95 {ms(deliveries, 95)}")
     print(f"  long-polls per purchase: max {max((p.polls for p in purchases), default=0)}")
     if errors:
         print(f"  first problem: {errors[0].app_user_id}: {errors[0].error or 'not visible'}")
     print(f"  target p95 < {TARGET_P95_S:g}s: {'met' if p95 < TARGET_P95_S else 'NOT met'}")
-    print(f"  command: python -m bench.purchase_latency --rate {args.rate:g} --duration {args.duration:g} "
-          f"--web-workers {args.web_workers} --celery-concurrency {args.celery_concurrency}")
+    print(
+        f"  command: python -m bench.purchase_latency --rate {args.rate:g} --duration {args.duration:g} "
+        f"--web-workers {args.web_workers} --celery-concurrency {args.celery_concurrency}"
+    )
     return 0 if not errors else 1
 
 
@@ -302,8 +343,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--buyers", type=int, default=16, help="threads making purchases (each waits for its webhook)")
     p.add_argument("--lead", type=float, default=0.5, help="seconds a client starts watching before its purchase")
     p.add_argument("--warmup", type=int, default=20, help="purchases before the measured ones")
-    p.add_argument("--wait-quiet", type=float, default=0, metavar="S",
-                   help="first wait until the machine has been idle for S seconds (it is shared)")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        metavar="S",
+        help="first wait until the machine has been idle for S seconds (it is shared)",
+    )
     p.add_argument("--dump", metavar="FILE", help="write each purchase's timings as JSON lines")
     p.add_argument("--database-url", default=DEFAULT_DB)
     p.add_argument("--redis-url", default=DEFAULT_REDIS)

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
 import json
 import os
 import re
@@ -65,10 +66,11 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB = "postgresql+psycopg://postgres@127.0.0.1:5432/bench"
@@ -108,9 +110,16 @@ class Children:
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self._lock = threading.Lock()
 
-    def start(self, name: str, cmd: list[str], *, env: dict[str, str] | None = None, log: Path | None = None,
-              stdout: int | None = None) -> subprocess.Popen:
-        out = open(log, "ab") if log else (stdout if stdout is not None else subprocess.DEVNULL)
+    def start(
+        self,
+        name: str,
+        cmd: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+        stdout: int | None = None,
+    ) -> subprocess.Popen:
+        out = open(log, "ab") if log else (stdout if stdout is not None else subprocess.DEVNULL)  # noqa: SIM115 - held for the process's life
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT if log else None)
         self.add(name, proc)
         return proc
@@ -134,10 +143,8 @@ class Children:
         with self._lock:
             procs = list(reversed(self.procs))
         for _name, proc in procs:
-            try:
+            with contextlib.suppress(Exception):
                 self.stop(proc, timeout=8.0)
-            except Exception:  # noqa: BLE001 - best effort on the way out
-                pass
 
 
 CHILDREN = Children()
@@ -183,7 +190,7 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 # The simulator in its own process
 
 
-def simulator_app():  # noqa: ANN201 - a Flask app (gunicorn's entry point: bench.sweep:simulator_app())
+def simulator_app():
     """The RevenueCat simulator over one ProviderState (``BENCH_SIM_SEED`` keeps transaction ids
     of several simulators apart: the ledger is keyed by transaction id)."""
     from simulators.revenuecat.server import create_simulator_app
@@ -200,7 +207,7 @@ class Sim:
     proc: subprocess.Popen
     worker_pid: int
 
-    def _session(self):  # noqa: ANN202
+    def _session(self):
         import requests
 
         return requests.Session()
@@ -233,8 +240,24 @@ def start_simulator(name: str, seed: int, log_dir: Path) -> Sim:
     import requests
 
     port = free_port()
-    cmd = [sys.executable, "-m", "gunicorn", "--workers", "1", "--worker-class", "gthread", "--threads", "4",
-           "--keep-alive", "75", "--bind", f"127.0.0.1:{port}", "--log-level", "warning", "bench.sweep:simulator_app()"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--workers",
+        "1",
+        "--worker-class",
+        "gthread",
+        "--threads",
+        "4",
+        "--keep-alive",
+        "75",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--log-level",
+        "warning",
+        "bench.sweep:simulator_app()",
+    ]
     env = child_env({"BENCH_SIM_API_KEY": API_KEY, "BENCH_SIM_SEED": str(seed)})
     proc = CHILDREN.start(name, cmd, env=env, log=log_dir / f"{name}.log")
     url = f"http://127.0.0.1:{port}"
@@ -258,15 +281,17 @@ def start_simulator(name: str, seed: int, log_dir: Path) -> Sim:
 # Settings, database, Redis
 
 
-def make_settings(args: argparse.Namespace, instance: Path, **changes: Any):  # noqa: ANN201 - Settings
+def make_settings(args: argparse.Namespace, instance: Path, **changes: Any):
     from config.settings import Settings
 
-    base = Settings.from_env({
-        "DATABASE_URL": args.database_url,
-        "REDIS_URL": args.redis_url,
-        "INSTANCE_PATH": str(instance),
-        "REVENUECAT_API_KEY": API_KEY,
-    })
+    base = Settings.from_env(
+        {
+            "DATABASE_URL": args.database_url,
+            "REDIS_URL": args.redis_url,
+            "INSTANCE_PATH": str(instance),
+            "REVENUECAT_API_KEY": API_KEY,
+        }
+    )
     return base.with_(sentry_dsn="", **changes)
 
 
@@ -290,7 +315,7 @@ def ensure_database(url: str) -> None:
     say(f"created database {target.database}")
 
 
-def reset_data(engine) -> None:  # noqa: ANN001
+def reset_data(engine) -> None:
     from sqlalchemy import text
 
     from persistence.models import Base
@@ -300,7 +325,7 @@ def reset_data(engine) -> None:  # noqa: ANN001
         conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
 
 
-def table_counts(engine) -> dict[str, int]:  # noqa: ANN001
+def table_counts(engine) -> dict[str, int]:
     from sqlalchemy import text
 
     tables = ["ledger_transactions", "provider_snapshots", "grants", "audit_log", "identities", "subscribers"]
@@ -308,21 +333,25 @@ def table_counts(engine) -> dict[str, int]:  # noqa: ANN001
         return {t: int(conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()) for t in tables}
 
 
-def backend_pids(engine) -> set[int]:  # noqa: ANN001
+def backend_pids(engine) -> set[int]:
     """PostgreSQL backends of the benchmark database but the benchmark's own bookkeeping ones."""
     from sqlalchemy import text
 
     with engine.connect() as conn:
-        return set(conn.execute(text(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name <> 'bench-admin'"
-        )).scalars())
+        return set(
+            conn.execute(
+                text(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name <> 'bench-admin'"
+                )
+            ).scalars()
+        )
 
 
 class CpuMeter:
     """CPU seconds of this process, the simulator's worker, extra pids, and the database's backends."""
 
-    def __init__(self, admin_engine, sim: Sim, extra_pids: Callable[[], list[int]] | None = None):  # noqa: ANN001
-        self.admin, self.sim, self.extra = admin_engine, sim, extra_pids or (lambda: [])
+    def __init__(self, admin_engine, sim: Sim, extra_pids: Callable[[], list[int]] | None = None):
+        self.admin, self.sim, self.extra = admin_engine, sim, extra_pids or (list)
 
     def snapshot(self) -> dict[str, Any]:
         pg = backend_pids(self.admin)
@@ -341,8 +370,12 @@ class CpuMeter:
             pids = set(before[kind]) | set(after[kind])
             return sum(max(0.0, after[kind].get(p, before[kind].get(p, 0.0)) - before[kind].get(p, 0.0)) for p in pids)
 
-        return {"self": after["self"] - before["self"], "sim": after["sim"] - before["sim"],
-                "pg": spent("pg"), "extra": spent("extra")}
+        return {
+            "self": after["self"] - before["self"],
+            "sim": after["sim"] - before["sim"],
+            "pg": spent("pg"),
+            "extra": spent("extra"),
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,7 +390,7 @@ class SqlCounter:
     (each one pings first: pool_pre_ping) and commits. psycopg sends BEGIN as a round trip of its
     own before the first statement of every transaction."""
 
-    def __init__(self, engine) -> None:  # noqa: ANN001
+    def __init__(self, engine) -> None:
         from sqlalchemy import event
 
         self.statements: Counter[str] = Counter()
@@ -367,16 +400,16 @@ class SqlCounter:
         event.listen(engine, "commit", self._commit)
         event.listen(engine.pool, "checkout", self._checkout)
 
-    def _statement(self, conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001, ARG002
+    def _statement(self, conn, cursor, statement, parameters, context, executemany) -> None:
         verb = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "?"
         match = _TABLE.search(statement)
         suffix = " FOR UPDATE" if verb == "SELECT" and "FOR UPDATE" in statement.upper() else ""
         self.statements[f"{verb} {match.group(1) if match else '?'}{suffix}"] += 1
 
-    def _commit(self, conn) -> None:  # noqa: ANN001
+    def _commit(self, conn) -> None:
         self.commits += 1
 
-    def _checkout(self, dbapi_conn, record, proxy) -> None:  # noqa: ANN001
+    def _checkout(self, dbapi_conn, record, proxy) -> None:
         self.checkouts += 1
 
     def snapshot(self) -> tuple[Counter[str], int, int]:
@@ -388,8 +421,10 @@ class SqlCounter:
         total = sum(diff.values())
         parts = ", ".join(f"{k} {v / n:.1f}" for k, v in sorted(diff.items(), key=lambda kv: -kv[1]))
         trips = (total + (checkouts - before[1]) + 2 * (commits - before[2])) / n
-        return (f"SQL per reconcile: {total / n:.1f} statements ({parts}); pool checkouts (each pings) {(checkouts - before[1]) / n:.1f}, "
-                f"commits {(commits - before[2]) / n:.1f}; ~{trips:.1f} round trips incl. BEGIN/COMMIT")
+        return (
+            f"SQL per reconcile: {total / n:.1f} statements ({parts}); pool checkouts (each pings) {(checkouts - before[1]) / n:.1f}, "
+            f"commits {(commits - before[2]) / n:.1f}; ~{trips:.1f} round trips incl. BEGIN/COMMIT"
+        )
 
 
 @dataclass
@@ -411,18 +446,30 @@ class PassResult:
 
     def line(self, worker: str = "self") -> str:
         ms = lambda s: 1000.0 * s / max(1, self.n)  # noqa: E731
-        w = ", ".join(f"{k.replace('ledger_transactions', 'ledger').replace('provider_snapshots', 'snapshots').replace('audit_log', 'audit')}"
-                      f" +{v}" for k, v in self.writes.items() if v and k != "subscribers") or "none"
+        w = (
+            ", ".join(
+                f"{k.replace('ledger_transactions', 'ledger').replace('provider_snapshots', 'snapshots').replace('audit_log', 'audit')}"
+                f" +{v}"
+                for k, v in self.writes.items()
+                if v and k != "subscribers"
+            )
+            or "none"
+        )
         worker_cpu = self.cpu["self"] if worker == "self" else self.cpu["extra"]
         ceiling = self.n / worker_cpu if worker_cpu > 0 else float("inf")
-        return (f"{self.label:<44} {self.n:>5} in {self.wall_s:6.2f} s = {self.rate:7.1f}/s (load {self.load:.1f})   "
-                f"CPU ms/reconcile: worker {ms(worker_cpu):.2f} (CPU-bound ceiling {ceiling:.0f}/s), postgres {ms(self.cpu['pg']):.2f}, "
-                f"simulator {ms(self.cpu['sim']):.2f}   "
-                + (f"ok {self.reconciled}, changed {self.changed}, failed {self.failed}; " if self.changed >= 0 else "")
-                + f"rows written: {w}" + (f"\n{'':>10}{self.sql}" if self.sql else ""))
+        return (
+            f"{self.label:<44} {self.n:>5} in {self.wall_s:6.2f} s = {self.rate:7.1f}/s (load {self.load:.1f})   "
+            f"CPU ms/reconcile: worker {ms(worker_cpu):.2f} (CPU-bound ceiling {ceiling:.0f}/s), postgres {ms(self.cpu['pg']):.2f}, "
+            f"simulator {ms(self.cpu['sim']):.2f}   "
+            + (f"ok {self.reconciled}, changed {self.changed}, failed {self.failed}; " if self.changed >= 0 else "")
+            + f"rows written: {w}"
+            + (f"\n{'':>10}{self.sql}" if self.sql else "")
+        )
 
 
-def in_process_pass(label: str, ids: list[str], rt, meter: CpuMeter, admin, sql: SqlCounter | None = None) -> PassResult:  # noqa: ANN001
+def in_process_pass(
+    label: str, ids: list[str], rt, meter: CpuMeter, admin, sql: SqlCounter | None = None
+) -> PassResult:
     from services.sweep import reconcile_customers
 
     before_rows = table_counts(admin)
@@ -431,7 +478,7 @@ def in_process_pass(label: str, ids: list[str], rt, meter: CpuMeter, admin, sql:
     reconciled = changed = failed = 0
     t0 = time.perf_counter()
     for start in range(0, len(ids), CHUNK):
-        result = reconcile_customers(ids[start:start + CHUNK], runtime=rt)
+        result = reconcile_customers(ids[start : start + CHUNK], runtime=rt)
         reconciled, changed, failed = reconciled + result.reconciled, changed + result.changed, failed + result.failed
         if result.deferred:
             raise RuntimeError(f"budget deferred {len(result.deferred)} customers in an unlimited run")
@@ -459,13 +506,15 @@ class _Urllib3Provider:
         return json.loads(response.data)
 
 
-def provider_baseline(ids: list[str], rt, meter: CpuMeter) -> list[str]:  # noqa: ANN001
+def provider_baseline(ids: list[str], rt, meter: CpuMeter) -> list[str]:
     """The provider round trip alone (requests, as the engine does it; then a bare urllib3 pool;
     then requests plus the budget's Redis take), for scale."""
     lines = []
-    for label, provider in (("GET /v1/subscribers only (requests)", rt.provider),
-                            ("GET only, bare urllib3 pool (floor)", _Urllib3Provider(rt.settings.revenuecat_api_url)),
-                            ("GET + rate budget take (Redis EVAL)", rt.budgeted_provider("sweep", max_wait_s=5))):
+    for label, provider in (
+        ("GET /v1/subscribers only (requests)", rt.provider),
+        ("GET only, bare urllib3 pool (floor)", _Urllib3Provider(rt.settings.revenuecat_api_url)),
+        ("GET + rate budget take (Redis EVAL)", rt.budgeted_provider("sweep", max_wait_s=5)),
+    ):
         before = meter.snapshot()
         t0 = time.perf_counter()
         for customer_id in ids:
@@ -473,8 +522,10 @@ def provider_baseline(ids: list[str], rt, meter: CpuMeter) -> list[str]:  # noqa
         wall = time.perf_counter() - t0
         cpu = meter.delta(before)
         n = len(ids)
-        lines.append(f"{label:<44} {n:>5} in {wall:6.2f} s = {n / wall:7.1f}/s   "
-                     f"CPU ms/request: this process {1000 * cpu['self'] / n:.2f}, simulator {1000 * cpu['sim'] / n:.2f}")
+        lines.append(
+            f"{label:<44} {n:>5} in {wall:6.2f} s = {n / wall:7.1f}/s   "
+            f"CPU ms/request: this process {1000 * cpu['self'] / n:.2f}, simulator {1000 * cpu['sim'] / n:.2f}"
+        )
     return lines
 
 
@@ -509,19 +560,28 @@ PROBES: list[tuple[str, str, str]] = [
     ("report_drift (Sentry, no DSN)", "report_drift", "config/observability.py"),
     ("metrics incr_many (Redis)", "incr_many", "adapters/metrics.py"),
 ]
+
+
 # Cross-cutting layers (inclusive): where the CPU of the calls above goes.
 def _fname(frame: str) -> str:
     return frame.partition(" (")[0].rsplit(".", 1)[-1]
 
 
 LAYERS: list[tuple[str, Callable[[list[str]], bool]]] = [
-    ("waiting on PostgreSQL (server work, WAL fsync at COMMIT; psycopg wait)",
-     lambda st: "psycopg/" in st[-1] and _fname(st[-1]) in {"wait", "_wait", "wait_c"}),
-    ("waiting on a socket read (HTTP answer or Redis reply)",
-     lambda st: _fname(st[-1]) in {"readinto", "recv", "recv_into", "_read_from_socket"}),
+    (
+        "waiting on PostgreSQL (server work, WAL fsync at COMMIT; psycopg wait)",
+        lambda st: "psycopg/" in st[-1] and _fname(st[-1]) in {"wait", "_wait", "wait_c"},
+    ),
+    (
+        "waiting on a socket read (HTTP answer or Redis reply)",
+        lambda st: _fname(st[-1]) in {"readinto", "recv", "recv_into", "_read_from_socket"},
+    ),
     ("inside SQLAlchemy (any frame)", lambda st: any("sqlalchemy/" in f for f in st)),
     ("inside psycopg (any frame)", lambda st: any("psycopg/" in f for f in st)),
-    ("inside requests/urllib3/http.client", lambda st: any(("requests/" in f or "urllib3/" in f or "http/client.py" in f) for f in st)),
+    (
+        "inside requests/urllib3/http.client",
+        lambda st: any(("requests/" in f or "urllib3/" in f or "http/client.py" in f) for f in st),
+    ),
     ("inside redis-py", lambda st: any("site-packages/redis/" in f for f in st)),
     ("inside json (encode/decode)", lambda st: any("json/" in f for f in st)),
 ]
@@ -548,8 +608,10 @@ def summarise_profile(raw_path: Path, top: int = 14) -> list[str]:
     total = sum(c for _, c in stacks) or 1
     recon = [(st, c) for st, c in stacks if any(_is(f, "reconcile_customers", "adapters/sweep.py") for f in st)]
     rtotal = sum(c for _, c in recon) or 1
-    out = [f"py-spy: {total} samples, {rtotal} inside reconcile_customers; share of that wall time (idle frames included, "
-           f"so waits on PostgreSQL/HTTP/Redis count), inclusive:"]
+    out = [
+        f"py-spy: {total} samples, {rtotal} inside reconcile_customers; share of that wall time (idle frames included, "
+        f"so waits on PostgreSQL/HTTP/Redis count), inclusive:"
+    ]
     for label, func, path in PROBES:
         n = sum(c for st, c in recon if any(_is(f, func, path) for f in st))
         out.append(f"  {100 * n / rtotal:5.1f}%  {label}")
@@ -571,9 +633,25 @@ def profiled(label: str, run: Callable[[], Any], out_dir: Path, rate: int) -> tu
     if not Path(spy).exists():
         return run(), ["py-spy not found (pip install py-spy): no profile"]
     raw = out_dir / f"profile-{label}.txt"
-    proc = CHILDREN.start(f"py-spy-{label}", [spy, "record", "--pid", str(os.getpid()), "--rate", str(rate), "--idle",
-                                               "--format", "raw", "--output", str(raw), "--duration", "120"],
-                          log=out_dir / f"py-spy-{label}.log")
+    proc = CHILDREN.start(
+        f"py-spy-{label}",
+        [
+            spy,
+            "record",
+            "--pid",
+            str(os.getpid()),
+            "--rate",
+            str(rate),
+            "--idle",
+            "--format",
+            "raw",
+            "--output",
+            str(raw),
+            "--duration",
+            "120",
+        ],
+        log=out_dir / f"py-spy-{label}.log",
+    )
     time.sleep(1.5)  # attach
     try:
         result = run()
@@ -581,13 +659,13 @@ def profiled(label: str, run: Callable[[], Any], out_dir: Path, rate: int) -> tu
         CHILDREN.stop(proc, sig=signal.SIGINT, timeout=30)
     if not raw.exists():
         return result, [f"py-spy wrote no profile (see {out_dir / f'py-spy-{label}.log'})"]
-    return result, summarise_profile(raw) + [f"  (raw stacks: {raw})"]
+    return result, [*summarise_profile(raw), f"  (raw stacks: {raw})"]
 
 
 # --- through a Celery worker ------------------------------------------------------------------
 
 
-def celery_pass(label: str, ids: list[str], app, admin, meter: CpuMeter, timeout_s: float) -> PassResult:  # noqa: ANN001
+def celery_pass(label: str, ids: list[str], app, admin, meter: CpuMeter, timeout_s: float) -> PassResult:
     from sqlalchemy import text
 
     before_rows = table_counts(admin)
@@ -595,7 +673,7 @@ def celery_pass(label: str, ids: list[str], app, admin, meter: CpuMeter, timeout
     start_ms = wall_ms()
     t0 = time.perf_counter()
     for start in range(0, len(ids), CHUNK):
-        app.send_task("engine.reconcile_batch", args=(ids[start:start + CHUNK],), queue="sweep")
+        app.send_task("engine.reconcile_batch", args=(ids[start : start + CHUNK],), queue="sweep")
     query = text("SELECT count(*) FROM subscribers WHERE customer_id = ANY(:ids) AND last_checked_ms >= :t")
     with admin.connect() as conn:
         while True:
@@ -613,7 +691,7 @@ def celery_pass(label: str, ids: list[str], app, admin, meter: CpuMeter, timeout
     return PassResult(label, len(ids), wall, len(ids), -1, -1, cpu, writes)
 
 
-def throughput_phase(args: argparse.Namespace, instance: Path, admin, deadline: float) -> dict[str, Any]:  # noqa: ANN001
+def throughput_phase(args: argparse.Namespace, instance: Path, admin, deadline: float) -> dict[str, Any]:
     from services.wiring import Runtime
 
     say("== 1. reconcile throughput of one process (simulator answering at once, budget unlimited) ==")
@@ -643,7 +721,9 @@ def throughput_phase(args: argparse.Namespace, instance: Path, admin, deadline: 
         say(p.line())
         unchanged.append(p)
     changed = []
-    for k, product in zip(range(args.passes), ["h01enb", "geometry_pack_30", "h01enb", "geometry_pack_30"]):
+    for k, product in zip(
+        range(args.passes), ["h01enb", "geometry_pack_30", "h01enb", "geometry_pack_30"], strict=False
+    ):
         sim.ops(purchases(ids, product))
         p = in_process_pass(f"(b) changed snapshot (+{product}), pass {k + 1}", ids, rt, meter, admin, sql)
         say(p.line())
@@ -652,16 +732,28 @@ def throughput_phase(args: argparse.Namespace, instance: Path, admin, deadline: 
     best_unchanged = statistics.median(p.rate for p in unchanged)
     best_changed = statistics.median(p.rate for p in changed)
 
-    want_profile = args.profile == "always" or (args.profile == "auto" and (best_unchanged < TARGET_UNCHANGED or best_changed < TARGET_CHANGED))
+    want_profile = args.profile == "always" or (
+        args.profile == "auto" and (best_unchanged < TARGET_UNCHANGED or best_changed < TARGET_CHANGED)
+    )
     if want_profile and time.monotonic() + 60 < deadline:
         prof_ids = ids[: min(n, args.profile_customers)]
-        p, lines = profiled("unchanged", lambda: in_process_pass("(a) unchanged, under py-spy", prof_ids, rt, meter, admin), instance, args.profile_rate)
+        p, lines = profiled(
+            "unchanged",
+            lambda: in_process_pass("(a) unchanged, under py-spy", prof_ids, rt, meter, admin),
+            instance,
+            args.profile_rate,
+        )
         say(p.line() + "  [slowed by sampling]")
         results["profiles"]["unchanged"] = lines
         for line in lines:
             say(line)
         sim.ops(purchases(prof_ids, "geometry_pack_30"))
-        p, lines = profiled("changed", lambda: in_process_pass("(b) changed, under py-spy", prof_ids, rt, meter, admin), instance, args.profile_rate)
+        p, lines = profiled(
+            "changed",
+            lambda: in_process_pass("(b) changed, under py-spy", prof_ids, rt, meter, admin),
+            instance,
+            args.profile_rate,
+        )
         say(p.line() + "  [slowed by sampling]")
         results["profiles"]["changed"] = lines
         for line in lines:
@@ -678,7 +770,9 @@ def throughput_phase(args: argparse.Namespace, instance: Path, admin, deadline: 
     return results
 
 
-def celery_phase(args, settings, instance: Path, admin, sim: Sim, ids: list[str], warm: list[str], deadline: float) -> dict[str, Any]:  # noqa: ANN001
+def celery_phase(
+    args, settings, instance: Path, admin, sim: Sim, ids: list[str], warm: list[str], deadline: float
+) -> dict[str, Any]:
     from tasks.celery_app import create_celery
     from tasks.launch import celery_worker
 
@@ -690,13 +784,17 @@ def celery_phase(args, settings, instance: Path, admin, sim: Sim, ids: list[str]
         CHILDREN.add("celery-worker", worker)
         meter = CpuMeter(admin, sim, extra_pids=lambda: children_of(worker.pid))
         warmup = celery_pass("warm-up", warm, app, admin, meter, timeout_s=60)
-        say(f"worker ready (pid {worker.pid}, child {children_of(worker.pid)}), warm-up batch took {warmup.wall_s:.1f} s")
+        say(
+            f"worker ready (pid {worker.pid}, child {children_of(worker.pid)}), warm-up batch took {warmup.wall_s:.1f} s"
+        )
         budget_s = max(20.0, deadline - time.monotonic() - 20)
         p = celery_pass("(a) unchanged snapshot, Celery worker", ids, app, admin, meter, timeout_s=budget_s / 2)
         say(p.line(worker="extra"))
         out["unchanged"] = p
         sim.ops(purchases(ids, "geometry_pack_30"))
-        p = celery_pass("(b) changed snapshot (+geometry_pack_30), Celery worker", ids, app, admin, meter, timeout_s=budget_s / 2)
+        p = celery_pass(
+            "(b) changed snapshot (+geometry_pack_30), Celery worker", ids, app, admin, meter, timeout_s=budget_s / 2
+        )
         say(p.line(worker="extra"))
         out["changed"] = p
     app.close()
@@ -709,24 +807,28 @@ def celery_phase(args, settings, instance: Path, admin, sim: Sim, ids: list[str]
 
 def rate_worker(config: dict[str, Any]) -> None:
     """One competing worker process with its own Runtime and RateBudget instance (hidden role)."""
-    from persistence.unit_of_work import unit_of_work
     from adapters.rate_budget import BudgetedProvider, BudgetExhausted, RateBudget
-    from services.wiring import Runtime, wall_clock_ms
-    from services.sweep import reconcile_customers
     from engine.ports import Cause
     from engine.reconcile import reconcile_user
+    from persistence.unit_of_work import unit_of_work
+    from services.sweep import reconcile_customers
+    from services.wiring import Runtime, wall_clock_ms
 
     class Args:
         database_url, redis_url = config["database_url"], config["redis_url"]
 
-    settings = make_settings(Args, Path(config["instance"]), revenuecat_api_url=config["sim_url"],  # type: ignore[arg-type]
-                             provider_rate_per_minute=config["per_minute"])
+    settings = make_settings(
+        Args,
+        Path(config["instance"]),
+        revenuecat_api_url=config["sim_url"],  # type: ignore[arg-type]
+        provider_rate_per_minute=config["per_minute"],
+    )
     deadline = float("inf")  # set once the start line is known
 
     class UntilDeadline(RateBudget):
         """The shared budget, but nobody waits for (or takes) a slot after the run's end."""
 
-        def acquire(self, priority, *, max_wait_s: float) -> None:  # noqa: ANN001
+        def acquire(self, priority, *, max_wait_s: float) -> None:
             remaining = deadline - time.time()
             if remaining <= 0:
                 raise BudgetExhausted("the benchmark run is over", retry_after_s=1.0)
@@ -765,8 +867,15 @@ def rate_worker(config: dict[str, Any]) -> None:
         while time.time() < deadline:
             provider = BudgetedProvider(rt.provider, rt.budget, "event", max_wait_s=65.0)
             try:
-                reconcile_user(ids[cursor], provider=provider, unit_of_work=uow, catalog=rt.catalog,
-                               now_ms=wall_clock_ms(), cause=Cause("event", "bench"), policy=rt.policy)
+                reconcile_user(
+                    ids[cursor],
+                    provider=provider,
+                    unit_of_work=uow,
+                    catalog=rt.catalog,
+                    now_ms=wall_clock_ms(),
+                    cause=Cause("event", "bench"),
+                    policy=rt.policy,
+                )
             except BudgetExhausted:
                 break
             done += 1
@@ -788,9 +897,13 @@ class Scenario:
 
 
 def start_rate_phase(args: argparse.Namespace, instance: Path) -> list[Scenario]:
-    say(f"== 2. provider budget {args.budget}/min, the limit: two scenarios side by side, {args.rate_seconds} s each ==")
-    scenarios = [Scenario("A", "two sweep workers", ["sweep", "sweep"]),
-                 Scenario("B", "one sweep worker + one event-priority worker", ["sweep", "event"])]
+    say(
+        f"== 2. provider budget {args.budget}/min, the limit: two scenarios side by side, {args.rate_seconds} s each =="
+    )
+    scenarios = [
+        Scenario("A", "two sweep workers", ["sweep", "sweep"]),
+        Scenario("B", "one sweep worker + one event-priority worker", ["sweep", "event"]),
+    ]
     import redis
 
     for seed, sc in enumerate(scenarios, start=2):
@@ -804,12 +917,23 @@ def start_rate_phase(args: argparse.Namespace, instance: Path) -> list[Scenario]
         for w, priority in enumerate(sc.priorities):
             ids = [f"r{sc.name.lower()}-{priority}{w}-{i:04d}" for i in range(args.rate_customers)]
             all_ids.extend(ids)
-            config = {"database_url": args.database_url, "redis_url": args.redis_url, "instance": str(instance),
-                      "sim_url": sc.sim.url, "per_minute": args.budget, "budget_name": f"bench-{sc.name}",
-                      "priority": priority, "ids": ids, "duration_s": args.rate_seconds}
-            proc = CHILDREN.start(f"rate-{sc.name}{w}", [sys.executable, "-m", "bench.sweep", "--role", "rate-worker",
-                                                        "--rate-config", json.dumps(config)],
-                                  env=child_env(), stdout=subprocess.PIPE)
+            config = {
+                "database_url": args.database_url,
+                "redis_url": args.redis_url,
+                "instance": str(instance),
+                "sim_url": sc.sim.url,
+                "per_minute": args.budget,
+                "budget_name": f"bench-{sc.name}",
+                "priority": priority,
+                "ids": ids,
+                "duration_s": args.rate_seconds,
+            }
+            proc = CHILDREN.start(
+                f"rate-{sc.name}{w}",
+                [sys.executable, "-m", "bench.sweep", "--role", "rate-worker", "--rate-config", json.dumps(config)],
+                env=child_env(),
+                stdout=subprocess.PIPE,
+            )
             sc.workers.append(proc)
             workers += 1
         sc.sim.ops(purchases(all_ids, "premium_monthly", subscription=True))
@@ -830,13 +954,17 @@ def wait_first_burst(args: argparse.Namespace, scenarios: list[Scenario]) -> Non
     """Until each scenario has spent its first window's budget (a burst of a few seconds), so
     that the selection timings that follow do not compete with it for the CPU."""
     give_up = scenarios[0].start_at + 20
-    wanted = {sc.name: (_sweep_cap(args.budget) if sc.priorities == ["sweep", "sweep"] else args.budget) for sc in scenarios}
+    wanted = {
+        sc.name: (_sweep_cap(args.budget) if sc.priorities == ["sweep", "sweep"] else args.budget) for sc in scenarios
+    }
     while time.time() < give_up:
         if all(sc.sim is not None and sc.sim.stats()["request_count"] >= wanted[sc.name] for sc in scenarios):
             break
         time.sleep(0.2)
-    say(f"first burst of the rate workers done at +{time.time() - scenarios[0].start_at:.1f} s of their run; "
-        f"the next one is due at +60 s")
+    say(
+        f"first burst of the rate workers done at +{time.time() - scenarios[0].start_at:.1f} s of their run; "
+        f"the next one is due at +60 s"
+    )
 
 
 def _sweep_cap(per_minute: int) -> int:
@@ -865,10 +993,18 @@ def window_figures(ts: list[int], start_ms: int, duration_ms: int, limit: int | 
     counts = []
     for s in range(start_ms, start_ms + duration_ms - WINDOW_MS + 1, 1000):
         counts.append(bisect.bisect_left(ts, s + WINDOW_MS) - bisect.bisect_left(ts, s))
-    return {"in_run": len(in_run), "total": len(ts), "per_min": len(in_run) / (duration_ms / 60_000),
-            "max_window": best, "max_window_at_s": (best_at - start_ms) / 1000, "mean_window": statistics.mean(counts) if counts else float("nan"),
-            "min_window": min(counts) if counts else 0, "closest_ms": closest, "first_s": ((ts[0] - start_ms) / 1000) if ts else float("nan"),
-            "last_s": ((ts[-1] - start_ms) / 1000) if ts else float("nan")}
+    return {
+        "in_run": len(in_run),
+        "total": len(ts),
+        "per_min": len(in_run) / (duration_ms / 60_000),
+        "max_window": best,
+        "max_window_at_s": (best_at - start_ms) / 1000,
+        "mean_window": statistics.mean(counts) if counts else float("nan"),
+        "min_window": min(counts) if counts else 0,
+        "closest_ms": closest,
+        "first_s": ((ts[0] - start_ms) / 1000) if ts else float("nan"),
+        "last_s": ((ts[-1] - start_ms) / 1000) if ts else float("nan"),
+    }
 
 
 def finish_rate_phase(args: argparse.Namespace, scenarios: list[Scenario]) -> dict[str, Any]:
@@ -888,25 +1024,38 @@ def finish_rate_phase(args: argparse.Namespace, scenarios: list[Scenario]) -> di
         CHILDREN.stop(sc.sim.proc)
         start_ms = int(sc.start_at * 1000)
         fig = window_figures([e[2] for e in log], start_ms, args.rate_seconds * 1000, args.budget)
-        by_priority = Counter(e[1].split("/")[-1].split("-")[1].rstrip("0123456789") for e in log
-                              if start_ms <= e[2] < start_ms + args.rate_seconds * 1000)
+        by_priority = Counter(
+            e[1].split("/")[-1].split("-")[1].rstrip("0123456789")
+            for e in log
+            if start_ms <= e[2] < start_ms + args.rate_seconds * 1000
+        )
         fig["by_priority"] = dict(by_priority)
         fig["reports"] = sc.reports
         out[sc.name] = fig
         util = 100.0 * fig["per_min"] / args.budget
-        say(f"scenario {sc.name} ({sc.title}; the sweep alone may use {sweep_cap}/min of the {args.budget}, the rest is "
-            f"RateBudget.sweep_reserve_fraction kept for events and client syncs):")
-        say(f"   used {fig['per_min']:.1f}/min over the whole run ({fig['in_run']} requests in {args.rate_seconds} s), "
-            f"budget {args.budget}/min -> utilisation {util:.1f}%")
-        say(f"   max in any 60 s window {fig['max_window']} (= {100.0 * fig['max_window'] / args.budget:.1f}% of the budget, "
+        say(
+            f"scenario {sc.name} ({sc.title}; the sweep alone may use {sweep_cap}/min of the {args.budget}, the rest is "
+            f"RateBudget.sweep_reserve_fraction kept for events and client syncs):"
+        )
+        say(
+            f"   used {fig['per_min']:.1f}/min over the whole run ({fig['in_run']} requests in {args.rate_seconds} s), "
+            f"budget {args.budget}/min -> utilisation {util:.1f}%"
+        )
+        say(
+            f"   max in any 60 s window {fig['max_window']} (= {100.0 * fig['max_window'] / args.budget:.1f}% of the budget, "
             f"window starting at +{fig['max_window_at_s']:.1f} s), mean over 60 s windows inside the run {fig['mean_window']:.1f}, "
-            f"min {fig['min_window']}")
+            f"min {fig['min_window']}"
+        )
         if fig["closest_ms"] is not None:
-            say(f"   {args.budget + 1} consecutive requests reached the provider within {fig['closest_ms'] / 1000:.3f} s at the closest "
+            say(
+                f"   {args.budget + 1} consecutive requests reached the provider within {fig['closest_ms'] / 1000:.3f} s at the closest "
                 f"({'over the budget' if fig['closest_ms'] < WINDOW_MS else 'never inside one 60 s window'}; the budget grants slot n+{args.budget} "
-                f"60.000 s after slot n on Redis's clock, the provider sees arrival times)")
-        say(f"   requests by priority {dict(by_priority)}; first request at +{fig['first_s']:.2f} s, last at +{fig['last_s']:.2f} s; "
-            f"workers: {sc.reports}")
+                f"60.000 s after slot n on Redis's clock, the provider sees arrival times)"
+            )
+        say(
+            f"   requests by priority {dict(by_priority)}; first request at +{fig['first_s']:.2f} s, last at +{fig['last_s']:.2f} s; "
+            f"workers: {sc.reports}"
+        )
     return out
 
 
@@ -914,7 +1063,7 @@ def finish_rate_phase(args: argparse.Namespace, scenarios: list[Scenario]) -> di
 # 3. Selection time
 
 
-def selection_phase(args: argparse.Namespace, settings, admin) -> dict[int, dict[str, Any]]:  # noqa: ANN001
+def selection_phase(args: argparse.Namespace, settings, admin) -> dict[int, dict[str, Any]]:
     from sqlalchemy import event, text
 
     from persistence.database import make_engine, make_session_factory
@@ -928,7 +1077,7 @@ def selection_phase(args: argparse.Namespace, settings, admin) -> dict[int, dict
     capturing = [False]
 
     @event.listens_for(engine, "before_cursor_execute")
-    def _capture(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001, ARG001
+    def _capture(conn, cursor, statement, parameters, context, executemany):
         if capturing[0]:
             captured.append((statement, parameters))
 
@@ -941,13 +1090,22 @@ def selection_phase(args: argparse.Namespace, settings, admin) -> dict[int, dict
             t = time.perf_counter()
             now = wall_ms()
             with admin.begin() as conn:
-                conn.execute(text(
-                    "INSERT INTO subscribers (customer_id, dirty, next_check_ms, last_checked_ms, last_snapshot_ms, snapshot_digest) "
-                    "SELECT 'sel-' || lpad(g::text, 8, '0'), false, "
-                    "       CAST(:now AS bigint) - :due + (random() * :span)::bigint, "
-                    "       CAST(:now AS bigint) - (random() * :span)::bigint, NULL, NULL "
-                    "FROM generate_series(CAST(:a AS integer), CAST(:b AS integer)) AS g"),
-                    {"now": now, "due": DUE_SPAN_MS, "span": CHECK_SPAN_MS, "a": inserted + 1, "b": inserted + size - have})
+                conn.execute(
+                    text(
+                        "INSERT INTO subscribers (customer_id, dirty, next_check_ms, last_checked_ms, last_snapshot_ms, snapshot_digest) "
+                        "SELECT 'sel-' || lpad(g::text, 8, '0'), false, "
+                        "       CAST(:now AS bigint) - :due + (random() * :span)::bigint, "
+                        "       CAST(:now AS bigint) - (random() * :span)::bigint, NULL, NULL "
+                        "FROM generate_series(CAST(:a AS integer), CAST(:b AS integer)) AS g"
+                    ),
+                    {
+                        "now": now,
+                        "due": DUE_SPAN_MS,
+                        "span": CHECK_SPAN_MS,
+                        "a": inserted + 1,
+                        "b": inserted + size - have,
+                    },
+                )
             inserted += size - have
             t_ins = time.perf_counter() - t
             t = time.perf_counter()
@@ -956,12 +1114,21 @@ def selection_phase(args: argparse.Namespace, settings, admin) -> dict[int, dict
             say(f"{size:>9,} rows: inserted {size - have:,} in {t_ins:.1f} s, ANALYZE {time.perf_counter() - t:.1f} s")
         with admin.connect() as conn:
             rows = int(conn.execute(text("SELECT count(*) FROM subscribers")).scalar_one())
-            due = int(conn.execute(text("SELECT count(*) FROM subscribers WHERE next_check_ms <= :n"), {"n": wall_ms()}).scalar_one())
+            due = int(
+                conn.execute(
+                    text("SELECT count(*) FROM subscribers WHERE next_check_ms <= :n"), {"n": wall_ms()}
+                ).scalar_one()
+            )
 
         def reset(ids: list[str], now_ms: int) -> None:
             with admin.begin() as conn:
-                conn.execute(text("UPDATE subscribers SET next_check_ms = CAST(:now AS bigint) - 1 - (random() * :due)::bigint "
-                                  "WHERE customer_id = ANY(:ids)"), {"now": now_ms, "due": DUE_SPAN_MS, "ids": ids})
+                conn.execute(
+                    text(
+                        "UPDATE subscribers SET next_check_ms = CAST(:now AS bigint) - 1 - (random() * :due)::bigint "
+                        "WHERE customer_id = ANY(:ids)"
+                    ),
+                    {"now": now_ms, "due": DUE_SPAN_MS, "ids": ids},
+                )
 
         times = []
         got = []
@@ -987,11 +1154,21 @@ def selection_phase(args: argparse.Namespace, settings, admin) -> dict[int, dict
                 plan.extend(lines)
             trans.rollback()
         uses_index = any("ix_subscribers_next_check_ms" in line for line in plan)
-        results[size] = {"rows": rows, "due": due, "median_ms": statistics.median(times), "min_ms": min(times),
-                         "max_ms": max(times), "selected": got, "plan": plan, "uses_index": uses_index}
-        say(f"{rows:>9,} rows ({due:,} due): select_due median {statistics.median(times):.2f} ms "
+        results[size] = {
+            "rows": rows,
+            "due": due,
+            "median_ms": statistics.median(times),
+            "min_ms": min(times),
+            "max_ms": max(times),
+            "selected": got,
+            "plan": plan,
+            "uses_index": uses_index,
+        }
+        say(
+            f"{rows:>9,} rows ({due:,} due): select_due median {statistics.median(times):.2f} ms "
             f"(min {min(times):.2f}, max {max(times):.2f}, {len(times)} runs, {got[0]} selected each), "
-            f"next_check_ms index used: {'yes' if uses_index else 'NO'}")
+            f"next_check_ms index used: {'yes' if uses_index else 'NO'}"
+        )
         for line in plan:
             say("     " + (line if len(line) <= 150 else line[:120] + f" ... ({len(line)} chars)"))
     engine.dispose()
@@ -1007,27 +1184,48 @@ def verdict(ok: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.sweep", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    parser.add_argument("--database-url", default=DEFAULT_DB, help=f"a PostgreSQL database of its own (default {DEFAULT_DB})")
-    parser.add_argument("--redis-url", default=DEFAULT_REDIS, help=f"a Redis db of its own, flushed (default {DEFAULT_REDIS})")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.sweep",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+    )
+    parser.add_argument(
+        "--database-url", default=DEFAULT_DB, help=f"a PostgreSQL database of its own (default {DEFAULT_DB})"
+    )
+    parser.add_argument(
+        "--redis-url", default=DEFAULT_REDIS, help=f"a Redis db of its own, flushed (default {DEFAULT_REDIS})"
+    )
     parser.add_argument("--customers", type=int, default=500, help="customers per throughput pass (default 500)")
     parser.add_argument("--passes", type=int, default=2, choices=[1, 2, 3, 4], help="passes of each kind (default 2)")
-    parser.add_argument("--profile", choices=["auto", "always", "never"], default="auto",
-                        help="py-spy profile of one pass of each kind: when a target is missed (auto), always, never")
+    parser.add_argument(
+        "--profile",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="py-spy profile of one pass of each kind: when a target is missed (auto), always, never",
+    )
     parser.add_argument("--profile-customers", type=int, default=300, help="customers per profiled pass (default 300)")
     parser.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--no-celery", dest="celery", action="store_false", help="skip the Celery worker passes")
     parser.add_argument("--budget", type=int, default=120, help="provider budget per minute in part 2 (default 120)")
-    parser.add_argument("--rate-seconds", type=int, default=120, help="length of part 2 (default 120; whole minutes are best)")
+    parser.add_argument(
+        "--rate-seconds", type=int, default=120, help="length of part 2 (default 120; whole minutes are best)"
+    )
     parser.add_argument("--rate-customers", type=int, default=100, help="customers per rate worker (default 100)")
-    parser.add_argument("--select-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[10_000, 1_000_000],
-                        help="subscriber counts for part 3 (default 10000,1000000)")
+    parser.add_argument(
+        "--select-sizes",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[10_000, 1_000_000],
+        help="subscriber counts for part 3 (default 10000,1000000)",
+    )
     parser.add_argument("--select-runs", type=int, default=9, help="timed select_due runs per size (default 9)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: throughput,rate,select")
-    parser.add_argument("--keep-data", action="store_true", help="do not TRUNCATE the tables and FLUSHDB Redis at the end")
-    parser.add_argument("--time-box", type=float, default=345.0, help="seconds; optional parts are skipped to stay within it")
+    parser.add_argument(
+        "--keep-data", action="store_true", help="do not TRUNCATE the tables and FLUSHDB Redis at the end"
+    )
+    parser.add_argument(
+        "--time-box", type=float, default=345.0, help="seconds; optional parts are skipped to stay within it"
+    )
     parser.add_argument("--role", default="main", help=argparse.SUPPRESS)
     parser.add_argument("--rate-config", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -1039,7 +1237,7 @@ def main(argv: list[str] | None = None) -> int:
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     deadline = time.monotonic() + args.time_box
 
-    def on_signal(signum, _frame):  # noqa: ANN001
+    def on_signal(signum, _frame):
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -1067,12 +1265,16 @@ def run(args: argparse.Namespace, skip: set[str], instance: Path, deadline: floa
 
     from persistence.database import upgrade_database
 
-    say(f"bench.sweep: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
-        f"database {args.database_url}, redis {args.redis_url}, logs in {instance}")
+    say(
+        f"bench.sweep: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
+        f"database {args.database_url}, redis {args.redis_url}, logs in {instance}"
+    )
     ensure_database(args.database_url)
     settings = make_settings(args, instance)
     upgrade_database(settings)
-    admin = create_engine(args.database_url, pool_size=2, max_overflow=2, connect_args={"application_name": "bench-admin"})
+    admin = create_engine(
+        args.database_url, pool_size=2, max_overflow=2, connect_args={"application_name": "bench-admin"}
+    )
     reset_data(admin)
     redis.Redis.from_url(args.redis_url).flushdb()
     say("migrated, tables truncated, redis db flushed")
@@ -1082,21 +1284,25 @@ def run(args: argparse.Namespace, skip: set[str], instance: Path, deadline: floa
     selection: dict[int, dict[str, Any]] = {}
     try:
         if "throughput" not in skip:
-            throughput = throughput_phase(args, instance, admin, deadline - (args.rate_seconds + 30 if "rate" not in skip else 40))
+            throughput = throughput_phase(
+                args, instance, admin, deadline - (args.rate_seconds + 30 if "rate" not in skip else 40)
+            )
         scenarios = start_rate_phase(args, instance) if "rate" not in skip else []
         if scenarios and "select" not in skip:
             wait_first_burst(args, scenarios)
         if "select" not in skip:
             selection = selection_phase(args, settings, admin)
         if scenarios:
-            say(f"waiting for the rate workers (end at +{max(0.0, scenarios[0].start_at + args.rate_seconds - time.time()):.0f} s)")
+            say(
+                f"waiting for the rate workers (end at +{max(0.0, scenarios[0].start_at + args.rate_seconds - time.time()):.0f} s)"
+            )
             rate = finish_rate_phase(args, scenarios)
     finally:
         if not args.keep_data:
             try:
                 reset_data(admin)
                 redis.Redis.from_url(args.redis_url).flushdb()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 say(f"clean-up failed: {exc}")
         admin.dispose()
 
@@ -1108,20 +1314,61 @@ def run(args: argparse.Namespace, skip: set[str], instance: Path, deadline: floa
         p = throughput["passes"]
         u = statistics.median(x.rate for x in p["unchanged"])
         c = statistics.median(x.rate for x in p["changed"])
-        rows.append(("reconciles/s, unchanged snapshots (1 process)", f"{u:.0f}/s", f">= {TARGET_UNCHANGED:.0f}/s", verdict(u >= TARGET_UNCHANGED)))
-        rows.append(("reconciles/s, changed snapshots (1 process)", f"{c:.0f}/s", f">= {TARGET_CHANGED:.0f}/s", verdict(c >= TARGET_CHANGED)))
+        rows.append(
+            (
+                "reconciles/s, unchanged snapshots (1 process)",
+                f"{u:.0f}/s",
+                f">= {TARGET_UNCHANGED:.0f}/s",
+                verdict(u >= TARGET_UNCHANGED),
+            )
+        )
+        rows.append(
+            (
+                "reconciles/s, changed snapshots (1 process)",
+                f"{c:.0f}/s",
+                f">= {TARGET_CHANGED:.0f}/s",
+                verdict(c >= TARGET_CHANGED),
+            )
+        )
         for kind, target in (("unchanged", TARGET_UNCHANGED), ("changed", TARGET_CHANGED)):
             q = throughput["celery"].get(kind)
             if q is not None:
-                rows.append((f"reconciles/s, {kind}, Celery worker concurrency=1", f"{q.rate:.0f}/s", f">= {target:.0f}/s", verdict(q.rate >= target)))
+                rows.append(
+                    (
+                        f"reconciles/s, {kind}, Celery worker concurrency=1",
+                        f"{q.rate:.0f}/s",
+                        f">= {target:.0f}/s",
+                        verdict(q.rate >= target),
+                    )
+                )
     for name, fig in rate.items():
         util = 100.0 * fig["per_min"] / args.budget
-        rows.append((f"budget use, scenario {name}, whole run", f"{fig['per_min']:.1f}/min = {util:.1f}%",
-                     f"{TARGET_UTIL_MIN:.0f}-100% of {args.budget}", verdict(TARGET_UTIL_MIN <= util <= 100.0)))
-        rows.append((f"budget use, scenario {name}, max in any 60 s", f"{fig['max_window']}", f"<= {args.budget}", verdict(fig["max_window"] <= args.budget)))
+        rows.append(
+            (
+                f"budget use, scenario {name}, whole run",
+                f"{fig['per_min']:.1f}/min = {util:.1f}%",
+                f"{TARGET_UTIL_MIN:.0f}-100% of {args.budget}",
+                verdict(TARGET_UTIL_MIN <= util <= 100.0),
+            )
+        )
+        rows.append(
+            (
+                f"budget use, scenario {name}, max in any 60 s",
+                f"{fig['max_window']}",
+                f"<= {args.budget}",
+                verdict(fig["max_window"] <= args.budget),
+            )
+        )
     if selection:
         for size, r in selection.items():
-            rows.append((f"select_due(500) at {size:,} rows, median", f"{r['median_ms']:.2f} ms", "same order", "index" if r["uses_index"] else "NO INDEX"))
+            rows.append(
+                (
+                    f"select_due(500) at {size:,} rows, median",
+                    f"{r['median_ms']:.2f} ms",
+                    "same order",
+                    "index" if r["uses_index"] else "NO INDEX",
+                )
+            )
         sizes = sorted(selection)
         ratio = selection[sizes[-1]]["median_ms"] / selection[sizes[0]]["median_ms"]
         rows.append((f"select_due ratio {sizes[-1]:,} / {sizes[0]:,}", f"x{ratio:.2f}", "< x10", verdict(ratio < 10)))

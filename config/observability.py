@@ -11,7 +11,7 @@ _initialised = False
 
 def init_sentry(settings: Settings, *, component: str, transport: object | None = None) -> bool:
     """Initialise Sentry once per process when SENTRY_DSN is set (or a test transport is given)."""
-    global _initialised
+    global _initialised  # noqa: PLW0603 - once per process
     if _initialised or not (settings.sentry_dsn or transport is not None):
         return _initialised
     import sentry_sdk
@@ -34,7 +34,7 @@ def configure_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def report_drift(customer_id: str, actions: "list", *, cause_ref: str = "") -> None:
+def report_drift(customer_id: str, actions: list, *, cause_ref: str = "") -> None:
     """Send one Sentry event per drift repair, grouped by kind (one alert per failure mode)."""
     import sentry_sdk
 
@@ -59,7 +59,7 @@ def report_drift(customer_id: str, actions: "list", *, cause_ref: str = "") -> N
         )
 
 
-def report_unknown_products(customer_id: str, product_ids: "tuple[str, ...]") -> None:
+def report_unknown_products(customer_id: str, product_ids: tuple[str, ...]) -> None:
     import sentry_sdk
 
     for product_id in product_ids:

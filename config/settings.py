@@ -7,9 +7,9 @@ CLI and the demo all receive a ``Settings``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Mapping
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,10 +65,12 @@ class Settings:
 
     @property
     def openedx_enabled(self) -> bool:
-        return bool(self.openedx_lms_url and (self.openedx_api_key or (self.openedx_client_id and self.openedx_client_secret)))
+        return bool(
+            self.openedx_lms_url and (self.openedx_api_key or (self.openedx_client_id and self.openedx_client_secret))
+        )
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         instance = Path(env.get("INSTANCE_PATH") or PROJECT_ROOT / "instance")
         values: dict[str, object] = {
@@ -99,7 +101,7 @@ class Settings:
             env[var] = ("true" if value else "false") if isinstance(value, bool) else str(value)
         return env
 
-    def with_(self, **changes: object) -> "Settings":
+    def with_(self, **changes: object) -> Settings:
         """A copy with some fields changed (tests and the demo use this)."""
         return replace(self, **changes)  # type: ignore[arg-type]
 

@@ -14,8 +14,8 @@ DATABASE_URL / REDIS_URL are set.
 from __future__ import annotations
 
 import argparse
-import os
 import logging
+import os
 import random
 import shutil
 import sys
@@ -24,20 +24,20 @@ from collections import Counter
 
 from sqlalchemy import func, select, update
 
-from config.settings import PROJECT_ROOT, Settings
-from persistence.database import upgrade_database
 from adapters.embedded_redis import redis_url
-from persistence.models import Grant, InboxEvent, Subscriber
-from services.wiring import runtime_for, wall_clock_ms
-from persistence.ledger_store import grant_to_access
-from persistence.audit import drift_report
-from persistence.subscribers import track_customers
+from config.settings import PROJECT_ROOT, Settings
 from engine.facts import observe_all
 from engine.projection import project_access
 from engine.revenuecat import parse_subscriber
+from persistence.audit import drift_report
+from persistence.database import upgrade_database
+from persistence.ledger_store import grant_to_access
+from persistence.models import Grant, InboxEvent, Subscriber
+from persistence.subscribers import track_customers
+from services.wiring import runtime_for, wall_clock_ms
 from simulators.revenuecat.server import SimulatorServer
-from simulators.serving import ServedApp
 from simulators.revenuecat.state import SimulatorError
+from simulators.serving import ServedApp
 from tasks.celery_app import create_celery
 from tasks.launch import celery_worker
 
@@ -99,7 +99,10 @@ def aftermath(state, users: list[str], bought: dict[str, str], rng: random.Rando
 
 def expected_access(state, catalog, now_ms: int, user: str) -> list[tuple]:
     snapshot = parse_subscriber(state.subscriber(user, now_ms=now_ms)[1])
-    return [(a.resource, a.mode, a.expires_ms) for a in project_access(observe_all({}, snapshot.observations), catalog, now_ms).accesses]
+    return [
+        (a.resource, a.mode, a.expires_ms)
+        for a in project_access(observe_all({}, snapshot.observations), catalog, now_ms).accesses
+    ]
 
 
 def granted_access(rt, customer_id: str) -> list[tuple]:
@@ -145,8 +148,11 @@ def main() -> int:
     if database_url.startswith("sqlite"):
         database_url = f"sqlite:///{instance / 'engine.sqlite3'}"
     base = env_settings.with_(
-        instance_path=instance, database_url=database_url, revenuecat_webhook_auth=WEBHOOK_AUTH,
-        revenuecat_api_key=SIM_KEY, api_token="demo-api-token",
+        instance_path=instance,
+        database_url=database_url,
+        revenuecat_webhook_auth=WEBHOOK_AUTH,
+        revenuecat_api_key=SIM_KEY,
+        api_token="demo-api-token",
         # The simulator is not RevenueCat: a generous budget keeps the demo short.
         provider_rate_per_minute=60_000,
     )
@@ -204,8 +210,11 @@ def main() -> int:
 
         def inbox_done() -> bool:
             with rt.session_factory() as session:
-                return not session.scalar(select(func.count()).select_from(InboxEvent).where(
-                    InboxEvent.status.in_(["received", "processing", "retrying"])))
+                return not session.scalar(
+                    select(func.count())
+                    .select_from(InboxEvent)
+                    .where(InboxEvent.status.in_(["received", "processing", "retrying"]))
+                )
 
         bought = sell(sim.state, users, rng)
         wait_until(inbox_done, 300, "the worker to process the inbox")
@@ -214,18 +223,28 @@ def main() -> int:
         for body in late:
             fate[f"HTTP {sim.deliver(body)}"] += 1
         types = Counter(e["event"]["type"] for e in events)
-        say(f"\n1. the store sent {len(events)} webhooks about {len(users)} learners: "
-            + ", ".join(f"{k} {v}" for k, v in types.most_common()))
-        say(f"2. the network lost {fate['lost']}, duplicated {fate['duplicated']}, delayed and reordered {fate['delayed']}")
+        say(
+            f"\n1. the store sent {len(events)} webhooks about {len(users)} learners: "
+            + ", ".join(f"{k} {v}" for k, v in types.most_common())
+        )
+        say(
+            f"2. the network lost {fate['lost']}, duplicated {fate['duplicated']}, delayed and reordered {fate['delayed']}"
+        )
         wait_until(inbox_done, 300, "the worker to process the inbox")
         with rt.session_factory() as session:
-            processed = session.scalar(select(func.count()).select_from(InboxEvent).where(InboxEvent.status == "processed"))
+            processed = session.scalar(
+                select(func.count()).select_from(InboxEvent).where(InboxEvent.status == "processed")
+            )
         answered = {k: v for k, v in fate.items() if k.startswith("HTTP")}
-        say(f"3. the engine's intake answered {answered}; the worker processed {processed} distinct events "
-            "(duplicates are stored once), each by re-reading the provider")
+        say(
+            f"3. the engine's intake answered {answered}; the worker processed {processed} distinct events "
+            "(duplicates are stored once), each by re-reading the provider"
+        )
         before = drifting(sim.state, rt, users)
-        say(f"   after the webhooks alone, {len(before)} of {len(users)} learners have access that differs "
-            "from what they paid for")
+        say(
+            f"   after the webhooks alone, {len(before)} of {len(users)} learners have access that differs "
+            "from what they paid for"
+        )
 
         say("4. the sweep polls every learner within the provider's rate budget ...")
         with rt.session_factory() as session, session.begin():
@@ -236,7 +255,9 @@ def main() -> int:
         def sweep_done() -> bool:
             # Beat would send engine.sweep every minute; the demo sends it whenever someone is due.
             with rt.session_factory() as session:
-                due = session.scalar(select(func.count()).select_from(Subscriber).where(Subscriber.next_check_ms <= wall_clock_ms()))
+                due = session.scalar(
+                    select(func.count()).select_from(Subscriber).where(Subscriber.next_check_ms <= wall_clock_ms())
+                )
             busy = rt.redis.llen("sweep") or rt.redis.hlen("unacked")
             if due and not busy:
                 app.send_task("engine.sweep")
@@ -249,8 +270,13 @@ def main() -> int:
     say("   drift found and healed, by kind:")
     for r in rows:
         say(f"     {r.drift_kind:<18} {r.repairs:>4} repairs for {r.customers} learners")
-    say(f"5. drift remaining: {len(after)} learners" + (f": {after[:5]}" if after else " - every learner has exactly what they paid for"))
-    say("\nThe audit trail stays: INSTANCE_PATH=instance/demo .venv/bin/flask --app web.app:create_app drift-report --since 1h")
+    say(
+        f"5. drift remaining: {len(after)} learners"
+        + (f": {after[:5]}" if after else " - every learner has exactly what they paid for")
+    )
+    say(
+        "\nThe audit trail stays: INSTANCE_PATH=instance/demo .venv/bin/flask --app web.app:create_app drift-report --since 1h"
+    )
     sim.stop()
     engine_server.stop()
     return 0 if not after else 1

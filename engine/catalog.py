@@ -8,9 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from engine.errors import CatalogError
 
@@ -37,8 +38,17 @@ DAY_MS = 86_400_000
 
 # Durations RevenueCat appends to promotional product ids (rc_promo_<entitlement>_<duration>).
 PROMO_DURATIONS = (
-    "three_month", "six_month", "two_month", "three_day", "two_week",
-    "daily", "weekly", "monthly", "yearly", "lifetime", "custom",
+    "three_month",
+    "six_month",
+    "two_month",
+    "three_day",
+    "two_week",
+    "daily",
+    "weekly",
+    "monthly",
+    "yearly",
+    "lifetime",
+    "custom",
 )
 
 
@@ -105,7 +115,7 @@ class Catalog:
             if product is not None:
                 return product
         if store_product_id.startswith("rc_promo_"):
-            entitlement = _promo_entitlement(store_product_id[len("rc_promo_"):])
+            entitlement = _promo_entitlement(store_product_id[len("rc_promo_") :])
             by_entitlement: dict[str, Product] = self._by_entitlement  # type: ignore[attr-defined]
             return by_entitlement.get(entitlement)
         return None
@@ -139,7 +149,9 @@ def parse_catalog(data: Mapping[str, Any]) -> Catalog:
             store_ids = []
         for store_id in store_ids:
             if store_id in seen_store_ids:
-                problems.append(f"{where}.store_ids: {store_id!r} is also listed by products.{seen_store_ids[store_id]}")
+                problems.append(
+                    f"{where}.store_ids: {store_id!r} is also listed by products.{seen_store_ids[store_id]}"
+                )
             seen_store_ids[store_id] = name
         kind = raw.get("kind", "")
         if kind not in KINDS:

@@ -18,9 +18,10 @@ import hashlib
 import hmac
 import json
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from engine.access import Access
 from engine.catalog import Catalog, Product
@@ -111,13 +112,18 @@ def iso_ms(ms: int | None) -> str | None:
     """Epoch ms as ISO 8601 UTC with milliseconds and ``Z`` (None stays None)."""
     if ms is None:
         return None
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def access_entries(accesses: Iterable[Access]) -> list[dict[str, Any]]:
     """The ``access`` list of the access, sync and validate answers."""
     return [
-        {"resource": a.resource, "mode": a.mode, "expires_at": iso_ms(a.expires_ms), "source": {"transactions": list(a.sources)}}
+        {
+            "resource": a.resource,
+            "mode": a.mode,
+            "expires_at": iso_ms(a.expires_ms),
+            "source": {"transactions": list(a.sources)},
+        }
         for a in sorted(accesses, key=lambda a: a.resource)
     ]
 
@@ -136,7 +142,9 @@ def change_entries(actions: Iterable[Action]) -> list[dict[str, Any]]:
             return None
         return {"mode": access.mode, "expires_at": iso_ms(access.expires_ms)}
 
-    return [{"action": a.kind, "resource": a.resource, "before": side(a.before), "after": side(a.after)} for a in actions]
+    return [
+        {"action": a.kind, "resource": a.resource, "before": side(a.before), "after": side(a.after)} for a in actions
+    ]
 
 
 # ----- purchase validation --------------------------------------------------------------------
@@ -172,12 +180,20 @@ def normalise_status(status: str) -> str:
     """``completed``, ``pending`` or ``not_completed``; InvalidRequest for anything else."""
     match = _STATUS.fullmatch(status)
     if match is None:
-        raise InvalidRequest({"status": "one of PurchaseStatus.purchased, .restored, .pending, .deferred, .error, .canceled"})
+        raise InvalidRequest(
+            {"status": "one of PurchaseStatus.purchased, .restored, .pending, .deferred, .error, .canceled"}
+        )
     return STATUS_WORDS[match.group(1).lower()]
 
 
 def _string(
-    payload: Mapping[str, Any], name: str, problems: dict[str, str], *, required: bool, limit: int = MAX_ID_LENGTH, token: bool = False
+    payload: Mapping[str, Any],
+    name: str,
+    problems: dict[str, str],
+    *,
+    required: bool,
+    limit: int = MAX_ID_LENGTH,
+    token: bool = False,
 ) -> str | None:
     value = payload.get(name)
     if value is None or value == "":
@@ -205,10 +221,9 @@ def parse_validation(payload: Any, catalog: Catalog) -> ValidationRequest | Refu
         raise InvalidRequest({"body": "must be a JSON object"})
     problems: dict[str, str] = {}
     platform = _string(payload, "platform", problems, required=True)
-    if platform is not None:
-        if platform not in PLATFORM_TOKEN_FIELD:
-            problems["platform"] = f"one of {sorted(PLATFORM_TOKEN_FIELD)}"
-            platform = None
+    if platform is not None and platform not in PLATFORM_TOKEN_FIELD:
+        problems["platform"] = f"one of {sorted(PLATFORM_TOKEN_FIELD)}"
+        platform = None
     app_user_id = _string(payload, "app_user_id", problems, required=True)
     if app_user_id is not None and (problem := app_user_id_problem(app_user_id)):
         problems["app_user_id"] = problem
@@ -219,7 +234,9 @@ def parse_validation(payload: Any, catalog: Catalog) -> ValidationRequest | Refu
     voice = _string(payload, "voice", problems, required=False)
     token: str | None = None
     for platform_name, field in PLATFORM_TOKEN_FIELD.items():
-        value = _string(payload, field, problems, required=platform_name == platform, limit=MAX_TOKEN_LENGTH, token=True)
+        value = _string(
+            payload, field, problems, required=platform_name == platform, limit=MAX_TOKEN_LENGTH, token=True
+        )
         if platform_name == platform:
             token = value
     status: str | None = None
@@ -238,7 +255,12 @@ def parse_validation(payload: Any, catalog: Catalog) -> ValidationRequest | Refu
         problems["transaction_date"] = 'epoch milliseconds, e.g. "1703347200000"'
     if problems:
         raise InvalidRequest(problems)
-    assert platform and app_user_id and product_id and purchase_id and token and status
+    assert platform
+    assert app_user_id
+    assert product_id
+    assert purchase_id
+    assert token
+    assert status
     product = catalog.product_for(product_id)
     if product is None:
         return Refusal("unknown_product", f"product {product_id!r} is not in the catalog")
@@ -267,7 +289,9 @@ def client_status_refusal(req: ValidationRequest) -> Refusal | None:
             pending=True,
         )
     if req.status == "not_completed":
-        return Refusal("purchase_not_completed", "the app reports this purchase as failed or canceled: nothing is granted")
+        return Refusal(
+            "purchase_not_completed", "the app reports this purchase as failed or canceled: nothing is granted"
+        )
     return None
 
 
@@ -303,16 +327,24 @@ def receipt_refusal(status: int | None, text: str) -> Refusal:
     return Refusal(reason, message, retryable=reason in _RETRYABLE_RECEIPT_REASONS)
 
 
-def purchase_observation(snapshot: SubscriberSnapshot, req: ValidationRequest, catalog: Catalog) -> TransactionObservation | None:
+def purchase_observation(
+    snapshot: SubscriberSnapshot, req: ValidationRequest, catalog: Catalog
+) -> TransactionObservation | None:
     """The provider's record of this purchase: the transaction with the app's purchase id, else
     the newest transaction of the same catalog product (a renewed subscription's latest period)."""
-    same_product = [o for o in snapshot.observations if isinstance(o.product_id, str) and catalog.product_for(o.product_id) == req.product]
+    same_product = [
+        o
+        for o in snapshot.observations
+        if isinstance(o.product_id, str) and catalog.product_for(o.product_id) == req.product
+    ]
     for obs in same_product:
         if obs.transaction_id == req.purchase_id:
             return obs
     if not same_product:
         return None
-    return max(same_product, key=lambda o: (o.purchased_ms if isinstance(o.purchased_ms, int) else -1, o.transaction_id))
+    return max(
+        same_product, key=lambda o: (o.purchased_ms if isinstance(o.purchased_ms, int) else -1, o.transaction_id)
+    )
 
 
 def grants_purchase(granted: Sequence[Access], product: Product, transaction_id: str, now_ms: int) -> bool:
@@ -465,7 +497,7 @@ def verify_user_token(secret: str, token: str, *, now_s: int) -> str:
     if not hmac.compare_digest(signature.encode(), _signature(secret, signed).encode()):
         raise TokenRefused("invalid_token", "user token signature does not match")
     try:
-        claims = json.loads(_unb64(signed[len(USER_TOKEN_PREFIX):]))
+        claims = json.loads(_unb64(signed[len(USER_TOKEN_PREFIX) :]))
         subject, expires = claims["sub"], int(claims["exp"])
     except (ValueError, KeyError, TypeError):
         raise TokenRefused("invalid_token", "malformed user token") from None

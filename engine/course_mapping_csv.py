@@ -24,9 +24,9 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Collection, Iterable
+from datetime import UTC, datetime
 
 from engine.enrollment import KNOWN_MODES, PAID_MODES, REVOKE_POLICIES, CourseMapping
 
@@ -87,7 +87,9 @@ def parse_mapping_csv(text: str, *, known_resources: Collection[str] | None = No
             if missing:
                 problems.append(CsvProblem(line, f"header lacks required column(s): {', '.join(missing)}"))
             if unknown:
-                problems.append(CsvProblem(line, f"unknown column(s): {', '.join(unknown)} (expected {', '.join(COLUMNS)})"))
+                problems.append(
+                    CsvProblem(line, f"unknown column(s): {', '.join(unknown)} (expected {', '.join(COLUMNS)})")
+                )
             if duplicated:
                 problems.append(CsvProblem(line, f"column(s) named twice: {', '.join(duplicated)}"))
             if missing or unknown or duplicated:
@@ -96,7 +98,7 @@ def parse_mapping_csv(text: str, *, known_resources: Collection[str] | None = No
         if len(fields) != len(header):
             problems.append(CsvProblem(line, f"expected {len(header)} fields, found {len(fields)}"))
             continue
-        values = {name: value.strip() for name, value in zip(header, fields)}
+        values = {name: value.strip() for name, value in zip(header, fields, strict=False)}
         row_problems: list[str] = []
         mapping = _parse_row(values, row_problems, known_resources)
         if mapping is not None:
@@ -120,7 +122,7 @@ def parse_mapping_csv(text: str, *, known_resources: Collection[str] | None = No
     return rows
 
 
-def _records(reader: "csv._reader", problems: list[CsvProblem]) -> Iterable[tuple[int, list[str]]]:
+def _records(reader: csv._reader, problems: list[CsvProblem]) -> Iterable[tuple[int, list[str]]]:
     """(first physical line, fields) for each record; a CSV syntax error ends the file."""
     start = 1
     while True:
@@ -135,7 +137,9 @@ def _records(reader: "csv._reader", problems: list[CsvProblem]) -> Iterable[tupl
         start = reader.line_num + 1
 
 
-def _parse_row(values: dict[str, str], problems: list[str], known_resources: Collection[str] | None) -> CourseMapping | None:
+def _parse_row(
+    values: dict[str, str], problems: list[str], known_resources: Collection[str] | None
+) -> CourseMapping | None:
     resource = values.get("resource", "")
     course_run_id = values.get("course_run_id", "")
     mode = values.get("mode", "")
@@ -152,7 +156,9 @@ def _parse_row(values: dict[str, str], problems: list[str], known_resources: Col
     elif mode not in KNOWN_MODES:
         problems.append(f"mode {mode!r} is not an Open edX mode ({', '.join(sorted(PAID_MODES))})")
     elif mode not in PAID_MODES:
-        problems.append(f"mode {mode!r} is free: a purchase must enroll in a paid mode ({', '.join(sorted(PAID_MODES))})")
+        problems.append(
+            f"mode {mode!r} is free: a purchase must enroll in a paid mode ({', '.join(sorted(PAID_MODES))})"
+        )
     active_text = values.get("active", "").lower()
     active = True
     if active_text in _FALSE:
@@ -186,7 +192,7 @@ def _parse_instant(text: str, problems: list[str]) -> int | None:
 def format_instant(ms: int | None) -> str:
     if ms is None:
         return ""
-    moment = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
     text = moment.isoformat(timespec="milliseconds" if ms % 1000 else "seconds")
     return text.replace("+00:00", "Z")
 
@@ -197,5 +203,14 @@ def format_mapping_csv(mappings: Iterable[CourseMapping]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(COLUMNS)
     for m in sorted(mappings, key=lambda m: m.resource):
-        writer.writerow([m.resource, m.course_run_id, m.mode, "true" if m.active else "false", format_instant(m.expires_ms), m.on_revoke])
+        writer.writerow(
+            [
+                m.resource,
+                m.course_run_id,
+                m.mode,
+                "true" if m.active else "false",
+                format_instant(m.expires_ms),
+                m.on_revoke,
+            ]
+        )
     return out.getvalue()

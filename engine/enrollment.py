@@ -28,11 +28,22 @@ from engine.ports import EnrollmentState
 AUDIT = "audit"
 
 # common/djangoapps/course_modes/models.py: every slug the LMS knows.
-KNOWN_MODES: frozenset[str] = frozenset({
-    "honor", "professional", "verified", "audit", "no-id-professional", "credit", "masters",
-    "executive-education", "paid-executive-education", "unpaid-executive-education",
-    "paid-bootcamp", "unpaid-bootcamp",
-})
+KNOWN_MODES: frozenset[str] = frozenset(
+    {
+        "honor",
+        "professional",
+        "verified",
+        "audit",
+        "no-id-professional",
+        "credit",
+        "masters",
+        "executive-education",
+        "paid-executive-education",
+        "unpaid-executive-education",
+        "paid-bootcamp",
+        "unpaid-bootcamp",
+    }
+)
 # Modes that cost nothing: a revocation may leave a learner in one of these.
 FREE_MODES: frozenset[str] = frozenset({"audit", "honor", "unpaid-executive-education", "unpaid-bootcamp"})
 PAID_MODES: frozenset[str] = KNOWN_MODES - FREE_MODES

@@ -20,8 +20,9 @@ idempotent and order-independent. The rules, field by field:
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Literal, Mapping
+from typing import Literal
 
 TxKind = Literal["subscription", "non_subscription"]
 
@@ -29,9 +30,9 @@ TxKind = Literal["subscription", "non_subscription"]
 class _Unknown:
     """Sentinel: this observation says nothing about the field (distinct from a known None)."""
 
-    _instance: "_Unknown | None" = None
+    _instance: _Unknown | None = None
 
-    def __new__(cls) -> "_Unknown":
+    def __new__(cls) -> _Unknown:
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance
@@ -120,9 +121,11 @@ class Transaction:
     @property
     def is_paid(self) -> bool:
         """Paid by this customer: trials, promotional grants and family sharing are not."""
-        return (self.period_type or "normal").lower() not in {"trial", "promotional"} and (
-            (self.ownership or "PURCHASED").upper() != "FAMILY_SHARED"
-        ) and (self.store or "").lower() != "promotional"
+        return (
+            (self.period_type or "normal").lower() not in {"trial", "promotional"}
+            and ((self.ownership or "PURCHASED").upper() != "FAMILY_SHARED")
+            and (self.store or "").lower() != "promotional"
+        )
 
 
 def merge_observation(current: Transaction | None, obs: TransactionObservation) -> Transaction | None:
@@ -171,9 +174,7 @@ class SubscriberSnapshot:
         return any(o.transaction_id == tx.transaction_id for o in self.observations)
 
 
-def observe_snapshot(
-    known: Mapping[str, Transaction], snapshot: SubscriberSnapshot
-) -> list[Transaction]:
+def observe_snapshot(known: Mapping[str, Transaction], snapshot: SubscriberSnapshot) -> list[Transaction]:
     """Merge a snapshot into the ledger; return the transactions that changed.
 
     ``known`` must hold every ledger transaction the snapshot names and every one owned by

@@ -9,8 +9,8 @@ product missing from the catalog grants nothing and is reported, never raised.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from engine.access import Access
 from engine.catalog import DAY_MS, Catalog
@@ -89,10 +89,7 @@ def _merge(candidates: list[_Candidate], catalog: Catalog, now_ms: int, unknown:
         group = by_resource[resource]
         expires: int | None = 0
         for c in group:
-            if c.expires_ms is None or expires is None:
-                expires = None
-            else:
-                expires = max(expires, c.expires_ms)
+            expires = None if c.expires_ms is None or expires is None else max(expires, c.expires_ms)
         mode = max((c.mode for c in group), key=lambda m: (catalog.mode_rank_of(m), m))
         sources = tuple(sorted({c.source for c in group}))
         accesses.append(Access(resource, mode, expires, sources))

@@ -6,17 +6,16 @@ Every path (webhook, client sync, sweep) ends here. Storage and provider come in
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 from engine.catalog import Catalog
-from engine.facts import SubscriberSnapshot, Transaction, observe_all, observe_snapshot
+from engine.facts import SubscriberSnapshot, Transaction, TransactionObservation, observe_all, observe_snapshot
 from engine.plan import Action, diff_access
 from engine.ports import Cause, CustomerState, LedgerStore, SubscriberSource
 from engine.projection import Projection, project_access
 from engine.revenuecat import WebhookEvent, parse_subscriber
-from engine.facts import TransactionObservation
 
 UnitOfWork = Callable[[], AbstractContextManager[LedgerStore]]
 
@@ -97,6 +96,7 @@ def unchanged_check_ms(
 def converge(
     store: LedgerStore,
     customer_id: str,
+    *,
     owned: Sequence[Transaction],
     catalog: Catalog,
     now_ms: int,
@@ -151,10 +151,13 @@ def reconcile_user(
             store.save_snapshot(customer_id, snapshot.request_ms, snapshot.digest, body)
         merged = {**known, **{t.transaction_id: t for t in changed}}
         owned = [t for t in merged.values() if t.owner == customer_id]
-        projection, actions = converge(store, customer_id, owned, catalog, now_ms, cause, policy)
+        projection, actions = converge(
+            store, customer_id, owned=owned, catalog=catalog, now_ms=now_ms, cause=cause, policy=policy
+        )
         check_at = next_check_ms(projection, owned, now_ms, policy, dirty=False)
-        store.mark_checked(customer_id, now_ms=now_ms, next_check_ms=check_at, dirty=False,
-                           projection=(projection.next_change_ms, key))
+        store.mark_checked(
+            customer_id, now_ms=now_ms, next_check_ms=check_at, dirty=False, projection=(projection.next_change_ms, key)
+        )
     return ReconcileOutcome(customer_id, tuple(actions), projection.unknown_products, bool(changed), check_at)
 
 
@@ -186,7 +189,9 @@ def apply_event_facts(
             for tx in store.transactions(sources, []).values():
                 if tx.owner in sources:
                     observations.append(
-                        TransactionObservation(transaction_id=tx.transaction_id, observed_ms=event.timestamp_ms, owner=target)
+                        TransactionObservation(
+                            transaction_id=tx.transaction_id, observed_ms=event.timestamp_ms, owner=target
+                        )
                     )
         customers = sorted(set(resolve.values()) | {o.owner for o in observations if isinstance(o.owner, str)})
         for customer_id in customers:
@@ -197,10 +202,14 @@ def apply_event_facts(
         merged = {**known, **{t.transaction_id: t for t in changed}}
         for customer_id in customers:
             owned = [t for t in merged.values() if t.owner == customer_id]
-            projection, actions = converge(store, customer_id, owned, catalog, now_ms, cause, policy)
+            projection, actions = converge(
+                store, customer_id, owned=owned, catalog=catalog, now_ms=now_ms, cause=cause, policy=policy
+            )
             check_at = next_check_ms(projection, owned, now_ms, policy, dirty=True)
             store.mark_checked(customer_id, now_ms=now_ms, next_check_ms=check_at, dirty=True)
-            outcomes.append(ReconcileOutcome(customer_id, tuple(actions), projection.unknown_products, bool(changed), check_at))
+            outcomes.append(
+                ReconcileOutcome(customer_id, tuple(actions), projection.unknown_products, bool(changed), check_at)
+            )
     return outcomes
 
 
@@ -217,5 +226,7 @@ def reproject_customer(
     with unit_of_work() as store:
         store.lock_customer(customer_id)
         owned = [t for t in store.transactions([customer_id], []).values() if t.owner == customer_id]
-        _, actions = converge(store, customer_id, owned, catalog, now_ms, cause, policy)
+        _, actions = converge(
+            store, customer_id, owned=owned, catalog=catalog, now_ms=now_ms, cause=cause, policy=policy
+        )
     return actions

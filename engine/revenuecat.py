@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any
 
 from engine.errors import TerminalError
 from engine.facts import UNKNOWN, SubscriberSnapshot, TransactionObservation
@@ -106,7 +107,7 @@ def parse_instant_ms(value: Any) -> int | None:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
         if dt.tzinfo is None:
             raise ValueError(f"time without zone: {value!r}")
-        return int(round(dt.timestamp() * 1000))
+        return round(dt.timestamp() * 1000)
     raise ValueError(f"not a time: {value!r}")
 
 
@@ -249,7 +250,9 @@ def parse_event(body: Mapping[str, Any]) -> WebhookEvent:
     )
 
 
-def _event_observations(event: Mapping[str, Any], event_type: str, ts: int, customer_id: str) -> tuple[TransactionObservation, ...]:
+def _event_observations(
+    event: Mapping[str, Any], event_type: str, ts: int, customer_id: str
+) -> tuple[TransactionObservation, ...]:
     """What the event itself asserts about its transaction, used only when the provider is down."""
     tx_id = _str(event.get("transaction_id"))
     product_id = event.get("product_id")

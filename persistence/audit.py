@@ -29,7 +29,9 @@ def drift_report(factory: sessionmaker[Session], *, since_ms: int, until_ms: int
     return [DriftRow(kind, int(n), int(c)) for kind, n, c in rows]
 
 
-def drift_examples(factory: sessionmaker[Session], *, since_ms: int, until_ms: int, limit: int = 20) -> list[AuditEntry]:
+def drift_examples(
+    factory: sessionmaker[Session], *, since_ms: int, until_ms: int, limit: int = 20
+) -> list[AuditEntry]:
     with factory() as session:
         return list(
             session.scalars(
@@ -39,5 +41,3 @@ def drift_examples(factory: sessionmaker[Session], *, since_ms: int, until_ms: i
                 .limit(limit)
             )
         )
-
-

@@ -7,8 +7,9 @@ commits their ids go to ``publish`` at once (nothing is published for a rolled-b
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from itertools import chain
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
@@ -45,5 +46,3 @@ def install_change_notifications(factory: sessionmaker[Session], publish: Callab
     @event.listens_for(factory, "after_rollback")
     def _forget(session: Session) -> None:
         session.info.pop(_CHANGED_KEY, None)
-
-

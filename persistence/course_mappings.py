@@ -8,7 +8,7 @@ then the customer's first non-anonymous alias. No username: the change cannot be
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
@@ -45,8 +45,12 @@ def all_mappings(session: Session) -> list[CourseMapping]:
 
 def lms_username(session: Session, customer_id: str) -> str | None:
     """The LMS username for a customer (see the module docstring for the rule)."""
-    aliases = sorted(set(session.scalars(select(Identity.app_user_id).where(Identity.customer_id == customer_id))) | {customer_id})
-    mapped = dict(session.execute(select(LmsUser.app_user_id, LmsUser.username).where(LmsUser.app_user_id.in_(aliases))).all())
+    aliases = sorted(
+        set(session.scalars(select(Identity.app_user_id).where(Identity.customer_id == customer_id))) | {customer_id}
+    )
+    mapped = dict(
+        session.execute(select(LmsUser.app_user_id, LmsUser.username).where(LmsUser.app_user_id.in_(aliases))).all()
+    )
     if customer_id in mapped:
         return mapped[customer_id]
     for alias in aliases:
@@ -72,4 +76,6 @@ def set_lms_username(session: Session, app_user_id: str, username: str | None) -
 
 def holders_of(session: Session, resource: str) -> list[str]:
     """Customers holding a grant on ``resource``."""
-    return list(session.scalars(select(Grant.customer_id).where(Grant.resource == resource).order_by(Grant.customer_id)))
+    return list(
+        session.scalars(select(Grant.customer_id).where(Grant.resource == resource).order_by(Grant.customer_id))
+    )

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,7 +23,7 @@ def make_engine(settings: Settings, **overrides: object) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30}, **overrides)  # type: ignore[arg-type]
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # noqa: ANN001
+        def _sqlite_pragmas(dbapi_conn, _record):
             dbapi_conn.isolation_level = None  # let SQLAlchemy's BEGIN below take over
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
@@ -32,7 +32,7 @@ def make_engine(settings: Settings, **overrides: object) -> Engine:
             cur.close()
 
         @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn):  # noqa: ANN001
+        def _sqlite_begin(conn):
             # IMMEDIATE takes the write lock up front: no upgrade deadlocks between processes.
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
@@ -53,7 +53,7 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
-def alembic_config(settings: Settings):  # noqa: ANN201
+def alembic_config(settings: Settings):
     from alembic.config import Config
 
     cfg = Config()

@@ -3,9 +3,10 @@ path), rows claimed and marked as they are processed, and the redrive's selectio
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, Engine, and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -45,7 +46,9 @@ def _store_statement(engine: Engine) -> str:
     return sql
 
 
-def _on_raw_connection(engine: Engine, sql: str, values: dict[str, object] | list[object], fetch: Callable[[object], object]) -> object:
+def _on_raw_connection(
+    engine: Engine, sql: str, values: dict[str, object] | list[object], fetch: Callable[[object], object]
+) -> object:
     """Run one statement on a pooled DBAPI connection and return ``fetch(cursor)``. The DBAPI
     directly, not a Core Connection, whose bookkeeping cost as much CPU as the statement
     itself; its errors are wrapped as SQLAlchemy's would be (DBAPIError, a dead connection
@@ -69,22 +72,24 @@ def _on_raw_connection(engine: Engine, sql: str, values: dict[str, object] | lis
         disconnect = dialect.is_disconnect(exc, raw.dbapi_connection, cursor)
         if disconnect:  # as a Core Connection does: this one and all older ones are discarded
             engine.pool._invalidate(raw, exc)
-        raise DBAPIError.instance(sql, values, exc, dbapi_error, connection_invalidated=disconnect, dialect=dialect) from exc
+        raise DBAPIError.instance(
+            sql, values, exc, dbapi_error, connection_invalidated=disconnect, dialect=dialect
+        ) from exc
     finally:
         if cursor is not None:
-            try:
+            with contextlib.suppress(dbapi_error):
                 cursor.close()
-            except dbapi_error:
-                pass
         raw.close()  # back to the pool (rolled back there if a transaction is still open)
 
 
-def _first_id(cursor) -> int | None:  # noqa: ANN001
+def _first_id(cursor) -> int | None:
     row = cursor.fetchone()
     return None if row is None else row[0]
 
 
-def _retrying_once(engine: Engine, sql: str, values: dict[str, object] | list[object], fetch: Callable[[object], object]) -> object:
+def _retrying_once(
+    engine: Engine, sql: str, values: dict[str, object] | list[object], fetch: Callable[[object], object]
+) -> object:
     """A pooled connection found dead (the server restarted: the intake's engine does not ping
     on checkout) is retried once on a fresh one; the intake's statements are idempotent."""
     for attempt in (1, 2):
@@ -110,7 +115,9 @@ def _status_for(event_type: str | None, malformed_reason: str | None) -> str:
     return "ignored"  # unknown or informational type: kept, answered 200, not processed
 
 
-def store_webhook(engine: Engine, body: bytes, event_id: str | None, event_type: str | None, *, malformed_reason: str | None = None) -> Stored:
+def store_webhook(
+    engine: Engine, body: bytes, event_id: str | None, event_type: str | None, *, malformed_reason: str | None = None
+) -> Stored:
     """Insert the raw webhook and commit before anything else (duplicates insert nothing).
 
     Not the ORM: this is the intake's hot path. On PostgreSQL the one precompiled INSERT …
@@ -173,18 +180,27 @@ def store_webhooks(engine: Engine, webhooks: Sequence[tuple[bytes, str, str]]) -
     inserted: dict[str, int] = {}
     if engine.dialect.name == "postgresql":
         params: list[object] = []
-        for (body, event_id, event_type), status in zip(unique, statuses):
+        for (body, event_id, event_type), status in zip(unique, statuses, strict=False):
             params += (PROVIDER, event_id, event_type, status, body)
         returned = _retrying_once(engine, _store_many_statement(len(unique)), params, lambda cursor: cursor.fetchall())
         inserted = {event_id: row_id for row_id, event_id in returned}
     else:  # one transaction too, a statement per row
         with engine.begin() as conn:
-            for (body, event_id, event_type), status in zip(unique, statuses):
-                row_id = _insert_sqlite(conn, {"provider": PROVIDER, "event_id": event_id, "event_type": event_type,
-                                               "status": status, "attempts": 0, "body": body})
+            for (body, event_id, event_type), status in zip(unique, statuses, strict=False):
+                row_id = _insert_sqlite(
+                    conn,
+                    {
+                        "provider": PROVIDER,
+                        "event_id": event_id,
+                        "event_type": event_type,
+                        "status": status,
+                        "attempts": 0,
+                        "body": body,
+                    },
+                )
                 if row_id is not None:
                     inserted[event_id] = row_id
-    status_of = {event_id: status for (_body, event_id, _type), status in zip(unique, statuses)}
+    status_of = {event_id: status for (_body, event_id, _type), status in zip(unique, statuses, strict=False)}
     answers = []
     for index, (_body, event_id, _type) in enumerate(webhooks):
         row_id = inserted.get(event_id) if first_index[event_id] == index else None
@@ -229,10 +245,12 @@ def mark_row(factory: sessionmaker[Session], inbox_id: int, **values: object) ->
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
-def rows_to_redrive(factory: sessionmaker[Session], *, older_than_s: int, stuck_processing_s: int, now: datetime, limit: int = 1000) -> list[int]:
+def rows_to_redrive(
+    factory: sessionmaker[Session], *, older_than_s: int, stuck_processing_s: int, now: datetime, limit: int = 1000
+) -> list[int]:
     """Inbox rows whose task was lost (broker down at intake, worker killed): re-enqueue them.
 
     Marks them re-enqueued now, so a backlog is re-sent at most once per ``older_than_s``.
@@ -246,10 +264,16 @@ def rows_to_redrive(factory: sessionmaker[Session], *, older_than_s: int, stuck_
                 select(InboxEvent.id)
                 .where(
                     or_(
-                        and_(InboxEvent.status == "received", InboxEvent.received_at < cutoff,
-                             or_(waiting_since.is_(None), waiting_since < cutoff)),
-                        and_(InboxEvent.status == "processing", InboxEvent.received_at < stuck_cutoff,
-                             or_(waiting_since.is_(None), waiting_since < stuck_cutoff)),
+                        and_(
+                            InboxEvent.status == "received",
+                            InboxEvent.received_at < cutoff,
+                            or_(waiting_since.is_(None), waiting_since < cutoff),
+                        ),
+                        and_(
+                            InboxEvent.status == "processing",
+                            InboxEvent.received_at < stuck_cutoff,
+                            or_(waiting_since.is_(None), waiting_since < stuck_cutoff),
+                        ),
                     )
                 )
                 .order_by(InboxEvent.id)

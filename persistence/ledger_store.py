@@ -9,18 +9,19 @@ after-commit notification explicitly (``note_access_changed``), as the ORM flush
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import TextClause, bindparam, delete, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from engine.access import Access
-from persistence.models import AuditEntry, Grant, Identity, LedgerTransaction, ProviderSnapshot, Subscriber
-from persistence.change_notes import note_access_changed
-from persistence.outbox import enqueue_grant_changes
 from engine.facts import Transaction
 from engine.plan import Action
 from engine.ports import Cause, CustomerState
+from persistence.change_notes import note_access_changed
+from persistence.models import AuditEntry, Grant, Identity, LedgerTransaction, ProviderSnapshot, Subscriber
+from persistence.outbox import enqueue_grant_changes
 
 
 def _access_json(access: Access | None) -> str | None:
@@ -37,8 +38,18 @@ _LEDGER = LedgerTransaction.__table__
 _GRANTS = Grant.__table__
 _SUBSCRIBERS = Subscriber.__table__
 _LEDGER_FIELDS = (
-    "product_id", "kind", "original_transaction_id", "store", "is_sandbox", "purchased_ms", "period_type",
-    "ownership", "expires_ms", "grace_expires_ms", "refunded_ms", "owner",
+    "product_id",
+    "kind",
+    "original_transaction_id",
+    "store",
+    "is_sandbox",
+    "purchased_ms",
+    "period_type",
+    "ownership",
+    "expires_ms",
+    "grace_expires_ms",
+    "refunded_ms",
+    "owner",
 )
 _SELECT_LEDGER = select(_LEDGER.c.transaction_id, *(_LEDGER.c[f] for f in _LEDGER_FIELDS), _LEDGER.c.observed)
 # Built once: building a statement (and its cache key) cost as much CPU as running it.
@@ -55,14 +66,20 @@ _LEDGER_READS = {
 # snapshot into the same old row and the later write would drop the other's newer facts.
 _LEDGER_READS_LOCKED = {k: v.order_by(_LEDGER.c.transaction_id).with_for_update() for k, v in _LEDGER_READS.items()}
 _SELECT_CUSTOMER = select(
-    _SUBSCRIBERS.c.customer_id, _SUBSCRIBERS.c.last_snapshot_ms, _SUBSCRIBERS.c.snapshot_digest,
-    _SUBSCRIBERS.c.dirty, _SUBSCRIBERS.c.next_change_ms, _SUBSCRIBERS.c.projection_key,
+    _SUBSCRIBERS.c.customer_id,
+    _SUBSCRIBERS.c.last_snapshot_ms,
+    _SUBSCRIBERS.c.snapshot_digest,
+    _SUBSCRIBERS.c.dirty,
+    _SUBSCRIBERS.c.next_change_ms,
+    _SUBSCRIBERS.c.projection_key,
 ).where(_SUBSCRIBERS.c.customer_id == bindparam("cid"))
 _SELECT_GRANTS = (
     select(_GRANTS.c.resource, _GRANTS.c.mode, _GRANTS.c.expires_ms, _GRANTS.c.sources)
     .where(_GRANTS.c.customer_id == bindparam("cid"))
     .order_by(_GRANTS.c.resource)
 )
+
+
 def _quoted(names: Sequence[str]) -> str:
     return ", ".join(f'"{n}"' for n in names)
 
@@ -74,7 +91,7 @@ def _upsert(table: Any, key: Sequence[str], columns: Sequence[str]) -> TextClaus
     names = [*key, *columns]
     return text(
         f'INSERT INTO "{table.name}" ({_quoted(names)}) VALUES ({", ".join(":" + n for n in names)}) '
-        f'ON CONFLICT ({_quoted(key)}) DO UPDATE SET {", ".join(f"{chr(34)}{c}{chr(34)} = excluded.{chr(34)}{c}{chr(34)}" for c in columns)}'
+        f"ON CONFLICT ({_quoted(key)}) DO UPDATE SET {', '.join(f'{chr(34)}{c}{chr(34)} = excluded.{chr(34)}{c}{chr(34)}' for c in columns)}"
     )
 
 
@@ -183,7 +200,12 @@ class SqlLedgerStore:
     def save_snapshot(self, customer_id: str, request_ms: int, digest: str, body: Mapping[str, Any]) -> None:
         self._conn.execute(
             _INSERT_SNAPSHOT,
-            {"customer_id": customer_id, "request_ms": request_ms, "digest": digest, "body": json.dumps(body, sort_keys=True)},
+            {
+                "customer_id": customer_id,
+                "request_ms": request_ms,
+                "digest": digest,
+                "body": json.dumps(body, sort_keys=True),
+            },
         )
         # Written with the check time by mark_checked: one UPDATE of the subscriber per reconcile.
         self._snapshot_marks[customer_id] = {"last_snapshot_ms": request_ms, "snapshot_digest": digest}
@@ -203,19 +225,30 @@ class SqlLedgerStore:
             if after is None:
                 self._conn.execute(_DELETE_GRANT, {"cid": customer_id, "res": action.resource})
             else:
-                upserts.append({
-                    "customer_id": customer_id, "resource": action.resource, "mode": after.mode,
-                    "expires_ms": after.expires_ms, "sources": json.dumps(list(after.sources)), "updated_ms": now_ms,
-                })
+                upserts.append(
+                    {
+                        "customer_id": customer_id,
+                        "resource": action.resource,
+                        "mode": after.mode,
+                        "expires_ms": after.expires_ms,
+                        "sources": json.dumps(list(after.sources)),
+                        "updated_ms": now_ms,
+                    }
+                )
         if upserts:
             self._conn.execute(_UPSERT_GRANT, upserts)
         self._conn.execute(
             _INSERT_AUDIT,
             [
                 {
-                    "at_ms": now_ms, "customer_id": customer_id, "resource": action.resource, "action": action.kind,
-                    "before": _access_json(action.before), "after": _access_json(action.after),
-                    "cause_kind": cause.kind, "cause_ref": cause.ref[:255],
+                    "at_ms": now_ms,
+                    "customer_id": customer_id,
+                    "resource": action.resource,
+                    "action": action.kind,
+                    "before": _access_json(action.before),
+                    "after": _access_json(action.after),
+                    "cause_kind": cause.kind,
+                    "cause_ref": cause.ref[:255],
                     "drift_kind": action.drift_kind if cause.is_drift_repair else None,
                 }
                 for action in actions

@@ -10,8 +10,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -36,18 +36,37 @@ def grant_access(row: Grant | None) -> Access | None:
     return Access(row.resource, row.mode, row.expires_ms, tuple(json.loads(row.sources or "[]")))
 
 
-def add_row(session: Session, customer_id: str, mapping: CourseMapping, desired: EnrollmentState, *,
-             now_ms: int, cause_kind: str, cause_ref: str) -> None:
+def add_row(
+    session: Session,
+    customer_id: str,
+    mapping: CourseMapping,
+    desired: EnrollmentState,
+    *,
+    now_ms: int,
+    cause_kind: str,
+    cause_ref: str,
+) -> None:
     session.add(
         SinkOutboxRow(
-            sink=COURSE_SINK, customer_id=customer_id, resource=mapping.resource, course_run_id=mapping.course_run_id,
-            mode=desired.mode, is_active=desired.is_active, status="pending", attempts=0, next_attempt_ms=now_ms,
-            cause_kind=cause_kind, cause_ref=cause_ref[:255], created_ms=now_ms,
+            sink=COURSE_SINK,
+            customer_id=customer_id,
+            resource=mapping.resource,
+            course_run_id=mapping.course_run_id,
+            mode=desired.mode,
+            is_active=desired.is_active,
+            status="pending",
+            attempts=0,
+            next_attempt_ms=now_ms,
+            cause_kind=cause_kind,
+            cause_ref=cause_ref[:255],
+            created_ms=now_ms,
         )
     )
 
 
-def enqueue_grant_changes(session: Session, customer_id: str, actions: Sequence[Action], cause: Cause, now_ms: int) -> int:
+def enqueue_grant_changes(
+    session: Session, customer_id: str, actions: Sequence[Action], cause: Cause, now_ms: int
+) -> int:
     """Write an outbox row for each action on a mapped course whose LMS enrollment must change.
 
     Runs in the caller's transaction, under the customer's lock (``SqlLedgerStore.apply``).
@@ -79,14 +98,18 @@ def lock_customer_row(session: Session, customer_id: str) -> None:
     session.execute(stmt)
 
 
-def enqueue_for_holders(session: Session, mapping: CourseMapping, *, now_ms: int, ref: str, revoke: bool = False) -> int:
+def enqueue_for_holders(
+    session: Session, mapping: CourseMapping, *, now_ms: int, ref: str, revoke: bool = False
+) -> int:
     """Re-send ``mapping`` to every customer holding its resource (new or changed mapping);
     ``revoke``: send the revocation instead (the old course run of a moved mapping)."""
     written = 0
     for customer_id in holders_of(session, mapping.resource):
         lock_customer_row(session, customer_id)
         grant = session.get(Grant, (customer_id, mapping.resource))
-        desired = revocation_state(mapping.on_revoke) if revoke else desired_enrollment(grant_access(grant), mapping, now_ms)
+        desired = (
+            revocation_state(mapping.on_revoke) if revoke else desired_enrollment(grant_access(grant), mapping, now_ms)
+        )
         if desired is None:
             continue
         add_row(session, customer_id, mapping, desired, now_ms=now_ms, cause_kind="operator", cause_ref=ref)
@@ -98,12 +121,18 @@ def enqueue_for_holders(session: Session, mapping: CourseMapping, *, now_ms: int
 def enqueue_expired_mappings(factory: sessionmaker[Session], *, now_ms: int) -> int:
     """Revoke paid access to course runs whose mapping expired (once per expiry)."""
     with factory() as session, session.begin():
-        rows = list(session.scalars(
-            select(CourseMappingRow)
-            .where(CourseMappingRow.active.is_(True), CourseMappingRow.expires_ms.is_not(None),
-                   CourseMappingRow.expires_ms <= now_ms, CourseMappingRow.expiry_enqueued.is_(False))
-            .with_for_update()
-        ))
+        rows = list(
+            session.scalars(
+                select(CourseMappingRow)
+                .where(
+                    CourseMappingRow.active.is_(True),
+                    CourseMappingRow.expires_ms.is_not(None),
+                    CourseMappingRow.expires_ms <= now_ms,
+                    CourseMappingRow.expiry_enqueued.is_(False),
+                )
+                .with_for_update()
+            )
+        )
         written = 0
         for row in rows:
             written += enqueue_for_holders(session, to_mapping(row), now_ms=now_ms, ref="mapping-expired")
@@ -122,7 +151,9 @@ class Claim:
     username: str | None
 
 
-def pending_groups(factory: sessionmaker[Session], *, customer_id: str | None, now_ms: int, limit: int) -> list[tuple[str, str]]:
+def pending_groups(
+    factory: sessionmaker[Session], *, customer_id: str | None, now_ms: int, limit: int
+) -> list[tuple[str, str]]:
     """(customer, resource) groups whose rows are due, oldest head first."""
     with factory() as session:
         stmt = (
@@ -137,12 +168,18 @@ def pending_groups(factory: sessionmaker[Session], *, customer_id: str | None, n
         return [(c, r) for c, r, _ in session.execute(stmt).all()]
 
 
-def claim_head(factory: sessionmaker[Session], customer_id: str, resource: str, *, now_ms: int, lease_ms: int) -> Claim | None:
+def claim_head(
+    factory: sessionmaker[Session], customer_id: str, resource: str, *, now_ms: int, lease_ms: int
+) -> Claim | None:
     """Lease the group's oldest pending row, if it is due and nobody holds it."""
     with factory() as session, session.begin():
         row = session.scalars(
             select(SinkOutboxRow)
-            .where(SinkOutboxRow.status == "pending", SinkOutboxRow.customer_id == customer_id, SinkOutboxRow.resource == resource)
+            .where(
+                SinkOutboxRow.status == "pending",
+                SinkOutboxRow.customer_id == customer_id,
+                SinkOutboxRow.resource == resource,
+            )
             .order_by(SinkOutboxRow.id)
             .limit(1)
         ).first()
@@ -152,21 +189,34 @@ def claim_head(factory: sessionmaker[Session], customer_id: str, resource: str, 
             return None  # another drainer is sending it
         claimed = session.execute(
             update(SinkOutboxRow)
-            .where(SinkOutboxRow.id == row.id, SinkOutboxRow.status == "pending",
-                   (SinkOutboxRow.leased_until_ms.is_(None)) | (SinkOutboxRow.leased_until_ms <= now_ms))
+            .where(
+                SinkOutboxRow.id == row.id,
+                SinkOutboxRow.status == "pending",
+                (SinkOutboxRow.leased_until_ms.is_(None)) | (SinkOutboxRow.leased_until_ms <= now_ms),
+            )
             .values(leased_until_ms=now_ms + lease_ms, attempts=SinkOutboxRow.attempts + 1)
             .execution_options(synchronize_session=False)
         ).rowcount
         if claimed != 1:
             return None
-        return Claim(row.id, customer_id, resource, row.course_run_id, EnrollmentState(row.mode, row.is_active),
-                      row.attempts + 1, lms_username(session, customer_id))
+        return Claim(
+            row.id,
+            customer_id,
+            resource,
+            row.course_run_id,
+            EnrollmentState(row.mode, row.is_active),
+            row.attempts + 1,
+            lms_username(session, customer_id),
+        )
 
 
-def finish_row(factory: sessionmaker[Session], claim: Claim, *, status: str, now_ms: int, error: str | None = None) -> None:
+def finish_row(
+    factory: sessionmaker[Session], claim: Claim, *, status: str, now_ms: int, error: str | None = None
+) -> None:
     with factory() as session, session.begin():
         session.execute(
-            update(SinkOutboxRow).where(SinkOutboxRow.id == claim.id)
+            update(SinkOutboxRow)
+            .where(SinkOutboxRow.id == claim.id)
             .values(status=status, done_ms=now_ms, leased_until_ms=None, last_error=error, username=claim.username)
         )
 
@@ -175,13 +225,18 @@ def put_back(factory: sessionmaker[Session], claim: Claim, *, retry_at_ms: int, 
     """Release the row and hold its whole group until ``retry_at_ms`` (order is kept)."""
     with factory() as session, session.begin():
         session.execute(
-            update(SinkOutboxRow).where(SinkOutboxRow.id == claim.id)
+            update(SinkOutboxRow)
+            .where(SinkOutboxRow.id == claim.id)
             .values(leased_until_ms=None, last_error=error[:2000], username=claim.username)
         )
         session.execute(
             update(SinkOutboxRow)
-            .where(SinkOutboxRow.status == "pending", SinkOutboxRow.customer_id == claim.customer_id,
-                   SinkOutboxRow.resource == claim.resource, SinkOutboxRow.next_attempt_ms < retry_at_ms)
+            .where(
+                SinkOutboxRow.status == "pending",
+                SinkOutboxRow.customer_id == claim.customer_id,
+                SinkOutboxRow.resource == claim.resource,
+                SinkOutboxRow.next_attempt_ms < retry_at_ms,
+            )
             .values(next_attempt_ms=retry_at_ms)
         )
 
@@ -197,14 +252,19 @@ def earliest_pending(factory: sessionmaker[Session], customer_id: str | None) ->
 def outbox_counts(factory: sessionmaker[Session]) -> dict[str, int]:
     """Outbox rows by status (metrics, operators)."""
     with factory() as session:
-        return {s: int(n) for s, n in session.execute(select(SinkOutboxRow.status, func.count()).group_by(SinkOutboxRow.status))}
+        return {
+            s: int(n)
+            for s, n in session.execute(select(SinkOutboxRow.status, func.count()).group_by(SinkOutboxRow.status))
+        }
 
 
 def course_targets(session: Session, customer_id: str, now_ms: int) -> dict[str, tuple[CourseMapping, EnrollmentState]]:
     """Mapped courses of a customer (granted now, or sent to the LMS before) and what the LMS
     should hold for each."""
     grants = {g.resource: g for g in session.scalars(select(Grant).where(Grant.customer_id == customer_id))}
-    sent = set(session.scalars(select(SinkOutboxRow.resource).where(SinkOutboxRow.customer_id == customer_id).distinct()))
+    sent = set(
+        session.scalars(select(SinkOutboxRow.resource).where(SinkOutboxRow.customer_id == customer_id).distinct())
+    )
     targets: dict[str, tuple[CourseMapping, EnrollmentState]] = {}
     for resource, mapping in mappings_for(session, set(grants) | sent).items():
         desired = desired_enrollment(grant_access(grants.get(resource)), mapping, now_ms)
@@ -217,23 +277,40 @@ def state_json(state: EnrollmentState | None) -> str | None:
     return None if state is None else json.dumps({"mode": state.mode, "is_active": state.is_active})
 
 
-
-
 def record_lms_repair(
-    session: Session, customer_id: str, mapping: CourseMapping, current: EnrollmentState | None,
-    desired: EnrollmentState, *, drift_kind: str, now_ms: int, cause_ref: str,
+    session: Session,
+    customer_id: str,
+    mapping: CourseMapping,
+    current: EnrollmentState | None,
+    desired: EnrollmentState,
+    *,
+    drift_kind: str,
+    now_ms: int,
+    cause_ref: str,
 ) -> None:
     """An outbox row repairing LMS drift, and its audit row carrying the drift kind."""
     add_row(session, customer_id, mapping, desired, now_ms=now_ms, cause_kind="sweep", cause_ref=cause_ref)
-    session.add(AuditEntry(
-        at_ms=now_ms, customer_id=customer_id, resource=mapping.resource, action="lms_repair",
-        before=state_json(current), after=state_json(desired), cause_kind="sweep",
-        cause_ref=cause_ref[:255], drift_kind=drift_kind,
-    ))
+    session.add(
+        AuditEntry(
+            at_ms=now_ms,
+            customer_id=customer_id,
+            resource=mapping.resource,
+            action="lms_repair",
+            before=state_json(current),
+            after=state_json(desired),
+            cause_kind="sweep",
+            cause_ref=cause_ref[:255],
+            drift_kind=drift_kind,
+        )
+    )
 
 
 def pending_resources(session: Session, customer_id: str) -> set[str]:
     """Resources of a customer with outbox rows still in flight."""
-    return set(session.scalars(
-        select(SinkOutboxRow.resource).where(SinkOutboxRow.customer_id == customer_id, SinkOutboxRow.status == "pending")
-    ))
+    return set(
+        session.scalars(
+            select(SinkOutboxRow.resource).where(
+                SinkOutboxRow.customer_id == customer_id, SinkOutboxRow.status == "pending"
+            )
+        )
+    )

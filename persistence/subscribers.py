@@ -85,14 +85,19 @@ def all_customer_ids(factory: sessionmaker[Session], *, after: str = "", limit: 
     with factory() as session:
         return list(
             session.scalars(
-                select(Subscriber.customer_id).where(Subscriber.customer_id > after).order_by(Subscriber.customer_id).limit(limit)
+                select(Subscriber.customer_id)
+                .where(Subscriber.customer_id > after)
+                .order_by(Subscriber.customer_id)
+                .limit(limit)
             )
         )
 
 
 def count_due(factory: sessionmaker[Session], *, now_ms: int) -> int:
     with factory() as session:
-        return int(session.scalar(select(func.count()).select_from(Subscriber).where(Subscriber.next_check_ms <= now_ms)) or 0)
+        return int(
+            session.scalar(select(func.count()).select_from(Subscriber).where(Subscriber.next_check_ms <= now_ms)) or 0
+        )
 
 
 def count_customers(factory: sessionmaker[Session]) -> int:
@@ -101,8 +106,13 @@ def count_customers(factory: sessionmaker[Session]) -> int:
 
 
 def settle_unchanged(
-    factory: sessionmaker[Session], connection: Connection, snapshots: dict[str, SubscriberSnapshot], *,
-    now_ms: int, policy: ReconcilePolicy, catalog: Catalog,
+    factory: sessionmaker[Session],
+    connection: Connection,
+    snapshots: dict[str, SubscriberSnapshot],
+    *,
+    now_ms: int,
+    policy: ReconcilePolicy,
+    catalog: Catalog,
 ) -> set[str]:
     """Settle, in one transaction, the customers whose snapshot needs no work (the fast path of
     ``reconcile_user``, decided by the same ``unchanged_check_ms``): only their check time
@@ -115,8 +125,12 @@ def settle_unchanged(
     columns = Subscriber.__table__.c
     with factory(bind=connection) as session, session.begin():
         stmt = select(
-            columns.customer_id, columns.last_snapshot_ms, columns.snapshot_digest, columns.dirty,
-            columns.next_change_ms, columns.projection_key,
+            columns.customer_id,
+            columns.last_snapshot_ms,
+            columns.snapshot_digest,
+            columns.dirty,
+            columns.next_change_ms,
+            columns.projection_key,
         ).where(columns.customer_id.in_(sorted(candidates)))
         if session.get_bind().dialect.name == "postgresql":
             stmt = stmt.with_for_update(skip_locked=True)
@@ -134,7 +148,6 @@ def settle_unchanged(
                 checks,
             )
     return {c["cid"] for c in checks}
-
 
 
 def defer_checks(factory: sessionmaker[Session], customer_ids: list[str], at_ms: int, *, dirty: bool = False) -> None:

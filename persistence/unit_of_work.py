@@ -3,7 +3,7 @@ engine owns the transaction (convention 3)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,7 +25,7 @@ class _unit_of_work:
         self.session.begin()
         return SqlLedgerStore(self.session)
 
-    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
+    def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if exc_type is None and self.commit:
                 self.session.commit()
@@ -35,12 +35,12 @@ class _unit_of_work:
             self.session.close()
 
 
-def unit_of_work(factory: sessionmaker[Session], *, commit: bool = True, bind: Connection | None = None) -> Callable[[], _unit_of_work]:
+def unit_of_work(
+    factory: sessionmaker[Session], *, commit: bool = True, bind: Connection | None = None
+) -> Callable[[], _unit_of_work]:
     """A unit-of-work factory for reconcile (``commit=False``: a dry run that changes nothing).
 
     ``bind``: run every unit of work on this one connection (each still its own transaction),
     as a sweep batch does, instead of checking one out of the pool, and pinging it, each time.
     """
     return lambda: _unit_of_work(factory, commit, bind)
-
-

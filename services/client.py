@@ -18,16 +18,14 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import String, and_, func, literal, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.access import Access
-from persistence.unit_of_work import unit_of_work
-from persistence.models import Grant, Identity, LedgerTransaction, Subscriber
-from persistence.ledger_store import grant_to_access
 from engine.client_flows import (
     ValidationRequest,
     client_status_refusal,
@@ -48,6 +46,9 @@ from engine.plan import Action
 from engine.ports import Cause
 from engine.reconcile import reconcile_user
 from engine.revenuecat import parse_subscriber
+from persistence.ledger_store import grant_to_access
+from persistence.models import Grant, Identity, LedgerTransaction, Subscriber
+from persistence.unit_of_work import unit_of_work
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,9 @@ def current_access(factory: sessionmaker[Session], app_user_id: str, now_ms: int
         .select_from(customer)
         .outerjoin(
             Grant,
-            and_(Grant.customer_id == customer.c.customer_id, or_(Grant.expires_ms.is_(None), Grant.expires_ms > now_ms)),
+            and_(
+                Grant.customer_id == customer.c.customer_id, or_(Grant.expires_ms.is_(None), Grant.expires_ms > now_ms)
+            ),
         )
         .order_by(Grant.resource)
     )
@@ -122,7 +125,7 @@ def _ledger_owners(factory: sessionmaker[Session], transaction_ids: Sequence[str
                 LedgerTransaction.transaction_id.in_(list(transaction_ids))
             )
         ).all()
-    return {tx_id: owner for tx_id, owner in rows}
+    return dict(rows)
 
 
 def mark_dirty(factory: sessionmaker[Session], app_user_id: str, now_ms: int) -> None:
@@ -152,15 +155,25 @@ def reconcile_from_body(
     factory = runtime.session_factory
     before = _ledger_owners(factory, tx_ids)
     outcome = reconcile_user(
-        app_user_id, provider=_Prefetched(app_user_id, body), unit_of_work=unit_of_work(factory),
-        catalog=runtime.catalog, now_ms=clock_ms(), cause=cause, policy=runtime.policy,
+        app_user_id,
+        provider=_Prefetched(app_user_id, body),
+        unit_of_work=unit_of_work(factory),
+        catalog=runtime.catalog,
+        now_ms=clock_ms(),
+        cause=cause,
+        policy=runtime.policy,
     )
     previous = moved_from(before, _ledger_owners(factory, tx_ids), outcome.customer_id)
     for owner in previous:
         try:
             reconcile_user(
-                owner, provider=provider, unit_of_work=unit_of_work(factory), catalog=runtime.catalog,
-                now_ms=clock_ms(), cause=Cause("request", f"restored-by:{outcome.customer_id}"[:255]), policy=runtime.policy,
+                owner,
+                provider=provider,
+                unit_of_work=unit_of_work(factory),
+                catalog=runtime.catalog,
+                now_ms=clock_ms(),
+                cause=Cause("request", f"restored-by:{outcome.customer_id}"[:255]),
+                policy=runtime.policy,
             )
         except (TransientError, TerminalError) as exc:
             log.warning("previous owner %s of a restored purchase left for the sweep: %s", owner, exc)
@@ -180,7 +193,9 @@ def sync_user(runtime: Any, app_user_id: str, *, clock_ms: Callable[[], int]) ->
     except TransientError:
         mark_dirty(runtime.session_factory, app_user_id, clock_ms())
         raise
-    return reconcile_from_body(runtime, app_user_id, body, provider=provider, cause=Cause("request", "sync"), clock_ms=clock_ms)
+    return reconcile_from_body(
+        runtime, app_user_id, body, provider=provider, cause=Cause("request", "sync"), clock_ms=clock_ms
+    )
 
 
 def validate_purchase(runtime: Any, payload: Any, *, clock_ms: Callable[[], int]) -> tuple[int, dict[str, Any]]:
@@ -246,7 +261,9 @@ class SyncLimiter:
         raw = self.client.get(self._key(app_user_id) + ":answer")
         return json.loads(raw) if raw else None
 
-    def run(self, app_user_id: str, sync: Callable[[], dict[str, Any]], *, wait_s: float) -> tuple[dict[str, Any], bool]:
+    def run(
+        self, app_user_id: str, sync: Callable[[], dict[str, Any]], *, wait_s: float
+    ) -> tuple[dict[str, Any], bool]:
         """(answer, reused): the last answer when recent, else ``sync()``'s, kept for the window."""
         key = self._key(app_user_id)
         cached = self.last(app_user_id)

@@ -6,8 +6,8 @@ the new mapping; a moved course run gets the old run revoked.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Collection, Sequence
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -87,8 +87,11 @@ def _check_runs_stay_unique(rows: Sequence[MappingRow], stored: dict[str, Course
     incoming = {r.mapping.resource for r in rows}
     kept = {} if replace else {row.course_run_id: row.resource for res, row in stored.items() if res not in incoming}
     problems = [
-        CsvProblem(r.line, f"course_run_id {r.mapping.course_run_id!r} is already mapped to {kept[r.mapping.course_run_id]!r} "
-                           "(not in this file; use --replace or map that resource elsewhere)")
+        CsvProblem(
+            r.line,
+            f"course_run_id {r.mapping.course_run_id!r} is already mapped to {kept[r.mapping.course_run_id]!r} "
+            "(not in this file; use --replace or map that resource elsewhere)",
+        )
         for r in rows
         if r.mapping.course_run_id in kept
     ]
@@ -98,8 +101,14 @@ def _check_runs_stay_unique(rows: Sequence[MappingRow], stored: dict[str, Course
 
 def _new_row(m: CourseMapping, now_ms: int) -> CourseMappingRow:
     return CourseMappingRow(
-        resource=m.resource, course_run_id=m.course_run_id, mode=m.mode, active=m.active,
-        expires_ms=m.expires_ms, on_revoke=m.on_revoke, expiry_enqueued=False, updated_ms=now_ms,
+        resource=m.resource,
+        course_run_id=m.course_run_id,
+        mode=m.mode,
+        active=m.active,
+        expires_ms=m.expires_ms,
+        on_revoke=m.on_revoke,
+        expiry_enqueued=False,
+        updated_ms=now_ms,
     )
 
 
@@ -107,5 +116,3 @@ def export_course_mappings(factory: sessionmaker[Session]) -> str:
     """Every mapping as CSV (the format ``import_course_mappings`` reads)."""
     with factory() as session:
         return format_mapping_csv(all_mappings(session))
-
-

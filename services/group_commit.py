@@ -40,7 +40,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -57,7 +57,7 @@ class StoreTimeout(Exception):
 
 
 class _Waiting:
-    __slots__ = ("body", "event_id", "event_type", "done", "stored", "error")
+    __slots__ = ("body", "done", "error", "event_id", "event_type", "stored")
 
     def __init__(self, body: bytes, event_id: str, event_type: str):
         self.body = body
@@ -122,7 +122,9 @@ class GroupCommitter:
             with self._ready:
                 try:
                     self._queue.remove(waiting)  # never taken: certainly not stored
-                    raise StoreTimeout(f"webhook {event_id} not stored: the writer did not reach it within {self.answer_timeout_s} s")
+                    raise StoreTimeout(
+                        f"webhook {event_id} not stored: the writer did not reach it within {self.answer_timeout_s} s"
+                    )
                 except ValueError:
                     pass  # in a batch being written: may be stored (a retry is then a duplicate)
             raise StoreTimeout(f"webhook {event_id} not answered within {self.answer_timeout_s} s")
@@ -156,7 +158,7 @@ class GroupCommitter:
                 last_size = len(batch)
             try:
                 self._write(batch)
-            except BaseException as exc:  # noqa: BLE001 - never leave a request waiting
+            except BaseException as exc:
                 # killed (GreenletExit, a gevent Timeout, SystemExit): the requests get a
                 # storage error they can answer 503 with, and the next webhook starts a writer
                 error = exc if isinstance(exc, Exception) else StoreTimeout(f"the intake's writer stopped: {exc!r}")
@@ -173,7 +175,7 @@ class GroupCommitter:
     def _settle(self) -> None:
         try:
             self.settle()
-        except Exception:  # noqa: BLE001 - only a shorter wait: the batch goes now
+        except Exception:
             log.warning("intake group commit: settle failed", exc_info=True)
         except BaseException:
             # killed while no batch is taken: the webhooks queued meanwhile go to the writer
@@ -194,7 +196,7 @@ class GroupCommitter:
     def _write(self, batch: Sequence[_Waiting]) -> None:
         try:
             results = store_webhooks(self.engine, [(w.body, w.event_id, w.event_type) for w in batch])
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if len(batch) == 1 or _unavailable(exc):
                 raise  # every request in the batch answers 503 (RevenueCat retries)
             # One row the database (or the driver) refuses must not cost the others their
@@ -209,16 +211,20 @@ class GroupCommitter:
         elif new_ids:
             try:
                 self.publish_many(new_ids)
-            except Exception:  # noqa: BLE001 - any broker failure: the rows are safe, redrive sends them
+            except Exception:
                 # One writer publishes for every request of the process: a broker that is down
                 # or hanging would hold each batch for its connect/socket timeouts, and the
                 # requests behind would time out (503) although their rows are stored. So
                 # after a failure the next batches skip the broker for a moment; the redrive
                 # enqueues their rows.
                 self._publish_paused_until = time.monotonic() + self.broker_pause_s
-                log.warning("broker unavailable; inbox rows %s wait for redrive (publishing paused %.0f s)",
-                            new_ids, self.broker_pause_s, exc_info=True)
-        for waiting, stored in zip(batch, results):
+                log.warning(
+                    "broker unavailable; inbox rows %s wait for redrive (publishing paused %.0f s)",
+                    new_ids,
+                    self.broker_pause_s,
+                    exc_info=True,
+                )
+        for waiting, stored in zip(batch, results, strict=False):
             if stored is not None:
                 waiting.stored = stored
                 waiting.done.set()
@@ -226,7 +232,7 @@ class GroupCommitter:
     def _store_alone(self, waiting: _Waiting) -> Stored | None:
         try:
             return store_webhook(self.engine, waiting.body, waiting.event_id, waiting.event_type)
-        except Exception as exc:  # noqa: BLE001 - this request's answer (503), not the batch's
+        except Exception as exc:
             waiting.error = exc
             waiting.done.set()
             return None

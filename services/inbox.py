@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -84,7 +84,12 @@ def process_inbox_event(inbox_id: int, ctx: EventProcessing, *, final_attempt: b
             )
     except TransientError as exc:
         degraded = apply_event_facts(
-            event, unit_of_work=uow, catalog=ctx.catalog, now_ms=ctx.clock_ms(), cause=Cause("degraded", cause.ref), policy=ctx.policy
+            event,
+            unit_of_work=uow,
+            catalog=ctx.catalog,
+            now_ms=ctx.clock_ms(),
+            cause=Cause("degraded", cause.ref),
+            policy=ctx.policy,
         )
         status = "degraded" if final_attempt else "retrying"
         mark_row(factory, inbox_id, status=status, last_error=str(exc)[:2000])
@@ -98,7 +103,11 @@ def process_inbox_event(inbox_id: int, ctx: EventProcessing, *, final_attempt: b
     mark_row(factory, inbox_id, status="processed", last_error=None, processed_at=utcnow())
     for outcome in outcomes:
         if outcome.unknown_products:
-            log.error("unknown products %s for %s (event %s): recorded, granting nothing",
-                      outcome.unknown_products, outcome.customer_id, event.event_id)
+            log.error(
+                "unknown products %s for %s (event %s): recorded, granting nothing",
+                outcome.unknown_products,
+                outcome.customer_id,
+                event.event_id,
+            )
             report_unknown_products(outcome.customer_id, outcome.unknown_products)
     return EventResult("processed", tuple(outcomes))

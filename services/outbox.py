@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -61,7 +61,9 @@ def drain_outbox(
     """Send due outbox rows (of one customer, or of everyone) to ``sink``, in order per group."""
     result = DrainResult()
     consecutive_failures = 0
-    for group_customer, resource in pending_groups(factory, customer_id=customer_id, now_ms=clock_ms(), limit=max_groups):
+    for group_customer, resource in pending_groups(
+        factory, customer_id=customer_id, now_ms=clock_ms(), limit=max_groups
+    ):
         while True:
             now = clock_ms()
             claim = claim_head(factory, group_customer, resource, now_ms=now, lease_ms=lease_ms)
@@ -85,14 +87,22 @@ def drain_outbox(
                 if exc.retry_after_s is not None:
                     delay = max(delay, int(exc.retry_after_s * 1000))
                 put_back(factory, claim, retry_at_ms=clock_ms() + delay, error=str(exc))
-                log.warning("outbox row %s (attempt %d) will be retried in %d ms: %s", claim.id, claim.attempts, delay, exc)
+                log.warning(
+                    "outbox row %s (attempt %d) will be retried in %d ms: %s", claim.id, claim.attempts, delay, exc
+                )
                 result.deferred += 1
                 consecutive_failures += 1
                 break
             except TerminalError as exc:
                 finish_row(factory, claim, status="failed", now_ms=clock_ms(), error=str(exc)[:2000])
-                log.error("outbox row %s failed for good (%s %s → %s): %s", claim.id, claim.username,
-                          claim.course_run_id, claim.desired, exc)
+                log.error(
+                    "outbox row %s failed for good (%s %s → %s): %s",
+                    claim.id,
+                    claim.username,
+                    claim.course_run_id,
+                    claim.desired,
+                    exc,
+                )
                 result.failed += 1
                 continue
             finish_row(factory, claim, status="done", now_ms=clock_ms())
@@ -153,8 +163,16 @@ def repair_lms_drift(
             kind = lms_drift_kind(current, desired)
             if kind is None:
                 continue
-            record_lms_repair(session, customer_id, mapping, current, desired, drift_kind=kind, now_ms=now_ms,
-                              cause_ref=f"lms-drift:{cause_ref}")
+            record_lms_repair(
+                session,
+                customer_id,
+                mapping,
+                current,
+                desired,
+                drift_kind=kind,
+                now_ms=now_ms,
+                cause_ref=f"lms-drift:{cause_ref}",
+            )
             result.drift[kind] = result.drift.get(kind, 0) + 1
     if result.drift:
         log.warning("LMS drift repaired for %s: %s", customer_id, result.drift)

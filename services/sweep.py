@@ -9,10 +9,11 @@ import concurrent.futures
 import logging
 import queue
 import threading
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from sqlalchemy import Connection
 
@@ -43,7 +44,7 @@ class BatchResult:
 def reconcile_customers(
     customer_ids: list[str],
     *,
-    runtime,  # noqa: ANN001 - services.wiring.Runtime
+    runtime,
     cause_kind: str = "sweep",
     max_wait_s: float = 20.0,
 ) -> BatchResult:
@@ -81,7 +82,10 @@ def reconcile_customers(
             waiting = []
             return []
         group, waiting = waiting[:granted], waiting[granted:]
-        return [(customer_id, runtime.fetch_pool.submit(provider.get_subscriber_reserved, customer_id)) for customer_id in group]
+        return [
+            (customer_id, runtime.fetch_pool.submit(provider.get_subscriber_reserved, customer_id))
+            for customer_id in group
+        ]
 
     in_flight = send_next_group(wait=True)
     try:
@@ -98,12 +102,14 @@ def reconcile_customers(
     metrics.append(("engine_reconciles_total", {"cause": cause_kind}, result.reconciled))
     try:
         runtime.metrics.incr_many(metrics)
-    except Exception:  # noqa: BLE001 - metrics never fail a reconcile
+    except Exception:
         log.warning("could not record metrics", exc_info=True)
     return result
 
 
-def _collect(in_flight: list[tuple[str, Future]], runtime, result: BatchResult, metrics: list) -> dict[str, Mapping[str, Any]]:  # noqa: ANN001
+def _collect(
+    in_flight: list[tuple[str, Future]], runtime, result: BatchResult, metrics: list
+) -> dict[str, Mapping[str, Any]]:
     """The bodies of one group of provider reads; failures are counted and deferred."""
     bodies: dict[str, Mapping[str, Any]] = {}
     for customer_id, future in in_flight:
@@ -122,7 +128,7 @@ class _GroupConnections:
     writer at a time, so it gets one. A connection that saw an unexpected error is given back
     to the pool (which resets or discards it) and a fresh one is checked out in its place."""
 
-    def __init__(self, runtime) -> None:  # noqa: ANN001
+    def __init__(self, runtime) -> None:
         self.runtime = runtime
         self.size = RECONCILE_OVERLAP if runtime.db.dialect.name == "postgresql" else 1
         self.free: queue.SimpleQueue[Connection | None] = queue.SimpleQueue()
@@ -131,7 +137,7 @@ class _GroupConnections:
         for _ in range(self.size):
             self.free.put(None)  # checked out on first use
 
-    def __enter__(self) -> "_GroupConnections":
+    def __enter__(self) -> _GroupConnections:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -152,7 +158,7 @@ class _GroupConnections:
                 self.open.remove(connection)
         try:
             connection.close()
-        except Exception:  # noqa: BLE001 - the pool invalidates what it cannot reset
+        except Exception:
             log.debug("closing a failed batch connection", exc_info=True)
 
     @contextmanager
@@ -175,7 +181,11 @@ class _GroupConnections:
 
 
 def _settle_group(
-    bodies: dict[str, Mapping[str, Any]], runtime, cause_kind: str, result: BatchResult, metrics: list,  # noqa: ANN001
+    bodies: dict[str, Mapping[str, Any]],
+    runtime,
+    cause_kind: str,
+    result: BatchResult,
+    metrics: list,
 ) -> None:
     now_ms = wall_clock_ms()
     snapshots = {}
@@ -188,9 +198,15 @@ def _settle_group(
     with _GroupConnections(runtime) as connections:
         try:
             with connections.one() as connection:
-                settled = settle_unchanged(runtime.session_factory, connection, snapshots, now_ms=now_ms,
-                                           policy=runtime.policy, catalog=runtime.catalog)
-        except Exception:  # noqa: BLE001 - settle them one by one instead
+                settled = settle_unchanged(
+                    runtime.session_factory,
+                    connection,
+                    snapshots,
+                    now_ms=now_ms,
+                    policy=runtime.policy,
+                    catalog=runtime.catalog,
+                )
+        except Exception:
             log.warning("could not settle unchanged customers together", exc_info=True)
             settled = set()
 
@@ -200,16 +216,20 @@ def _settle_group(
             try:
                 with connections.one() as connection:
                     return reconcile_user(
-                        customer_id, provider=_Prefetched(customer_id, bodies[customer_id]),
-                        unit_of_work=unit_of_work(runtime.session_factory, bind=connection), catalog=runtime.catalog,
-                        now_ms=wall_clock_ms(), cause=cause, policy=runtime.policy,
+                        customer_id,
+                        provider=_Prefetched(customer_id, bodies[customer_id]),
+                        unit_of_work=unit_of_work(runtime.session_factory, bind=connection),
+                        catalog=runtime.catalog,
+                        now_ms=wall_clock_ms(),
+                        cause=cause,
+                        policy=runtime.policy,
                     )
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 return exc
 
         todo = [customer_id for customer_id in bodies if customer_id in snapshots and customer_id not in settled]
         if connections.size > 1 and len(todo) > 1:
-            done = dict(zip(todo, runtime.reconcile_pool.map(reconcile_one, todo)))
+            done = dict(zip(todo, runtime.reconcile_pool.map(reconcile_one, todo), strict=False))
         else:
             done = {customer_id: reconcile_one(customer_id) for customer_id in todo}
     for customer_id in bodies:
@@ -238,7 +258,7 @@ def _settle_group(
             _repair_lms(runtime, outcome.customer_id, cause.ref, result, metrics)
 
 
-def _fail(runtime, customer_id: str, exc: Exception, result: BatchResult, metrics: list) -> None:  # noqa: ANN001
+def _fail(runtime, customer_id: str, exc: Exception, result: BatchResult, metrics: list) -> None:
     """Count a failed reconcile. Anything but a terminal error (the provider's answer cannot
     be used) leaves the customer dirty, due at once: transient errors, and unexpected ones
     (a deadlock, a lost connection, a bug), which are also logged with their traceback."""
@@ -254,7 +274,7 @@ def _fail(runtime, customer_id: str, exc: Exception, result: BatchResult, metric
         log.error("reconcile of %s failed unexpectedly (will retry at once)", customer_id, exc_info=exc)
     try:
         defer_checks(runtime.session_factory, [customer_id], wall_clock_ms(), dirty=True)
-    except Exception:  # noqa: BLE001 - its lease runs out and the sweep selects it again
+    except Exception:
         log.warning("could not mark %s dirty", customer_id, exc_info=True)
 
 
@@ -274,13 +294,13 @@ def _count_failure(result: BatchResult, metrics: list, kind: str) -> None:
     metrics.append(("engine_reconcile_failures_total", {"kind": kind}, 1))
 
 
-def _repair_lms(runtime, customer_id: str, cause_ref: str, result: BatchResult, metrics: list) -> None:  # noqa: ANN001
+def _repair_lms(runtime, customer_id: str, cause_ref: str, result: BatchResult, metrics: list) -> None:
     """LMS drift: read the customer's enrollments back and queue repairs (then drain them)."""
-    lms = repair_lms_drift(runtime.session_factory, runtime.course_sink, customer_id, now_ms=wall_clock_ms(), cause_ref=cause_ref)
+    lms = repair_lms_drift(
+        runtime.session_factory, runtime.course_sink, customer_id, now_ms=wall_clock_ms(), cause_ref=cause_ref
+    )
     for kind, n in lms.drift.items():
         result.drift[kind] = result.drift.get(kind, 0) + n  # type: ignore[index]
         metrics.append(("engine_drift_repaired_total", {"kind": kind}, n))
     if lms.drift:
         result.lms_repairs.append(customer_id)
-
-

@@ -12,19 +12,18 @@ from functools import cached_property
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from config.settings import Settings
-from persistence.database import make_engine, make_session_factory
-from adapters.embedded_redis import redis_url
-from services.inbox import EventProcessing
-from adapters.metrics import Metrics
 from adapters.access_notifications import AccessNotifier, AccessWatch
-from persistence.change_notes import install_change_notifications
+from adapters.embedded_redis import redis_url
+from adapters.metrics import Metrics
 from adapters.rate_budget import BudgetedProvider, Priority, RateBudget
 from adapters.revenuecat import RevenueCatClient
+from config.settings import Settings
 from engine.catalog import Catalog, load_catalog
-from engine.reconcile import ReconcilePolicy
 from engine.ports import CourseSink
-
+from engine.reconcile import ReconcilePolicy
+from persistence.change_notes import install_change_notifications
+from persistence.database import make_engine, make_session_factory
+from services.inbox import EventProcessing
 
 RECONCILE_OVERLAP = 2  # see Runtime.reconcile_pool
 
@@ -57,7 +56,9 @@ class Runtime:
     @cached_property
     def fetch_pool(self) -> ThreadPoolExecutor:
         """Threads the sweep reads the provider on, several at once (its latency overlaps)."""
-        return ThreadPoolExecutor(max_workers=max(1, self.settings.provider_fetch_concurrency), thread_name_prefix="provider-read")
+        return ThreadPoolExecutor(
+            max_workers=max(1, self.settings.provider_fetch_concurrency), thread_name_prefix="provider-read"
+        )
 
     @cached_property
     def reconcile_pool(self) -> ThreadPoolExecutor:
@@ -76,12 +77,12 @@ class Runtime:
         )
 
     @cached_property
-    def redis(self):  # noqa: ANN201 - redis.Redis
+    def redis(self):
         import redis
 
         return redis.Redis.from_url(redis_url(self.settings), socket_timeout=10, socket_connect_timeout=2)
 
-    def _redis_client(self, *, socket_timeout: float | None):  # noqa: ANN202 - redis.Redis
+    def _redis_client(self, *, socket_timeout: float | None):
         import redis
 
         return redis.Redis.from_url(redis_url(self.settings), socket_timeout=socket_timeout, socket_connect_timeout=2)
@@ -109,21 +110,29 @@ class Runtime:
         return BudgetedProvider(self.provider, self.budget, priority, max_wait_s=max_wait_s)
 
     @cached_property
-    def course_sink(self) -> "CourseSink | None":
+    def course_sink(self) -> CourseSink | None:
         """The LMS that course grants land in (Open edX), or None when it is not configured."""
         if not self.settings.openedx_enabled:
             return None
         from adapters.openedx import OpenEdxClient, OpenEdxSink
 
         s = self.settings
-        return OpenEdxSink(OpenEdxClient(
-            s.openedx_lms_url, client_id=s.openedx_client_id, client_secret=s.openedx_client_secret,
-            api_key=s.openedx_api_key, connect_timeout_s=s.provider_connect_timeout_s, read_timeout_s=s.provider_read_timeout_s,
-        ))
+        return OpenEdxSink(
+            OpenEdxClient(
+                s.openedx_lms_url,
+                client_id=s.openedx_client_id,
+                client_secret=s.openedx_client_secret,
+                api_key=s.openedx_api_key,
+                connect_timeout_s=s.provider_connect_timeout_s,
+                read_timeout_s=s.provider_read_timeout_s,
+            )
+        )
 
     @cached_property
     def policy(self) -> ReconcilePolicy:
-        return ReconcilePolicy(grant_sandbox=self.settings.grant_sandbox, max_staleness_ms=self.settings.max_staleness_s * 1000)
+        return ReconcilePolicy(
+            grant_sandbox=self.settings.grant_sandbox, max_staleness_ms=self.settings.max_staleness_s * 1000
+        )
 
     def event_processing(self) -> EventProcessing:
         # Events wait a little for budget (they come before the sweep), then retry later.

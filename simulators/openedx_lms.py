@@ -33,9 +33,10 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlencode
 
 from flask import Flask, Response, request
@@ -49,7 +50,7 @@ _COURSE_KEY = re.compile(rf"^(course-v1:{_KEY_PART}\+{_KEY_PART}\+{_KEY_PART}|{_
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass
@@ -117,13 +118,17 @@ class LmsState:
         with self.lock:
             self.users[username] = staff
 
-    def add_client(self, client_id: str, secret: str, *, service_user: str = "engine_worker", staff: bool = True) -> None:
+    def add_client(
+        self, client_id: str, secret: str, *, service_user: str = "engine_worker", staff: bool = True
+    ) -> None:
         """An OAuth2 application whose tokens act as ``service_user`` (global staff by default)."""
         with self.lock:
             self.clients[client_id] = (secret, service_user)
             self.users[service_user] = staff
 
-    def add_course(self, course_id: str, *, modes: tuple[str, ...] = DEFAULT_MODES, enrollment_closed: bool = False) -> None:
+    def add_course(
+        self, course_id: str, *, modes: tuple[str, ...] = DEFAULT_MODES, enrollment_closed: bool = False
+    ) -> None:
         with self.lock:
             self.courses[course_id] = Course(course_id, tuple(modes), enrollment_closed, name=course_id)
 
@@ -156,8 +161,12 @@ class LmsState:
         """Bodies of the enrollment POSTs answered 200, in order (optionally for one user)."""
         with self.lock:
             return [
-                c.body for c in self.calls
-                if c.method == "POST" and c.path.endswith("/enrollment") and c.status == 200 and c.body is not None
+                c.body
+                for c in self.calls
+                if c.method == "POST"
+                and c.path.endswith("/enrollment")
+                and c.status == 200
+                and c.body is not None
                 and (username is None or c.body.get("user") == username)
             ]
 
@@ -190,10 +199,20 @@ class LmsState:
             enrollment.mode = mode
         if is_active is not None:
             enrollment.is_active = is_active
-        if was_active and not enrollment.is_active and enrollment.mode not in FREE_MODES and caller.username is not None:
+        if (
+            was_active
+            and not enrollment.is_active
+            and enrollment.mode not in FREE_MODES
+            and caller.username is not None
+        ):
             # commerce.signals.handle_unenroll_done → refund_seat (the request has a user).
             self.refund_requests.append(
-                {"user": enrollment.username, "course_id": enrollment.course_id, "mode": enrollment.mode, "by": caller.username}
+                {
+                    "user": enrollment.username,
+                    "course_id": enrollment.course_id,
+                    "mode": enrollment.mode,
+                    "by": caller.username,
+                }
             )
 
 
@@ -212,8 +231,17 @@ def enrollment_json(state: LmsState, e: Enrollment) -> dict[str, Any]:
             "course_end": None,
             "invite_only": False,
             "course_modes": [
-                {"slug": m, "name": m.title(), "min_price": 0 if m in FREE_MODES else 49, "suggested_prices": "",
-                 "currency": "usd", "expiration_datetime": None, "description": None, "sku": None, "bulk_sku": None}
+                {
+                    "slug": m,
+                    "name": m.title(),
+                    "min_price": 0 if m in FREE_MODES else 49,
+                    "suggested_prices": "",
+                    "currency": "usd",
+                    "expiration_datetime": None,
+                    "description": None,
+                    "sku": None,
+                    "bulk_sku": None,
+                }
                 for m in course.modes
             ],
         },
@@ -242,7 +270,9 @@ def create_lms_app(state: LmsState) -> Flask:
             if scheme.lower() in {"jwt", "bearer"}:
                 username = state.user_for_token(token.strip())
                 if username is None:
-                    return _json({"detail": "Invalid token." if scheme.lower() == "bearer" else "Signature has expired."}, 401)
+                    return _json(
+                        {"detail": "Invalid token." if scheme.lower() == "bearer" else "Signature has expired."}, 401
+                    )
         if username is None and not has_key:
             return _json({"detail": "Authentication credentials were not provided."}, 401)
         return Caller(username, has_key, bool(username and state.users.get(username)))
@@ -271,8 +301,14 @@ def create_lms_app(state: LmsState) -> Flask:
             return _json({"error": "invalid_client"}, 401)
         token, _user = issued
         token_type = "JWT" if form.get("token_type", "").lower() == "jwt" else "Bearer"
-        return _json({"access_token": token, "token_type": token_type, "expires_in": state.token_lifetime_s,
-                      "scope": "read write email profile"})
+        return _json(
+            {
+                "access_token": token,
+                "token_type": token_type,
+                "expires_in": state.token_lifetime_s,
+                "scope": "read write email profile",
+            }
+        )
 
     @app.get("/api/enrollment/v1/enrollment/<path:spec>")
     def get_enrollment(spec: str) -> Response:
@@ -306,17 +342,26 @@ def create_lms_app(state: LmsState) -> Flask:
         page = int(request.args.get("page", 1))
         with state.lock:
             rows = [
-                e for e in sorted(state.enrollments.values(), key=lambda e: (e.created, e.username, e.course_id))
+                e
+                for e in sorted(state.enrollments.values(), key=lambda e: (e.created, e.username, e.course_id))
                 if (course_id is None or e.course_id == course_id) and (not usernames or e.username in usernames)
             ]
-        chunk = rows[(page - 1) * page_size: page * page_size]
+        chunk = rows[(page - 1) * page_size : page * page_size]
         base = request.base_url
         params = {k: v for k, v in request.args.items() if k != "page"}
         query = urlencode(params)
         next_url = f"{base}?{query}&page={page + 1}" if page * page_size < len(rows) else None
         prev_url = f"{base}?{query}&page={page - 1}" if page > 1 else None
-        results = [{"created": _iso(e.created), "mode": e.mode, "is_active": e.is_active, "user": e.username,
-                    "course_id": e.course_id} for e in chunk]
+        results = [
+            {
+                "created": _iso(e.created),
+                "mode": e.mode,
+                "is_active": e.is_active,
+                "user": e.username,
+                "course_id": e.course_id,
+            }
+            for e in chunk
+        ]
         return _json({"next": next_url, "previous": prev_url, "results": results})
 
     @app.post("/api/enrollment/v1/enrollment")
@@ -371,8 +416,13 @@ def _post(state: LmsState, caller: Caller, data: dict[str, Any]) -> Response:
             if caller.privileged and (mode_changed or active_changed):
                 assert existing is not None
                 if mode_changed and active_changed and not is_active:
-                    return _json({"message": f"Enrollment mode mismatch: active mode={existing.mode}, "
-                                             f"requested mode={mode}. Won't deactivate."}, 400)
+                    return _json(
+                        {
+                            "message": f"Enrollment mode mismatch: active mode={existing.mode}, "
+                            f"requested mode={mode}. Won't deactivate."
+                        },
+                        400,
+                    )
                 if mode is not None and mode not in course.modes:
                     return _mode_unavailable(mode, course)
                 state.set_state(existing, mode=mode, is_active=is_active, caller=caller)
@@ -384,10 +434,17 @@ def _post(state: LmsState, caller: Caller, data: dict[str, Any]) -> Response:
             if existing is not None and existing.is_active:
                 return _json(enrollment_json(state, existing))  # CourseEnrollmentExistsError
             if course.enrollment_closed and not force:
-                return _json({"message": "An error occurred while creating the new course enrollment for user "
-                                         f"'{username}' in course '{course_id}'"}, 400)
+                return _json(
+                    {
+                        "message": "An error occurred while creating the new course enrollment for user "
+                        f"'{username}' in course '{course_id}'"
+                    },
+                    400,
+                )
             if existing is None:
-                existing = state.enrollments[(username, course_id)] = Enrollment(username, course_id, wanted, True, state.clock())
+                existing = state.enrollments[(username, course_id)] = Enrollment(
+                    username, course_id, wanted, True, state.clock()
+                )
             else:
                 state.set_state(existing, mode=wanted, is_active=True, caller=caller)
             if is_active is not None:
@@ -396,16 +453,28 @@ def _post(state: LmsState, caller: Caller, data: dict[str, Any]) -> Response:
         finally:
             if caller.api_key:
                 current = state.enrollments.get((username, course_id))
-                state.audit_log.append({
-                    "event": "enrollment_change_requested", "course_id": course_id, "requested_mode": mode,
-                    "actual_mode": current.mode if current else None, "requested_activation": is_active,
-                    "actual_activation": current.is_active if current else None, "user": username,
-                })
+                state.audit_log.append(
+                    {
+                        "event": "enrollment_change_requested",
+                        "course_id": course_id,
+                        "requested_mode": mode,
+                        "actual_mode": current.mode if current else None,
+                        "requested_activation": is_active,
+                        "actual_activation": current.is_active if current else None,
+                        "user": username,
+                    }
+                )
 
 
 def _mode_unavailable(mode: str, course: Course) -> Response:
-    return _json({"message": f"The [{mode}] course mode is expired or otherwise unavailable for course run "
-                             f"[{course.course_id}].", "course_details": {"course_id": course.course_id}}, 400)
+    return _json(
+        {
+            "message": f"The [{mode}] course mode is expired or otherwise unavailable for course run "
+            f"[{course.course_id}].",
+            "course_details": {"course_id": course.course_id},
+        },
+        400,
+    )
 
 
 class LmsServer(ServedApp):

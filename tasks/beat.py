@@ -47,14 +47,14 @@ class BeatLock:
 class SingleBeatScheduler(PersistentScheduler):
     """PersistentScheduler that ticks only while it holds the beat lock."""
 
-    def __init__(self, *args, **kwargs):  # noqa: ANN002, ANN003
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         settings = self.app.conf.engine_settings
         self._lock = BeatLock(redis.Redis.from_url(redis_url(settings)), settings.beat_lock_ttl_s)
         self._owner = False
         self._wait_s = max(1.0, settings.beat_lock_ttl_s / 3)
 
-    def tick(self, *args, **kwargs) -> float:  # noqa: ANN002, ANN003
+    def tick(self, *args, **kwargs) -> float:
         try:
             owner = self._lock.hold()
         except redis.RedisError:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from celery import Celery
 
-from config.settings import Settings
 from adapters.embedded_redis import broker_url
+from config.settings import Settings
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -64,13 +64,29 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
     sweep_every = float(settings.sweep_interval_s)
     expire_every = 60.0
     return {
-        "redrive-inbox": {"task": "engine.redrive_inbox", "schedule": redrive_every, "options": {"expires": redrive_every}},
+        "redrive-inbox": {
+            "task": "engine.redrive_inbox",
+            "schedule": redrive_every,
+            "options": {"expires": redrive_every},
+        },
         "sweep": {"task": "engine.sweep", "schedule": sweep_every, "options": {"expires": sweep_every}},
-        "expire-grants": {"task": "engine.expire_grants", "schedule": expire_every, "options": {"expires": expire_every}},
+        "expire-grants": {
+            "task": "engine.expire_grants",
+            "schedule": expire_every,
+            "options": {"expires": expire_every},
+        },
         # LMS changes are also drained right after each event; this is the net under that.
-        **({"drain-sink-outbox": {"task": "engine.drain_sink_outbox", "schedule": float(settings.sink_drain_interval_s),
-                                  "options": {"expires": float(settings.sink_drain_interval_s)}}}
-           if settings.openedx_enabled else {}),
+        **(
+            {
+                "drain-sink-outbox": {
+                    "task": "engine.drain_sink_outbox",
+                    "schedule": float(settings.sink_drain_interval_s),
+                    "options": {"expires": float(settings.sink_drain_interval_s)},
+                }
+            }
+            if settings.openedx_enabled
+            else {}
+        ),
     }
 
 

@@ -4,31 +4,38 @@ from __future__ import annotations
 
 import logging
 import random
-from datetime import datetime, timezone
-from typing import Any, Callable
-
-from celery import Celery, Task
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import sentry_sdk
+from celery import Celery, Task
 
-from persistence.inbox import rows_to_redrive
-from services.inbox import process_inbox_event
-from persistence.outbox import enqueue_expired_mappings
-from services.outbox import drain_outbox, repair_lms_drift
-from services.wiring import runtime_for, wall_clock_ms
-from persistence.subscribers import customers_with_due_expiry, select_due
-from services.sweep import reconcile_customers
 from engine.errors import TransientError
 from engine.ports import Cause
 from engine.reconcile import reproject_customer
+from persistence.inbox import rows_to_redrive
+from persistence.outbox import enqueue_expired_mappings
+from persistence.subscribers import customers_with_due_expiry, select_due
 from persistence.unit_of_work import unit_of_work
+from services.inbox import process_inbox_event
+from services.outbox import drain_outbox, repair_lms_drift
+from services.sweep import reconcile_customers
+from services.wiring import runtime_for, wall_clock_ms
 
 log = logging.getLogger(__name__)
 
 # Options every task gets unless it overrides them, declared in one place so that a
 # misspelled option fails loudly here instead of vanishing silently.
 _KNOWN_OPTIONS = {
-    "bind", "acks_late", "max_retries", "ignore_result", "rate_limit", "queue", "time_limit", "soft_time_limit",
+    "bind",
+    "acks_late",
+    "max_retries",
+    "ignore_result",
+    "rate_limit",
+    "queue",
+    "time_limit",
+    "soft_time_limit",
 }
 
 SWEEP_QUEUE = "sweep"
@@ -62,7 +69,7 @@ def _drain_sinks_after_commit(app: Celery, settings: Any, outcomes: Any) -> None
     for customer_id in sorted({o.customer_id for o in outcomes if o.actions}):
         try:
             app.send_task("engine.drain_sink_outbox", args=(customer_id,))
-        except Exception as exc:  # noqa: BLE001 - broker down: the beat drain picks the rows up
+        except Exception as exc:
             log.warning("could not enqueue the sink drain for %s: %s", customer_id, exc)
 
 
@@ -77,7 +84,7 @@ def register(app: Celery) -> None:
             result = process_inbox_event(inbox_id, rt.event_processing(), final_attempt=final)
         except TransientError as exc:
             countdown = retry_countdown(self.request.retries, exc.retry_after_s, settings.retry_backoff_max_s)
-            raise self.retry(exc=exc, countdown=countdown)
+            raise self.retry(exc=exc, countdown=countdown) from exc
         _drain_sinks_after_commit(self.app, settings, result.outcomes)
         return result.status
 
@@ -89,7 +96,7 @@ def register(app: Celery) -> None:
             rt.session_factory,
             older_than_s=settings.redrive_after_s,
             stuck_processing_s=max(settings.redrive_after_s, 300),
-            now=datetime.now(timezone.utc),
+            now=datetime.now(UTC),
         )
         for inbox_id in ids:
             self.app.send_task("engine.process_event", args=(inbox_id,))
@@ -106,7 +113,7 @@ def register(app: Celery) -> None:
         allowance = rt.budget.limit_for("sweep") * interval_s // 60
         ids = select_due(rt.session_factory, now_ms=wall_clock_ms(), limit=allowance, lease_ms=SWEEP_LEASE_MS)
         for start in range(0, len(ids), SWEEP_CHUNK):
-            self.app.send_task("engine.reconcile_batch", args=(ids[start:start + SWEEP_CHUNK],), queue=SWEEP_QUEUE)
+            self.app.send_task("engine.reconcile_batch", args=(ids[start : start + SWEEP_CHUNK],), queue=SWEEP_QUEUE)
         rt.metrics.incr("engine_sweep_selected_total", amount=len(ids))
         return len(ids)
 
@@ -116,8 +123,13 @@ def register(app: Celery) -> None:
         result = reconcile_customers(list(customer_ids), runtime=runtime_for(settings))
         for customer_id in result.lms_repairs:  # LMS repairs were queued after their commit: send them
             app.send_task("engine.drain_sink_outbox", kwargs={"customer_id": customer_id})
-        return {"reconciled": result.reconciled, "changed": result.changed, "drift": result.drift,
-                "failed": result.failed, "deferred": len(result.deferred or [])}
+        return {
+            "reconciled": result.reconciled,
+            "changed": result.changed,
+            "drift": result.drift,
+            "failed": result.failed,
+            "deferred": len(result.deferred or []),
+        }
 
     @_task(app, "engine.expire_grants")
     @sentry_sdk.monitor(monitor_slug="engine-expire-grants")
@@ -127,8 +139,14 @@ def register(app: Celery) -> None:
         now = wall_clock_ms()
         changed = 0
         for customer_id in customers_with_due_expiry(rt.session_factory, now_ms=now):
-            actions = reproject_customer(customer_id, unit_of_work=unit_of_work(rt.session_factory), catalog=rt.catalog,
-                                         now_ms=now, cause=Cause("expiry"), policy=rt.policy)
+            actions = reproject_customer(
+                customer_id,
+                unit_of_work=unit_of_work(rt.session_factory),
+                catalog=rt.catalog,
+                now_ms=now,
+                cause=Cause("expiry"),
+                policy=rt.policy,
+            )
             changed += len(actions)
         return changed
 
@@ -140,10 +158,19 @@ def register(app: Celery) -> None:
             return 0
         if customer_id is None:
             enqueue_expired_mappings(rt.session_factory, now_ms=wall_clock_ms())
-        result = drain_outbox(rt.session_factory, rt.course_sink, clock_ms=wall_clock_ms, customer_id=customer_id,
-                              backoff_cap_ms=settings.sink_retry_backoff_max_s * 1000)
-        if customer_id is not None and result.deferred and result.next_attempt_ms is not None \
-                and self.request.retries < self.max_retries:
+        result = drain_outbox(
+            rt.session_factory,
+            rt.course_sink,
+            clock_ms=wall_clock_ms,
+            customer_id=customer_id,
+            backoff_cap_ms=settings.sink_retry_backoff_max_s * 1000,
+        )
+        if (
+            customer_id is not None
+            and result.deferred
+            and result.next_attempt_ms is not None
+            and self.request.retries < self.max_retries
+        ):
             raise self.retry(countdown=max(1.0, (result.next_attempt_ms - wall_clock_ms()) / 1000))
         return result.sent
 

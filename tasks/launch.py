@@ -7,22 +7,41 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping
 
 from config.settings import PROJECT_ROOT
 
 
 @contextmanager
-def celery_worker(env: Mapping[str, str], instance_path: Path, *, concurrency: int = 1, log_path: Path | None = None) -> Iterator[subprocess.Popen]:
+def celery_worker(
+    env: Mapping[str, str], instance_path: Path, *, concurrency: int = 1, log_path: Path | None = None
+) -> Iterator[subprocess.Popen]:
     """A ``celery worker`` process (prefork, queues celery and sweep); stopped on exit."""
-    log = open(log_path or instance_path / "worker.log", "ab")
+    log = open(log_path or instance_path / "worker.log", "ab")  # noqa: SIM115 - held for the worker's life, closed on exit
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker", "--pool=prefork", f"--concurrency={concurrency}",
-         "--loglevel=INFO", "--without-mingle", "--without-gossip", "-Q", "celery,sweep",
-         "-n", f"w{os.getpid()}-{time.monotonic_ns()}@%h"],
-        cwd=PROJECT_ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tasks.worker",
+            "worker",
+            "--pool=prefork",
+            f"--concurrency={concurrency}",
+            "--loglevel=INFO",
+            "--without-mingle",
+            "--without-gossip",
+            "-Q",
+            "celery,sweep",
+            "-n",
+            f"w{os.getpid()}-{time.monotonic_ns()}@%h",
+        ],
+        cwd=PROJECT_ROOT,
+        env=dict(env),
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         yield proc

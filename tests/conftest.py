@@ -3,16 +3,16 @@ default; PostgreSQL and a real Redis when DATABASE_URL / REDIS_URL are set), cle
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import redis as redis_lib
 from sqlalchemy import delete
 
+from adapters.embedded_redis import redis_url
 from config.settings import Settings
 from persistence.database import make_engine, upgrade_database
-from adapters.embedded_redis import redis_url
 from persistence.models import Base
 from services.wiring import Runtime, runtime_for
 
@@ -81,7 +81,7 @@ def clean_state(base_settings: Settings) -> Iterator[None]:
             conn.execute(delete(table))
     engine.dispose()
     redis_lib.Redis.from_url(redis_url(base_settings)).flushdb()
-    yield
+    return
 
 
 @pytest.fixture
@@ -142,18 +142,23 @@ _sentry_ready = False
 @pytest.fixture
 def sentry_events() -> CapturingTransport:
     """Sentry initialised once per session with a local transport; emptied for each test."""
-    global _sentry_ready
+    global _sentry_ready  # noqa: PLW0603 - once per process
     import sentry_sdk
     from sentry_sdk.transport import Transport
 
     if not _sentry_ready:
+
         class LocalTransport(Transport):
-            def capture_envelope(self, envelope) -> None:  # noqa: ANN001
+            def capture_envelope(self, envelope) -> None:
                 _CAPTURED.envelopes.append(envelope)
 
         # A DSN on a reserved, unroutable name: the transport above never sends anything.
-        sentry_sdk.init(dsn="https://public@sentry.invalid/1", transport=LocalTransport(),
-                        default_integrations=False, traces_sample_rate=0.0)
+        sentry_sdk.init(
+            dsn="https://public@sentry.invalid/1",
+            transport=LocalTransport(),
+            default_integrations=False,
+            traces_sample_rate=0.0,
+        )
         _sentry_ready = True
     _CAPTURED.envelopes.clear()
     return _CAPTURED

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
-from config.settings import PROJECT_ROOT, Settings
 from adapters.embedded_redis import redis_url
+from config.settings import PROJECT_ROOT, Settings
 from tasks.launch import celery_worker as _launch_worker
 
 T = TypeVar("T")
@@ -23,7 +24,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def wait_for(predicate: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> T:
+def wait_for(
+    predicate: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"
+) -> T:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -34,6 +37,6 @@ def wait_for(predicate: Callable[[], T], *, timeout: float = 20.0, interval: flo
         time.sleep(interval)
 
 
-def celery_worker(settings: Settings, *, concurrency: int = 1, log_path=None):  # noqa: ANN001, ANN201
+def celery_worker(settings: Settings, *, concurrency: int = 1, log_path=None):
     """A real ``celery worker`` process on the configured broker (see tasks.launch)."""
     return _launch_worker(settings_env(settings), settings.instance_path, concurrency=concurrency, log_path=log_path)

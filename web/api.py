@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
-from services.client import AccessView, current_access
 from adapters.access_notifications import wait_for_change
-from services.wiring import wall_clock_ms
 from engine.client_flows import InvalidRequest, access_entries, access_version, app_user_id_problem, iso_ms, parse_wait
+from services.client import AccessView, current_access
+from services.wiring import wall_clock_ms
 from web.auth import require_user_access
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
@@ -17,7 +17,7 @@ __all__ = ["bp", "iso_ms"]
 
 @bp.get("/users/<path:app_user_id>/access")
 @require_user_access
-def user_access(app_user_id: str):  # noqa: ANN201
+def user_access(app_user_id: str):
     """Current access; ``?wait=N`` (≤ 30 s) long-polls until it differs from ``since`` (an
     earlier answer's ETag) or, without ``since``, from what it was when the request came in."""
     if problem := app_user_id_problem(app_user_id):

@@ -31,7 +31,8 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     app.register_blueprint(intake.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
-    from web import purchases, sync, openapi  # noqa: E402 - client flows (issue 5)
+    from web import openapi, purchases, sync
+
     app.register_blueprint(purchases.bp)
     app.register_blueprint(sync.bp)
     app.register_blueprint(openapi.bp)
@@ -41,19 +42,19 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     intake.intake_engine(app.extensions["engine_runtime"])
 
     @app.errorhandler(413)
-    def too_large(_exc):  # noqa: ANN001, ANN202
+    def too_large(_exc):
         return jsonify(error="payload_too_large", message=f"body exceeds {settings.webhook_max_bytes} bytes"), 413
 
     @app.errorhandler(400)
-    def bad_request(exc):  # noqa: ANN001, ANN202
+    def bad_request(exc):
         return jsonify(error="bad_request", message=getattr(exc, "description", None) or "bad request"), 400
 
     @app.errorhandler(404)
-    def not_found(_exc):  # noqa: ANN001, ANN202
+    def not_found(_exc):
         return jsonify(error="not_found", message="no such route"), 404
 
     @app.errorhandler(405)
-    def not_allowed(exc):  # noqa: ANN001, ANN202
+    def not_allowed(exc):
         # RFC 9110: a 405 lists the methods the route supports.
         allow = ", ".join(sorted(getattr(exc, "valid_methods", None) or []))
         return jsonify(error="method_not_allowed", message="method not allowed on this route"), 405, {"Allow": allow}

@@ -15,14 +15,15 @@ something only the operator may do. Both answer ``{"error", "message"}``.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
-from typing import Any, Callable
+from typing import Any
 
 from flask import current_app, g, jsonify, request
 
-from services.wiring import wall_clock_ms
 from engine.client_flows import TokenRefused, is_user_token, verify_user_token
+from services.wiring import wall_clock_ms
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class Refused(Exception):
         super().__init__(message)
         self.status, self.error, self.message = status, error, message
 
-    def response(self):  # noqa: ANN201
+    def response(self):
         response = jsonify(error=self.error, message=self.message)
         response.status_code = self.status
         if self.status == 401:

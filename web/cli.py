@@ -7,11 +7,11 @@ import json
 import click
 from flask import Flask, current_app
 
+from engine.ports import Cause
+from engine.reconcile import reconcile_user
 from persistence.database import upgrade_database
 from persistence.unit_of_work import unit_of_work
 from services.wiring import wall_clock_ms
-from engine.ports import Cause
-from engine.reconcile import reconcile_user
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -26,8 +26,8 @@ def parse_duration_s(text: str) -> int:
     raise click.BadParameter(f"{text!r} is not a duration like 90s, 15m, 24h or 7d")
 
 
-def _describe(action) -> str:  # noqa: ANN001
-    def side(access) -> str:  # noqa: ANN001
+def _describe(action) -> str:
+    def side(access) -> str:
         if access is None:
             return "-"
         from web.api import iso_ms
@@ -59,12 +59,16 @@ def register(app: Flask) -> None:
             cause=Cause("operator", "cli"),
             policy=rt.policy,
         )
-        click.echo(json.dumps({
-            "customer_id": outcome.customer_id,
-            "changes": [{"action": a.kind, "resource": a.resource} for a in outcome.actions],
-            "unknown_products": list(outcome.unknown_products),
-        }, indent=2))
-
+        click.echo(
+            json.dumps(
+                {
+                    "customer_id": outcome.customer_id,
+                    "changes": [{"action": a.kind, "resource": a.resource} for a in outcome.actions],
+                    "unknown_products": list(outcome.unknown_products),
+                },
+                indent=2,
+            )
+        )
 
     @app.cli.command("reconcile-all")
     @click.option("--chunk", default=100, show_default=True, help="customers per database page")
@@ -109,12 +113,28 @@ def register(app: Flask) -> None:
         rows = drift_report(rt.session_factory, since_ms=since_ms, until_ms=until_ms)
         examples = drift_examples(rt.session_factory, since_ms=since_ms, until_ms=until_ms)
         if as_json:
-            click.echo(json.dumps({
-                "since_ms": since_ms, "until_ms": until_ms,
-                "kinds": [{"drift_kind": r.drift_kind, "repairs": r.repairs, "customers": r.customers} for r in rows],
-                "examples": [{"at_ms": e.at_ms, "customer_id": e.customer_id, "resource": e.resource,
-                              "action": e.action, "drift_kind": e.drift_kind} for e in examples],
-            }, indent=2))
+            click.echo(
+                json.dumps(
+                    {
+                        "since_ms": since_ms,
+                        "until_ms": until_ms,
+                        "kinds": [
+                            {"drift_kind": r.drift_kind, "repairs": r.repairs, "customers": r.customers} for r in rows
+                        ],
+                        "examples": [
+                            {
+                                "at_ms": e.at_ms,
+                                "customer_id": e.customer_id,
+                                "resource": e.resource,
+                                "action": e.action,
+                                "drift_kind": e.drift_kind,
+                            }
+                            for e in examples
+                        ],
+                    },
+                    indent=2,
+                )
+            )
             return
         click.echo(f"drift repaired between {since} ago and {until} ago")
         if not rows:
@@ -143,8 +163,15 @@ def register(app: Flask) -> None:
         provider = rt.budgeted_provider("sweep", max_wait_s=60)
         would_change = 0
         for customer_id in ids:
-            outcome = reconcile_user(customer_id, provider=provider, unit_of_work=unit_of_work(rt.session_factory, commit=False),
-                                     catalog=rt.catalog, now_ms=now, cause=Cause("sweep"), policy=rt.policy)
+            outcome = reconcile_user(
+                customer_id,
+                provider=provider,
+                unit_of_work=unit_of_work(rt.session_factory, commit=False),
+                catalog=rt.catalog,
+                now_ms=now,
+                cause=Cause("sweep"),
+                policy=rt.policy,
+            )
             for action in outcome.actions:
                 would_change += 1
                 click.echo(f"{customer_id}: {_describe(action)} [{action.drift_kind}]")
@@ -158,28 +185,36 @@ def register(app: Flask) -> None:
     @click.argument("csv_file", type=click.File("r", encoding="utf-8-sig"))
     @click.option("--replace", is_flag=True, help="delete mappings the file does not list")
     @click.option("--dry-run", is_flag=True, help="validate and report, write nothing")
-    def import_mappings(csv_file, replace: bool, dry_run: bool) -> None:  # noqa: ANN001
+    def import_mappings(csv_file, replace: bool, dry_run: bool) -> None:
         """Validate every row, then import all of them in one transaction (or none)."""
-        from services.course_mappings import import_course_mappings
         from engine.course_mapping_csv import MappingCsvError
+        from services.course_mappings import import_course_mappings
 
         rt = current_app.extensions["engine_runtime"]
         known = {g.resource for product in rt.catalog.products.values() for g in product.grants}
         try:
-            result = import_course_mappings(rt.session_factory, csv_file.read(), known_resources=known, replace=replace,
-                                            now_ms=wall_clock_ms(), dry_run=dry_run)
+            result = import_course_mappings(
+                rt.session_factory,
+                csv_file.read(),
+                known_resources=known,
+                replace=replace,
+                now_ms=wall_clock_ms(),
+                dry_run=dry_run,
+            )
         except MappingCsvError as exc:
             for problem in exc.problems:
                 click.echo(f"{csv_file.name}: {problem}", err=True)
-            raise click.ClickException(f"{len(exc.problems)} problem(s): nothing imported")
+            raise click.ClickException(f"{len(exc.problems)} problem(s): nothing imported") from None
         prefix = "dry run: would import" if dry_run else "imported"
-        click.echo(f"{prefix}: {len(result.created)} created, {len(result.updated)} updated, "
-                   f"{len(result.deleted)} deleted, {result.unchanged} unchanged; "
-                   f"{result.enqueued} LMS change(s) for existing holders")
+        click.echo(
+            f"{prefix}: {len(result.created)} created, {len(result.updated)} updated, "
+            f"{len(result.deleted)} deleted, {result.unchanged} unchanged; "
+            f"{result.enqueued} LMS change(s) for existing holders"
+        )
 
     @course_mappings.command("export")
     @click.argument("csv_file", type=click.File("w", encoding="utf-8"), default="-")
-    def export_mappings(csv_file) -> None:  # noqa: ANN001
+    def export_mappings(csv_file) -> None:
         """Write every mapping as CSV (to stdout by default); importing it back changes nothing."""
         from services.course_mappings import export_course_mappings
 
@@ -200,5 +235,7 @@ def register(app: Flask) -> None:
         with rt.session_factory() as session, session.begin():
             if username or clear:
                 set_lms_username(session, app_user_id, None if clear else username)
-            customer_id = session.scalar(select(Identity.customer_id).where(Identity.app_user_id == app_user_id)) or app_user_id
+            customer_id = (
+                session.scalar(select(Identity.customer_id).where(Identity.app_user_id == app_user_id)) or app_user_id
+            )
             click.echo(f"{app_user_id}: LMS username {lms_username(session, customer_id)!r}")

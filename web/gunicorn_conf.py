@@ -10,7 +10,7 @@ import socket
 from web.greenlets import serve_requests, wait_until_idle
 
 
-def on_starting(server) -> None:  # noqa: ANN001
+def on_starting(server) -> None:
     """Before the master opens any socket: have each worker listen on its own (SO_REUSEPORT),
     so that the kernel spreads new connections over the workers, when that is safe.
 
@@ -36,7 +36,7 @@ def on_starting(server) -> None:  # noqa: ANN001
         cfg.set("reuse_port", True)
 
 
-def on_reload(server) -> None:  # noqa: ANN001
+def on_reload(server) -> None:
     """A HUP reload reads the configuration again (``reuse_port`` back to its default) but
     keeps the master's sockets, of which there are none when each worker has its own: keep the
     mode chosen at start, or the new workers would listen nowhere."""
@@ -75,7 +75,7 @@ YIELD_MAX_S = 0.005
 _yield_between_requests = False  # set in each gevent worker by post_worker_init
 
 
-def pre_request(worker, req) -> None:  # noqa: ANN001
+def pre_request(worker, req) -> None:
     """Under gevent, before each request: let what else is waiting in the worker run first,
     until its event loop has nothing else to do, YIELD_MAX_S at most.
 
@@ -91,7 +91,7 @@ def pre_request(worker, req) -> None:  # noqa: ANN001
         wait_until_idle(YIELD_MAX_S)
 
 
-def post_worker_init(worker) -> None:  # noqa: ANN001
+def post_worker_init(worker) -> None:
     """Once the worker has loaded the app: move everything allocated so far (about 100k objects:
     Flask, SQLAlchemy, Celery, kombu, the app) out of the garbage collector's reach.
 
@@ -100,7 +100,7 @@ def post_worker_init(worker) -> None:  # noqa: ANN001
     a few times a minute under load (measured: bench/intake.py). After the freeze a full
     collection walks only what requests left behind. Collected first, so that no garbage from
     start-up is kept for the worker's life. Under gevent, also turns on pre_request's yield."""
-    global _yield_between_requests
+    global _yield_between_requests  # noqa: PLW0603 - once per process
     _yield_between_requests = serve_requests()
     gc.collect()
     gc.freeze()

@@ -19,18 +19,19 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from persistence.database import make_engine
-from services.group_commit import GroupCommitter, StoreTimeout
-from persistence.inbox import store_webhook
-from engine.revenuecat import MalformedEvent, envelope_key
 from adapters.task_publisher import publisher_for
+from engine.revenuecat import MalformedEvent, envelope_key
+from persistence.database import make_engine
+from persistence.inbox import store_webhook
+from services.group_commit import GroupCommitter, StoreTimeout
 from web.greenlets import serve_requests, wait_until_idle
 
 log = logging.getLogger(__name__)
 bp = Blueprint("intake", __name__)
 
+
 @bp.post("/webhooks/revenuecat")
-def revenuecat_webhook():  # noqa: ANN201
+def revenuecat_webhook():
     settings = current_app.config["ENGINE_SETTINGS"]
     expected = settings.revenuecat_webhook_auth
     if not expected:
@@ -68,7 +69,7 @@ def revenuecat_webhook():  # noqa: ANN201
     if stored.enqueue and committer is None:
         try:
             publisher_for(current_app).publish(stored.inbox_id)
-        except Exception:  # noqa: BLE001 - any broker failure: the row is safe, redrive sends it
+        except Exception:
             log.warning("broker unavailable; inbox row %s waits for redrive", stored.inbox_id, exc_info=True)
     return _stored_answer(stored.status, stored.duplicate, stored.inbox_id)
 
@@ -86,7 +87,7 @@ _engines: dict[tuple[int, str], Engine] = {}
 _engines_lock = threading.Lock()
 
 
-def intake_engine(runtime) -> Engine:  # noqa: ANN001
+def intake_engine(runtime) -> Engine:
     """The engine the intake stores with: on PostgreSQL one per process and database, in
     AUTOCOMMIT (store_webhook's single INSERT commits by itself: no BEGIN/COMMIT round trips,
     no switching per checkout) and without ``pool_pre_ping``, whose ``SELECT 1`` per checkout
@@ -108,7 +109,7 @@ def intake_engine(runtime) -> Engine:  # noqa: ANN001
 _committers_lock = threading.Lock()
 
 
-def group_committer(app) -> GroupCommitter | None:  # noqa: ANN001
+def group_committer(app) -> GroupCommitter | None:
     """This process's group committer, when webhooks are served concurrently by greenlets
     (gunicorn's gevent worker, the Procfile's) and stored in PostgreSQL; otherwise None and
     each webhook is stored and enqueued on its own. Under sync workers there is never a second

@@ -40,7 +40,12 @@ def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str,
     return _json(_ref("Error"), description, headers)
 
 
-RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again.", "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again.",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }
+}
 
 APP_USER_ID = {
     "name": "app_user_id",
@@ -118,7 +123,10 @@ SCHEMAS: dict[str, Any] = {
             "access": {"type": "array", "items": _ref("Access")},
             "changes": {"type": "array", "items": _ref("Change"), "description": "What the sync changed."},
             "synced_at": {"type": "string", "format": "date-time", "description": "When the provider was read."},
-            "reused": {"type": "boolean", "description": "true: a sync of the last few seconds was reused (access is read now)."},
+            "reused": {
+                "type": "boolean",
+                "description": "true: a sync of the last few seconds was reused (access is read now).",
+            },
             "previous_owners_reconciled": {
                 "type": "integer",
                 "minimum": 0,
@@ -199,8 +207,15 @@ SCHEMAS: dict[str, Any] = {
             "reason": {
                 "type": "string",
                 "examples": [
-                    "purchase_pending", "purchase_not_completed", "unknown_product", "invalid_receipt", "receipt_in_use",
-                    "not_granted", "sandbox_purchase", "provider_unavailable", "invalid_request",
+                    "purchase_pending",
+                    "purchase_not_completed",
+                    "unknown_product",
+                    "invalid_receipt",
+                    "receipt_in_use",
+                    "not_granted",
+                    "sandbox_purchase",
+                    "provider_unavailable",
+                    "invalid_request",
                 ],
             },
             "error": {"type": "string"},
@@ -211,7 +226,14 @@ SCHEMAS: dict[str, Any] = {
     },
     "TokenRequest": {
         "type": "object",
-        "properties": {"ttl_s": {"type": "integer", "minimum": MIN_USER_TOKEN_TTL_S, "maximum": MAX_USER_TOKEN_TTL_S, "default": 900}},
+        "properties": {
+            "ttl_s": {
+                "type": "integer",
+                "minimum": MIN_USER_TOKEN_TTL_S,
+                "maximum": MAX_USER_TOKEN_TTL_S,
+                "default": 900,
+            }
+        },
     },
     "TokenAnswer": {
         "type": "object",
@@ -250,7 +272,11 @@ SCHEMAS: dict[str, Any] = {
     "WebhookMalformed": {
         "type": "object",
         "required": ["error", "message"],
-        "properties": {"error": {"type": "string"}, "message": {"type": "string"}, "inbox_id": {"type": ["integer", "null"]}},
+        "properties": {
+            "error": {"type": "string"},
+            "message": {"type": "string"},
+            "inbox_id": {"type": ["integer", "null"]},
+        },
     },
 }
 
@@ -262,7 +288,7 @@ PATHS: dict[str, Any] = {
             "security": [{"webhookAuth": []}],
             "requestBody": {
                 "required": True,
-                "description": "A RevenueCat webhook (`{\"api_version\", \"event\": {\"id\", \"type\", ...}}`), at most 256 KiB.",
+                "description": 'A RevenueCat webhook (`{"api_version", "event": {"id", "type", ...}}`), at most 256 KiB.',
                 "content": {JSON: {"schema": _ref("WebhookBody")}},
             },
             "responses": {
@@ -301,7 +327,12 @@ PATHS: dict[str, Any] = {
                 "200": _json(
                     _ref("AccessAnswer"),
                     "Current access (the access changed, or `wait` ran out).",
-                    {"ETag": {"description": "Version of this access list (pass it as `since`).", "schema": {"type": "string"}}},
+                    {
+                        "ETag": {
+                            "description": "Version of this access list (pass it as `since`).",
+                            "schema": {"type": "string"},
+                        }
+                    },
                 ),
                 "400": _error("Invalid app_user_id or wait."),
                 **NO_SUCH_USER_PATH,
@@ -323,7 +354,10 @@ PATHS: dict[str, Any] = {
                 **NO_SUCH_USER_PATH,
                 **AUTH_REFUSALS,
                 "502": _error("The provider refused this user id."),
-                "503": _error("The provider (or its budget, or the database) cannot serve now; the user is synced soon.", RETRY_AFTER),
+                "503": _error(
+                    "The provider (or its budget, or the database) cannot serve now; the user is synced soon.",
+                    RETRY_AFTER,
+                ),
             },
         }
     },
@@ -353,11 +387,15 @@ PATHS: dict[str, Any] = {
             "requestBody": {"required": True, "content": {JSON: {"schema": _ref("ValidationRequest")}}},
             "responses": {
                 "200": _json(_ref("ValidationSuccess"), "Access granted: acknowledge the purchase."),
-                "202": _json(_ref("ValidationRefusal"), "Pending (Android PENDING, iOS Ask to Buy): nothing granted yet."),
+                "202": _json(
+                    _ref("ValidationRefusal"), "Pending (Android PENDING, iOS Ask to Buy): nothing granted yet."
+                ),
                 "400": _json(_ref("ValidationRefusal"), "Malformed payload (`problems` names each field)."),
                 **AUTH_REFUSALS,
                 "413": _error("Body too large."),
-                "422": _json(_ref("ValidationRefusal"), "Refused (invalid receipt, unknown product, nothing granted...)."),
+                "422": _json(
+                    _ref("ValidationRefusal"), "Refused (invalid receipt, unknown product, nothing granted...)."
+                ),
                 "503": _json(_ref("ValidationRefusal"), "Cannot check now: validate again later.", RETRY_AFTER),
             },
         }
@@ -367,7 +405,11 @@ PATHS: dict[str, Any] = {
             "operationId": "healthz",
             "summary": "Liveness.",
             "security": [],
-            "responses": {"200": _json({"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}}, "Alive.")},
+            "responses": {
+                "200": _json(
+                    {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}}, "Alive."
+                )
+            },
         }
     },
     "/readyz": {
@@ -396,7 +438,12 @@ PATHS: dict[str, Any] = {
             "operationId": "metrics",
             "summary": "Prometheus metrics.",
             "security": [],
-            "responses": {"200": {"description": "Prometheus text format.", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            "responses": {
+                "200": {
+                    "description": "Prometheus text format.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
         }
     },
     "/openapi.json": {
@@ -420,7 +467,11 @@ SPEC: dict[str, Any] = {
     "components": {
         "schemas": SCHEMAS,
         "securitySchemes": {
-            "apiToken": {"type": "http", "scheme": "bearer", "description": "`Authorization: Bearer <API_TOKEN>` (the operator)."},
+            "apiToken": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "`Authorization: Bearer <API_TOKEN>` (the operator).",
+            },
             "userToken": {
                 "type": "http",
                 "scheme": "bearer",
@@ -446,5 +497,5 @@ def flask_rule_to_path(rule: str) -> str:
 
 
 @bp.get("/openapi.json")
-def openapi_document():  # noqa: ANN201
+def openapi_document():
     return jsonify(SPEC)

@@ -15,17 +15,17 @@ import math
 from flask import Blueprint, current_app, g, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from services.client import validate_purchase
-from services.wiring import wall_clock_ms
 from engine.client_flows import InvalidRequest, Refusal, invalid_request_answer, refusal_answer
 from engine.errors import TransientError
+from services.client import validate_purchase
+from services.wiring import wall_clock_ms
 from web.auth import Refused, check_user, require_caller
 
 log = logging.getLogger(__name__)
 bp = Blueprint("purchases", __name__, url_prefix="/v1")
 
 
-def unavailable(reason: str, message: str, retry_after_s: float | None):  # noqa: ANN201
+def unavailable(reason: str, message: str, retry_after_s: float | None):
     """503 ``acknowledged: false, retryable: true`` with a Retry-After (whole seconds, ≥ 1)."""
     response = jsonify(refusal_answer(Refusal(reason, message, retryable=True)))
     response.status_code = 503
@@ -35,7 +35,7 @@ def unavailable(reason: str, message: str, retry_after_s: float | None):  # noqa
 
 @bp.post("/purchases/validate")
 @require_caller
-def validate():  # noqa: ANN201
+def validate():
     payload = request.get_json(silent=True)
     if isinstance(payload, dict) and isinstance(payload.get("app_user_id"), str):
         try:
@@ -52,12 +52,14 @@ def validate():  # noqa: ANN201
         return invalid(exc)
     except TransientError as exc:
         log.info("validation deferred: %s", exc)
-        return unavailable("provider_unavailable", "the purchase could not be checked now; try again", exc.retry_after_s)
+        return unavailable(
+            "provider_unavailable", "the purchase could not be checked now; try again", exc.retry_after_s
+        )
     except SQLAlchemyError:
         log.exception("validation could not be recorded")
         return unavailable("storage_unavailable", "the purchase could not be recorded now; try again", 5)
     return jsonify(answer), status
 
 
-def invalid(exc: InvalidRequest):  # noqa: ANN201
+def invalid(exc: InvalidRequest):
     return jsonify(invalid_request_answer(exc)), 400

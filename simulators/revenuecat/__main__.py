@@ -11,6 +11,7 @@ webhook URL, every operation's webhook is delivered as it happens unless ``--no-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from simulators.revenuecat.server import SimulatorServer
@@ -30,7 +31,9 @@ def _entitlement_map(pairs: list[str]) -> dict[str, list[str]] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m simulators.revenuecat", description="RevenueCat provider simulator")
+    parser = argparse.ArgumentParser(
+        prog="python -m simulators.revenuecat", description="RevenueCat provider simulator"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8111)
     parser.add_argument("--api-key", default="sk_sim", help="secret key expected as 'Authorization: Bearer <key>'")
@@ -58,10 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         auto_deliver=bool(args.webhook_url) and not args.no_auto_deliver,
     )
     print(f"RevenueCat simulator: API {server.url}/v1, admin {server.url}/_sim/", file=sys.stderr, flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

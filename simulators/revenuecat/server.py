@@ -25,8 +25,8 @@ import requests
 from flask import Flask, Response, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 
-from simulators.serving import ServedApp
 from simulators.revenuecat.state import ERROR_BAD_REQUEST, ProviderState, SimulatorError
+from simulators.serving import ServedApp
 
 WEBHOOK_TIMEOUT = (2, 10)  # (connect, read) seconds
 _RATE_LIMIT_DOC_URL = "https://errors.rev.cat/rate-limit-error"
@@ -220,8 +220,12 @@ class SimulatorServer(ServedApp):
         self.auto_deliver = auto_deliver
         self.delivery_log: list[Delivery] = []
         self._log_lock = threading.Lock()
-        super().__init__(create_simulator_app(self.state, api_key=api_key, deliver=self.deliver),
-                         host=host, port=port, name="revenuecat-simulator")
+        super().__init__(
+            create_simulator_app(self.state, api_key=api_key, deliver=self.deliver),
+            host=host,
+            port=port,
+            name="revenuecat-simulator",
+        )
 
     def start(self) -> Self:
         """Serve in a daemon thread; returns self."""
@@ -271,7 +275,7 @@ class SimulatorServer(ServedApp):
             self.deliver(event_body)
         except requests.RequestException:
             pass  # deliver() has recorded it
-        except Exception as exc:  # noqa: BLE001 - recorded, by contract
+        except Exception as exc:
             self._log(Delivery(*_event_identity(event_body), None, repr(exc), int(time.time() * 1000)))
 
     def _log(self, delivery: Delivery) -> None:

@@ -4,11 +4,11 @@ import threading
 
 from sqlalchemy import func, select
 
-from persistence.unit_of_work import unit_of_work
-from persistence.models import AuditEntry, Grant
-from services.wiring import wall_clock_ms
 from engine.ports import Cause
 from engine.reconcile import reconcile_user
+from persistence.models import AuditEntry, Grant
+from persistence.unit_of_work import unit_of_work
+from services.wiring import wall_clock_ms
 
 
 def test_parallel_reconciles_of_one_customer_grant_once(runtime, simulator):
@@ -20,9 +20,16 @@ def test_parallel_reconciles_of_one_customer_grant_once(runtime, simulator):
     def reconcile(kind: str) -> None:
         try:
             barrier.wait()
-            reconcile_user("alice", provider=runtime.provider, unit_of_work=unit_of_work(runtime.session_factory),
-                           catalog=runtime.catalog, now_ms=wall_clock_ms(), cause=Cause(kind), policy=runtime.policy)
-        except BaseException as exc:  # noqa: BLE001
+            reconcile_user(
+                "alice",
+                provider=runtime.provider,
+                unit_of_work=unit_of_work(runtime.session_factory),
+                catalog=runtime.catalog,
+                now_ms=wall_clock_ms(),
+                cause=Cause(kind),
+                policy=runtime.policy,
+            )
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=reconcile, args=(k,)) for k in ["event", "sweep", "request"] * 2]

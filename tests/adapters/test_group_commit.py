@@ -17,13 +17,15 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from persistence.database import make_engine
-from services.group_commit import GroupCommitter, StoreTimeout
 from persistence.inbox import Stored, store_webhook
 from persistence.models import InboxEvent
+from services.group_commit import GroupCommitter, StoreTimeout
 
 
 def body(event_id: str, event_type: str = "INITIAL_PURCHASE") -> bytes:
-    return json.dumps({"api_version": "1.0", "event": {"id": event_id, "type": event_type, "app_user_id": "alice"}}).encode()
+    return json.dumps(
+        {"api_version": "1.0", "event": {"id": event_id, "type": event_type, "app_user_id": "alice"}}
+    ).encode()
 
 
 class Publisher:
@@ -51,7 +53,7 @@ def store_all(committer: GroupCommitter, webhooks: list[tuple[str, str]]) -> dic
     def one(i: int, event_id: str, event_type: str) -> None:
         try:
             answers[i] = committer.store(body(event_id, event_type), event_id, event_type)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             answers[i] = exc
 
     threads = [threading.Thread(target=one, args=(i, e, t)) for i, (e, t) in enumerate(webhooks)]
@@ -66,7 +68,9 @@ def held_then(committer: GroupCommitter, publisher: Publisher, webhooks: list[tu
     """A first webhook holds the writer in its publish; ``webhooks`` queue meanwhile and go
     together in the next batch once it is released. Returns the first answer and theirs."""
     first: dict[str, Stored] = {}
-    t = threading.Thread(target=lambda: first.setdefault("a", committer.store(body("first"), "first", "INITIAL_PURCHASE")))
+    t = threading.Thread(
+        target=lambda: first.setdefault("a", committer.store(body("first"), "first", "INITIAL_PURCHASE"))
+    )
     t.start()
     assert publisher.entered.wait(10)
     done: dict[int, Stored | BaseException] = {}
@@ -95,7 +99,9 @@ def committer_and_publisher(runtime):
     committer.stop()
 
 
-def test_webhooks_waiting_together_are_stored_in_one_batch_and_enqueued_in_one_publish(runtime, committer_and_publisher):
+def test_webhooks_waiting_together_are_stored_in_one_batch_and_enqueued_in_one_publish(
+    runtime, committer_and_publisher
+):
     committer, publisher = committer_and_publisher
     webhooks = [(f"evt-{i}", "RENEWAL") for i in range(12)] + [("evt-test", "TEST")]
     first, answers = held_then(committer, publisher, webhooks)
@@ -187,7 +193,7 @@ def test_batches_are_bounded_in_rows_and_bytes(runtime):
     publisher = Publisher()
     committer = GroupCommitter(runtime.db, publisher, max_rows=4, max_bytes=10_000)
     try:
-        first, answers = held_then(committer, publisher, [(f"evt-{i}", "RENEWAL") for i in range(10)])
+        _first, answers = held_then(committer, publisher, [(f"evt-{i}", "RENEWAL") for i in range(10)])
     finally:
         publisher.release.set()
         committer.stop()
@@ -200,7 +206,13 @@ def test_a_webhook_still_queued_when_its_wait_ends_is_taken_out_and_never_stored
     publisher = Publisher()
     committer = GroupCommitter(runtime.db, publisher, answer_timeout_s=0.5)
     first: list[BaseException] = []
-    t = threading.Thread(target=lambda: first.append(pytest.raises(StoreTimeout, committer.store, body("first"), "first", "RENEWAL").value))
+
+    def store_first() -> None:
+        with pytest.raises(StoreTimeout) as raised:
+            committer.store(body("first"), "first", "RENEWAL")
+        first.append(raised.value)
+
+    t = threading.Thread(target=store_first)
     try:
         t.start()
         assert publisher.entered.wait(10)  # the writer is held with "first" in flight
@@ -266,8 +278,9 @@ def test_under_load_the_writer_settles_so_that_the_webhooks_on_their_way_join_th
     def settle() -> None:
         settles.append(committer.batches)
         if len(settles) == 1:  # webhooks arriving while the writer settles
-            arriving = threading.Thread(target=lambda: on_their_way.update(
-                store_all(committer, [(f"way-{i}", "RENEWAL") for i in range(5)])))
+            arriving = threading.Thread(
+                target=lambda: on_their_way.update(store_all(committer, [(f"way-{i}", "RENEWAL") for i in range(5)]))
+            )
             arriving.start()
             late.append(arriving)
             settled.set()  # only once started: the test joins it as soon as this is set

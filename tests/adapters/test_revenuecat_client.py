@@ -23,7 +23,7 @@ def test_threads_read_concurrently_and_reuse_their_sessions(simulator):
             start.wait()
             for _ in range(2):
                 bodies[user] = client.get_subscriber(user)
-        except Exception as exc:  # noqa: BLE001 - surfaced below
+        except Exception as exc:
             errors.append(exc)
 
     simulator.state.latency_ms = 200  # each read takes 0.2 s at the provider
@@ -47,7 +47,9 @@ def test_threads_read_concurrently_and_reuse_their_sessions(simulator):
     client.close()
 
 
-def test_proxy_settings_come_from_the_environment_once_and_netrc_never_replaces_our_key(monkeypatch, tmp_path, simulator):
+def test_proxy_settings_come_from_the_environment_once_and_netrc_never_replaces_our_key(
+    monkeypatch, tmp_path, simulator
+):
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     monkeypatch.setenv("NO_PROXY", "")
     proxied = RevenueCatClient("https://api.revenuecat.com", "sk_x")

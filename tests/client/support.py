@@ -11,7 +11,9 @@ WEBHOOK = {"Authorization": WEBHOOK_AUTH}
 USER_TOKEN_SECRET = "test-user-token-secret-0123456789"
 
 
-def android_payload(app_user_id: str, token: str, *, product_id: str = "h01enb", purchase_id: str = "GPA.1234-5678-9012", **extra) -> dict:
+def android_payload(
+    app_user_id: str, token: str, *, product_id: str = "h01enb", purchase_id: str = "GPA.1234-5678-9012", **extra
+) -> dict:
     return {
         "product_id": product_id,
         "purchase_id": purchase_id,
@@ -26,7 +28,14 @@ def android_payload(app_user_id: str, token: str, *, product_id: str = "h01enb",
     }
 
 
-def ios_payload(app_user_id: str, receipt: str, *, product_id: str = "me.hypnoelp.app.h01enb", purchase_id: str = "1000000123456789", **extra) -> dict:
+def ios_payload(
+    app_user_id: str,
+    receipt: str,
+    *,
+    product_id: str = "me.hypnoelp.app.h01enb",
+    purchase_id: str = "1000000123456789",
+    **extra,
+) -> dict:
     return {
         "product_id": product_id,
         "purchase_id": purchase_id,
@@ -54,5 +63,7 @@ def count(runtime, model, *where) -> int:
 
 def provider_requests(simulator, method: str | None = None, path_prefix: str = "") -> int:
     return sum(
-        1 for m, path, _ in simulator.state.request_log if (method is None or m == method) and path.startswith(path_prefix)
+        1
+        for m, path, _ in simulator.state.request_log
+        if (method is None or m == method) and path.startswith(path_prefix)
     )

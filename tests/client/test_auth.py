@@ -23,7 +23,10 @@ def bearer(token: str) -> dict:
 def test_a_user_token_reads_validates_and_syncs_for_its_own_user(client, simulator):
     token = mint(client, "alice")
     simulator.state.register_store_purchase("tok", platform="android", product_id="h01enb")
-    assert client.post("/v1/purchases/validate", json=android_payload("alice", "tok"), headers=bearer(token)).status_code == 200
+    assert (
+        client.post("/v1/purchases/validate", json=android_payload("alice", "tok"), headers=bearer(token)).status_code
+        == 200
+    )
     assert client.post("/v1/users/alice/sync", headers=bearer(token)).status_code == 200
     response = client.get("/v1/users/alice/access", headers=bearer(token))
     assert response.status_code == 200 and response.json["access"][0]["resource"] == "course:H01ENB"
@@ -75,7 +78,9 @@ def test_token_lifetime_is_bounded(client, body):
 
 def test_token_answer_states_its_lifetime(client):
     response = client.post("/v1/users/alice/token", json={"ttl_s": 120}, headers=OPERATOR)
-    assert response.status_code == 201 and response.json["expires_in"] == 120 and response.json["expires_at"].endswith("Z")
+    assert (
+        response.status_code == 201 and response.json["expires_in"] == 120 and response.json["expires_at"].endswith("Z")
+    )
 
 
 def test_without_a_secret_no_user_token_is_minted_or_accepted(settings, runtime):

@@ -51,7 +51,7 @@ def test_unknown_product_is_a_refusal_not_a_bad_request():
 
 
 @pytest.mark.parametrize(
-    "change, field",
+    ("change", "field"),
     [
         ({"platform": "windows"}, "platform"),
         ({"platform": "Android"}, "platform"),
@@ -87,7 +87,7 @@ def test_every_problem_is_reported_at_once_and_non_objects_are_refused():
 
 
 @pytest.mark.parametrize(
-    "status, kind",
+    ("status", "kind"),
     [
         ("PurchaseStatus.purchased", "completed"),
         ("PurchaseStatus.restored", "completed"),
@@ -119,11 +119,29 @@ def test_pending_and_failed_client_statuses_are_answered_without_the_provider():
 
 
 @pytest.mark.parametrize(
-    "status, text, reason, retryable, pending",
+    ("status", "text", "reason", "retryable", "pending"),
     [
-        (400, 'provider refused POST /v1/receipts: 400 {"code": 7103, "message": "The receipt is not valid."}', "invalid_receipt", False, False),
-        (400, '400 {"code": 7226, "message": "The purchase is pending: the store has not completed the payment yet."}', "purchase_pending", True, True),
-        (400, '{"code": 7102, "message": "The receipt is already in use by another subscriber."}', "receipt_in_use", False, False),
+        (
+            400,
+            'provider refused POST /v1/receipts: 400 {"code": 7103, "message": "The receipt is not valid."}',
+            "invalid_receipt",
+            False,
+            False,
+        ),
+        (
+            400,
+            '400 {"code": 7226, "message": "The purchase is pending: the store has not completed the payment yet."}',
+            "purchase_pending",
+            True,
+            True,
+        ),
+        (
+            400,
+            '{"code": 7102, "message": "The receipt is already in use by another subscriber."}',
+            "receipt_in_use",
+            False,
+            False,
+        ),
         (400, '{"code": 7101, "message": "There was a problem with the App Store."}', "store_problem", True, False),
         (400, '{"code": 7999, "message": "Something new"}', "provider_refused", False, False),
         (404, "not json at all", "provider_refused", False, False),

@@ -18,8 +18,8 @@ import time
 import requests
 
 from config.settings import PROJECT_ROOT
-from persistence.unit_of_work import unit_of_work
 from persistence.models import Grant
+from persistence.unit_of_work import unit_of_work
 from tests.client.support import OPERATOR
 from tests.support import settings_env, wait_for
 
@@ -28,23 +28,29 @@ CLIENTS = 20
 
 def web_command(port: int, workers: int = 1) -> list[str]:
     """The Procfile's web line with its ${VAR:-default} expanded (the given workers and port)."""
-    line = next(l for l in (PROJECT_ROOT / "Procfile").read_text().splitlines() if l.startswith("web:"))
+    line = next(line for line in (PROJECT_ROOT / "Procfile").read_text().splitlines() if line.startswith("web:"))
     values = {"PORT": str(port), "WEB_CONCURRENCY": str(workers)}
-    line = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: values.get(m.group(1), m.group(2)), line[len("web:"):])
+    line = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: values.get(m.group(1), m.group(2)), line[len("web:") :])
     argv = shlex.split(line)
     assert argv[0] == "gunicorn" and "gevent" in argv
     return [sys.executable, "-m", "gunicorn", *argv[1:]]
 
 
 @contextlib.contextmanager
-def procfile_web(settings, tmp_path, workers: int = 1, started: list | None = None):  # noqa: ANN001, ANN201
+def procfile_web(settings, tmp_path, workers: int = 1, started: list | None = None):
     """The Procfile's web process on a free port, up; its base URL (and its master process
     appended to ``started``). Stopped on the way out."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = open(tmp_path / "gunicorn.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(web_command(port, workers), cwd=PROJECT_ROOT, env=settings_env(settings), stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        web_command(port, workers),
+        cwd=PROJECT_ROOT,
+        env=settings_env(settings),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_for(lambda: _up(base), timeout=30, what="gunicorn")
         if started is not None:
@@ -82,8 +88,16 @@ def test_one_gevent_worker_holds_many_long_polls(settings, runtime, tmp_path):
         committed = {}
         for i in range(CLIENTS):
             with unit_of_work(runtime.session_factory)() as store:
-                store.session.add(Grant(customer_id=f"g{i}", resource="course:H01ENB", mode="paid", expires_ms=None,
-                                        sources="[]", updated_ms=0))
+                store.session.add(
+                    Grant(
+                        customer_id=f"g{i}",
+                        resource="course:H01ENB",
+                        mode="paid",
+                        expires_ms=None,
+                        sources="[]",
+                        updated_ms=0,
+                    )
+                )
             committed[f"g{i}"] = time.monotonic()
         for t in threads:
             t.join(30)
@@ -109,7 +123,9 @@ def test_concurrent_webhooks_on_one_gevent_worker_are_each_stored_and_enqueued_o
         body = {"api_version": "1.0", "event": {"id": event_id, "type": "RENEWAL", "app_user_id": f"u-{event_id}"}}
         with requests.Session() as session:
             start.wait()
-            r = session.post(f"{base}/webhooks/revenuecat", json=body, headers={"Authorization": WEBHOOK_AUTH}, timeout=30)
+            r = session.post(
+                f"{base}/webhooks/revenuecat", json=body, headers={"Authorization": WEBHOOK_AUTH}, timeout=30
+            )
         answers.append((event_id, r.status_code, r.json()))
 
     with procfile_web(settings, tmp_path) as base:
@@ -126,7 +142,9 @@ def test_concurrent_webhooks_on_one_gevent_worker_are_each_stored_and_enqueued_o
     assert set(stored) == set(deliveries) and all(r.status == "received" for r in stored.values())
     for event_id in set(deliveries):  # each stored once: one answer with its row, any other a duplicate
         mine = [b for e, _s, b in answers if e == event_id]
-        assert [b for b in mine if not b["duplicate"]] == [{"duplicate": False, "inbox_id": stored[event_id].id, "status": "received"}]
+        assert [b for b in mine if not b["duplicate"]] == [
+            {"duplicate": False, "inbox_id": stored[event_id].id, "status": "received"}
+        ]
     assert sum(1 for _e, _s, b in answers if b["duplicate"]) == 10
     assert redis_lib.Redis.from_url(redis_url(settings)).llen("celery") == 40  # one task per stored row
     if settings.database_url.startswith("postgresql"):
@@ -151,17 +169,25 @@ def test_each_web_worker_listens_on_its_own_socket_and_gets_a_share_of_the_conne
     with procfile_web(settings, tmp_path, workers=2, started=masters) as base:
         port = int(base.rsplit(":", 1)[1])
         master = psutil.Process(masters[0].pid)
-        wait_for(lambda: len(master.children()) == 2 and all(_listening(w, port) for w in master.children()),
-                 timeout=30, what="both workers listening")
+        wait_for(
+            lambda: len(master.children()) == 2 and all(_listening(w, port) for w in master.children()),
+            timeout=30,
+            what="both workers listening",
+        )
         workers = master.children()
         assert not _listening(master, port)  # no shared socket held by the master
         sessions = [requests.Session() for _ in range(32)]
         try:
             for session in sessions:  # kept alive: each stays with the worker that accepted it
                 assert session.get(f"{base}/healthz", timeout=5).status_code == 200
-            held = {w.pid: sum(1 for c in w.net_connections(kind="tcp")
-                               if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port)
-                    for w in workers}
+            held = {
+                w.pid: sum(
+                    1
+                    for c in w.net_connections(kind="tcp")
+                    if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port
+                )
+                for w in workers
+            }
         finally:
             for session in sessions:
                 session.close()
@@ -169,11 +195,12 @@ def test_each_web_worker_listens_on_its_own_socket_and_gets_a_share_of_the_conne
         assert sum(held.values()) == 32 and min(held.values()) > 0, held
 
 
-def _listening(proc, port: int) -> bool:  # noqa: ANN001
+def _listening(proc, port: int) -> bool:
     import psutil
 
-    return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
-               for c in proc.net_connections(kind="tcp"))
+    return any(
+        c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in proc.net_connections(kind="tcp")
+    )
 
 
 def test_after_a_hup_reload_the_new_workers_listen_and_answer(settings, runtime, tmp_path):
@@ -192,8 +219,11 @@ def test_after_a_hup_reload_the_new_workers_listen_and_answer(settings, runtime,
 
         def reloaded() -> bool:
             workers = master.children()
-            return (len(workers) == 2 and not before & {w.pid for w in workers}
-                    and all(_listening(w, port) for w in workers))
+            return (
+                len(workers) == 2
+                and not before & {w.pid for w in workers}
+                and all(_listening(w, port) for w in workers)
+            )
 
         wait_for(reloaded, timeout=30, what="two new workers listening")
         for _ in range(8):  # fresh connections, hashed over both new workers

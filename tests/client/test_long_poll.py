@@ -3,17 +3,18 @@ notifications behind it (published after commit, one subscription per process)."
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
 import redis as redis_lib
 import requests
 
+from adapters.access_notifications import AccessNotifier, AccessWatch, channel_for
 from adapters.embedded_redis import redis_url
+from persistence.models import Grant
 from persistence.unit_of_work import unit_of_work
 from services.inbox import process_inbox_event
-from persistence.models import Grant
-from adapters.access_notifications import AccessNotifier, AccessWatch, channel_for
 from services.wiring import wall_clock_ms
 from tests.client.support import OPERATOR, WEBHOOK
 from tests.support import celery_worker, wait_for
@@ -108,8 +109,16 @@ def test_since_answers_at_once_when_the_access_already_differs(client, runtime, 
 
 def test_an_access_expiring_during_the_wait_ends_it(app, client, runtime):
     with unit_of_work(runtime.session_factory)() as store:
-        store.session.add(Grant(customer_id="alice", resource="module:algebra", mode="full",
-                                expires_ms=wall_clock_ms() + 600, sources="[]", updated_ms=0))
+        store.session.add(
+            Grant(
+                customer_id="alice",
+                resource="module:algebra",
+                mode="full",
+                expires_ms=wall_clock_ms() + 600,
+                sources="[]",
+                updated_ms=0,
+            )
+        )
     poll = Timed(app.test_client(), "/v1/users/alice/access?wait=10")
     poll.mark()
     assert poll.join() < 3.0
@@ -130,15 +139,15 @@ def test_only_committed_grant_changes_are_published(settings, runtime):
 
     def add_grant(customer_id: str) -> None:
         with unit_of_work(runtime.session_factory)() as store:
-            store.session.add(Grant(customer_id=customer_id, resource="r", mode="m", expires_ms=None, sources="[]", updated_ms=0))
+            store.session.add(
+                Grant(customer_id=customer_id, resource="r", mode="m", expires_ms=None, sources="[]", updated_ms=0)
+            )
             store.session.flush()
             if customer_id == "rolled-back":
                 raise RuntimeError("abort the unit of work")
 
-    try:
+    with contextlib.suppress(RuntimeError):
         add_grant("rolled-back")
-    except RuntimeError:
-        pass
     add_grant("committed")
     with unit_of_work(runtime.session_factory)() as store:  # a transaction touching no grant
         store.lock_customer("someone")
@@ -153,14 +162,14 @@ def test_only_committed_grant_changes_are_published(settings, runtime):
 
 
 def test_publishing_never_fails_the_caller():
-    def unreachable():  # noqa: ANN202
+    def unreachable():
         return redis_lib.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, socket_timeout=0.2)
 
     AccessNotifier(unreachable).publish(["alice"])  # logged, not raised
 
 
 def test_waiters_poll_while_the_subscription_is_down():
-    def unreachable():  # noqa: ANN202
+    def unreachable():
         return redis_lib.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, socket_timeout=0.2)
 
     watch = AccessWatch(unreachable, retry_s=0.1)
@@ -169,8 +178,13 @@ def test_waiters_poll_while_the_subscription_is_down():
 
     started = time.monotonic()
     result = wait_for_change(
-        watch, "alice", lambda: reads.append(1) or len(reads), lambda n: "changed" if n >= 3 else "same",
-        baseline=None, wait_s=5, degraded_recheck_s=0.1,
+        watch,
+        "alice",
+        lambda: reads.append(1) or len(reads),
+        lambda n: "changed" if n >= 3 else "same",
+        baseline=None,
+        wait_s=5,
+        degraded_recheck_s=0.1,
     )
     watch.stop()
     assert result == 3 and time.monotonic() - started < 2

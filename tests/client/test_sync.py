@@ -32,8 +32,12 @@ def test_a_purchase_whose_webhook_never_arrived_is_granted_by_sync(client, runti
     assert answer["app_user_id"] == "alice" and answer["reused"] is False
     assert [a["resource"] for a in answer["access"]] == ["module:algebra"]
     assert answer["changes"] == [
-        {"action": "grant", "resource": "module:algebra", "before": None,
-         "after": {"mode": "full", "expires_at": answer["access"][0]["expires_at"]}}
+        {
+            "action": "grant",
+            "resource": "module:algebra",
+            "before": None,
+            "after": {"mode": "full", "expires_at": answer["access"][0]["expires_at"]},
+        }
     ]
     with runtime.session_factory() as session:
         assert session.scalars(select(AuditEntry.cause_kind)).all() == ["request"]
@@ -47,7 +51,11 @@ def test_repeated_syncs_within_seconds_reuse_the_last_answer(client, settings, r
     other = create_app(settings).test_client()
     for c in (client, other):
         again = sync(c, "alice").json
-        assert again["reused"] is True and again["changes"] == first["changes"] and again["synced_at"] == first["synced_at"]
+        assert (
+            again["reused"] is True
+            and again["changes"] == first["changes"]
+            and again["synced_at"] == first["synced_at"]
+        )
     assert provider_requests(simulator, "GET") == reads
     forget_last_sync(settings)  # the window has passed
     later = sync(client, "alice").json

@@ -16,13 +16,19 @@ def validate(client, payload, headers=None):
 
 
 def test_android_purchase_is_acknowledged_once_access_is_granted(client, runtime, simulator):
-    simulator.state.register_store_purchase("play-token-1", platform="android", product_id="h01enb", transaction_id="GPA.1234-5678-9012")
+    simulator.state.register_store_purchase(
+        "play-token-1", platform="android", product_id="h01enb", transaction_id="GPA.1234-5678-9012"
+    )
     response = validate(client, android_payload("alice", "play-token-1"))
     assert response.status_code == 200, response.json
     answer = response.json
     assert (answer["status"], answer["acknowledged"]) == ("success", True) and answer["message"]
     course = answer["course"]
-    assert course["course_code"] == "H01ENB" and course["title"] == "Hypnosis course H01ENB" and course["voice"] == "Female"
+    assert (
+        course["course_code"] == "H01ENB"
+        and course["title"] == "Hypnosis course H01ENB"
+        and course["voice"] == "Female"
+    )
     assert course["purchased_at"].endswith("Z")
     assert answer["transaction_id"] == "GPA.1234-5678-9012"
     # Granted before the answer, and readable by the app at once.
@@ -34,15 +40,21 @@ def test_android_purchase_is_acknowledged_once_access_is_granted(client, runtime
 
 
 def test_ios_purchase_with_the_ios_store_product_id(client, simulator):
-    simulator.state.register_store_purchase("receipt-b64", platform="ios", product_id="me.hypnoelp.app.h01enb", transaction_id="1000000123456789")
+    simulator.state.register_store_purchase(
+        "receipt-b64", platform="ios", product_id="me.hypnoelp.app.h01enb", transaction_id="1000000123456789"
+    )
     response = validate(client, ios_payload("bob", "receipt-b64"))
     assert response.status_code == 200 and response.json["acknowledged"] is True
     assert response.json["product"] == "h01enb" and "course:H01ENB" in access(client, "bob")
 
 
 def test_duplicate_validation_answers_the_same_success_without_a_second_credit(client, runtime, simulator):
-    simulator.state.register_store_purchase("pack-token", platform="android", product_id="geometry_pack_30", transaction_id="GPA.7")
-    payload = android_payload("alice", "pack-token", product_id="geometry_pack_30", purchase_id="GPA.7", course_code=None)
+    simulator.state.register_store_purchase(
+        "pack-token", platform="android", product_id="geometry_pack_30", transaction_id="GPA.7"
+    )
+    payload = android_payload(
+        "alice", "pack-token", product_id="geometry_pack_30", purchase_id="GPA.7", course_code=None
+    )
     first = validate(client, payload)
     expiry = access(client, "alice")["module:geometry"]["expires_at"]
     second = validate(client, payload)
@@ -56,8 +68,12 @@ def test_invalid_receipt_is_not_acknowledged_and_grants_nothing(client, runtime,
     response = validate(client, android_payload("alice", "forged-token"))
     assert response.status_code == 422
     assert response.json == {
-        "status": "failed", "acknowledged": False, "reason": "invalid_receipt", "error": "invalid_receipt",
-        "message": "The receipt is not valid.", "retryable": False,
+        "status": "failed",
+        "acknowledged": False,
+        "reason": "invalid_receipt",
+        "error": "invalid_receipt",
+        "message": "The receipt is not valid.",
+        "retryable": False,
     }
     assert access(client, "alice") == {} and count(runtime, Grant) == 0
 
@@ -79,7 +95,11 @@ def test_unknown_product_is_refused_without_asking_the_provider(client, simulato
 def test_pending_purchase_reported_by_the_app_grants_nothing(client, runtime, simulator, status):
     response = validate(client, ios_payload("alice", "receipt", status=status))
     assert response.status_code == 202
-    assert response.json["status"] == "pending" and response.json["acknowledged"] is False and response.json["retryable"] is True
+    assert (
+        response.json["status"] == "pending"
+        and response.json["acknowledged"] is False
+        and response.json["retryable"] is True
+    )
     assert provider_requests(simulator) == 0 and count(runtime, Grant) == 0
 
 
@@ -107,7 +127,7 @@ def test_sandbox_purchase_grants_nothing_unless_the_operator_opts_in(client, run
     assert count(runtime, Grant) == 0
 
 
-@pytest.mark.parametrize("status, retry_after", [(500, None), (503, 7), (429, 4)])
+@pytest.mark.parametrize(("status", "retry_after"), [(500, None), (503, 7), (429, 4)])
 def test_provider_trouble_is_503_retryable_with_retry_after(client, runtime, simulator, status, retry_after):
     simulator.state.register_store_purchase("tok", platform="android", product_id="h01enb")
     simulator.state.fail_next(1, status=status, retry_after_s=retry_after)

@@ -10,15 +10,14 @@ credited transaction is credited exactly once.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from sqlalchemy import delete, select
 
-from persistence.unit_of_work import unit_of_work
-from services.inbox import EventProcessing, process_inbox_event
-from persistence.models import Base, Grant
-from persistence.ledger_store import grant_to_access
 from engine.catalog import DAY_MS
 from engine.errors import TransientError
 from engine.facts import observe_all
@@ -26,6 +25,10 @@ from engine.ports import Cause
 from engine.projection import project_access
 from engine.reconcile import reconcile_user
 from engine.revenuecat import parse_subscriber
+from persistence.ledger_store import grant_to_access
+from persistence.models import Base, Grant
+from persistence.unit_of_work import unit_of_work
+from services.inbox import EventProcessing, process_inbox_event
 from simulators.revenuecat.server import SimulatorServer
 from simulators.revenuecat.state import ProviderState, SimulatorError
 from tests.conftest import SIM_KEY, WEBHOOK_AUTH
@@ -47,8 +50,21 @@ class Op:
 ops = st.builds(
     Op,
     kind=st.sampled_from(
-        ["buy_sub", "buy_sub", "renew", "renew", "cancel", "expire", "buy_pack", "buy_pack", "buy_course",
-         "refund", "refund", "reverse_refund", "transfer"]
+        [
+            "buy_sub",
+            "buy_sub",
+            "renew",
+            "renew",
+            "cancel",
+            "expire",
+            "buy_pack",
+            "buy_pack",
+            "buy_course",
+            "refund",
+            "refund",
+            "reverse_refund",
+            "transfer",
+        ]
     ),
     user=st.integers(0, len(USERS) - 1),
     other=st.integers(0, len(USERS) - 1),
@@ -137,13 +153,20 @@ def wipe(runtime) -> None:
 
 
 @hsettings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
-@given(history=st.lists(st.tuples(ops, deliveries), min_size=1, max_size=14), order_seed=st.randoms(use_true_random=False))
+@given(
+    history=st.lists(st.tuples(ops, deliveries), min_size=1, max_size=14), order_seed=st.randoms(use_true_random=False)
+)
 def test_granted_access_converges_to_the_providers_final_state(client, runtime, base_settings, history, order_seed):
     wipe(runtime)
     with SimulatorServer(FrozenClockState(), api_key=SIM_KEY, webhook_auth=WEBHOOK_AUTH) as sim:
         state = sim.state
-        ctx = EventProcessing(runtime.session_factory, runtime.provider.__class__(sim.url, SIM_KEY), runtime.catalog,
-                              runtime.policy, state.now_ms)
+        ctx = EventProcessing(
+            runtime.session_factory,
+            runtime.provider.__class__(sim.url, SIM_KEY),
+            runtime.catalog,
+            runtime.policy,
+            state.now_ms,
+        )
         pending: list[tuple[int, dict]] = []  # (due step, body)
 
         def deliver_due(step: int) -> None:
@@ -154,10 +177,8 @@ def test_granted_access_converges_to_the_providers_final_state(client, runtime, 
                 response = client.post("/webhooks/revenuecat", json=body, headers={"Authorization": WEBHOOK_AUTH})
                 assert response.status_code == 200
                 if response.json["inbox_id"] is not None:
-                    try:
+                    with contextlib.suppress(TransientError):
                         process_inbox_event(response.json["inbox_id"], ctx, final_attempt=False)
-                    except TransientError:
-                        pass
 
         for step, (op, delivery) in enumerate(history):
             body = apply_op(state, op)
@@ -169,20 +190,34 @@ def test_granted_access_converges_to_the_providers_final_state(client, runtime, 
         # One sweep: one reconcile per user, with the provider's final state.
         now_ms = state.now_ms()
         for user in USERS:
-            reconcile_user(user, provider=ctx.provider, unit_of_work=unit_of_work(runtime.session_factory),
-                           catalog=runtime.catalog, now_ms=now_ms, cause=Cause("sweep"), policy=runtime.policy)
+            reconcile_user(
+                user,
+                provider=ctx.provider,
+                unit_of_work=unit_of_work(runtime.session_factory),
+                catalog=runtime.catalog,
+                now_ms=now_ms,
+                cause=Cause("sweep"),
+                policy=runtime.policy,
+            )
 
         for user in USERS:
             final = state.subscriber(user, now_ms=now_ms)[1]
             snapshot = parse_subscriber(final)
             expected = project_access(observe_all({}, snapshot.observations), runtime.catalog, now_ms).accesses
             with runtime.session_factory() as session:
-                granted = [grant_to_access(g) for g in session.scalars(
-                    select(Grant).where(Grant.customer_id == snapshot.customer_id).order_by(Grant.resource))]
-            assert [(a.resource, a.mode, a.expires_ms) for a in granted] == \
-                   [(a.resource, a.mode, a.expires_ms) for a in expected], (user, history)
+                granted = [
+                    grant_to_access(g)
+                    for g in session.scalars(
+                        select(Grant).where(Grant.customer_id == snapshot.customer_id).order_by(Grant.resource)
+                    )
+                ]
+            assert [(a.resource, a.mode, a.expires_ms) for a in granted] == [
+                (a.resource, a.mode, a.expires_ms) for a in expected
+            ], (user, history)
             # Credited exactly once: the geometry credit equals 30 days per paid pack, stacked.
-            packs = sorted(_ms(p["purchase_date"]) for p in final["subscriber"]["non_subscriptions"].get("geometry_pack_30", []))
+            packs = sorted(
+                _ms(p["purchase_date"]) for p in final["subscriber"]["non_subscriptions"].get("geometry_pack_30", [])
+            )
             end = None
             for purchased in packs:
                 end = max(purchased, end or 0) + 30 * DAY_MS

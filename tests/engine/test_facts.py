@@ -19,8 +19,15 @@ def obs(ts: int, **fields) -> TransactionObservation:
     return TransactionObservation(transaction_id="tx1", observed_ms=ts, **fields)
 
 
-PURCHASE = dict(product_id="premium_monthly", kind="subscription", store="app_store", is_sandbox=False,
-                purchased_ms=1_000, period_type="normal", ownership="PURCHASED")
+PURCHASE = {
+    "product_id": "premium_monthly",
+    "kind": "subscription",
+    "store": "app_store",
+    "is_sandbox": False,
+    "purchased_ms": 1_000,
+    "period_type": "normal",
+    "ownership": "PURCHASED",
+}
 
 
 def fold(observations):
@@ -41,7 +48,7 @@ def test_older_state_after_newer_changes_nothing():
 
 
 @pytest.mark.parametrize(
-    "field, older, newer",
+    ("field", "older", "newer"),
     [
         ("expires_ms", 5_000, 9_000),  # renewal / SUBSCRIPTION_EXTENDED moves the expiry
         ("expires_ms", 9_000, 5_000),  # EXPIRATION brings it forward: the newest still wins
@@ -95,7 +102,9 @@ def test_snapshot_omission_clears_ownership_only_when_newer_and_owned():
 
 
 def test_snapshot_keeps_earlier_periods_of_a_listed_subscription():
-    earlier = Transaction("s1", product_id="premium_monthly", kind="subscription", owner="alice", observed={"owner": 10})
+    earlier = Transaction(
+        "s1", product_id="premium_monthly", kind="subscription", owner="alice", observed={"owner": 10}
+    )
     latest = TransactionObservation("s2", 20, product_id="premium_monthly", kind="subscription", owner="alice")
     changed = observe_snapshot({"s1": earlier}, snapshot("alice", 20, latest, products=["premium_monthly"]))
     assert [t.transaction_id for t in changed] == ["s2"]

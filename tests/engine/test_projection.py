@@ -75,7 +75,11 @@ def access(txs, **kw):
     return {a.resource: a for a in project_access(txs, CATALOG, NOW, **kw).accesses}
 
 
-PURCHASE = dict(purchased_at_ms=NOW - 5 * DAY_MS, expiration_at_ms=NOW + 2 * DAY_MS, event_timestamp_ms=NOW - 5 * DAY_MS)
+PURCHASE = {
+    "purchased_at_ms": NOW - 5 * DAY_MS,
+    "expiration_at_ms": NOW + 2 * DAY_MS,
+    "event_timestamp_ms": NOW - 5 * DAY_MS,
+}
 
 
 def test_period_follows_expiry():
@@ -102,8 +106,15 @@ def test_billing_issue_keeps_access_until_the_end_of_grace():
 def test_refund_revokes_and_refund_reversal_restores_in_any_order():
     purchase = event("sample-events_1", **PURCHASE)
     tx = purchase["event"]["transaction_id"]
-    refund = event("sample-events_9", product_id="com.subscription.weekly", transaction_id=tx, event_timestamp_ms=NOW - 2 * DAY_MS)
-    reversal = event("sample-event-refund-reversed", transaction_id=tx, event_timestamp_ms=NOW - DAY_MS, **{k: v for k, v in PURCHASE.items() if k != "event_timestamp_ms"})
+    refund = event(
+        "sample-events_9", product_id="com.subscription.weekly", transaction_id=tx, event_timestamp_ms=NOW - 2 * DAY_MS
+    )
+    reversal = event(
+        "sample-event-refund-reversed",
+        transaction_id=tx,
+        event_timestamp_ms=NOW - DAY_MS,
+        **{k: v for k, v in PURCHASE.items() if k != "event_timestamp_ms"},
+    )
     assert access(ledger(purchase, refund)) == {}
     for order in [(purchase, refund, reversal), (reversal, refund, purchase), (refund, reversal, purchase)]:
         assert "module:algebra" in access(ledger(*order))
@@ -111,26 +122,56 @@ def test_refund_revokes_and_refund_reversal_restores_in_any_order():
 
 def test_cancellation_unsubscribe_keeps_access_until_expiry():
     purchase = event("sample-events_1", **PURCHASE)
-    cancel = event("sample-events_3", product_id="com.subscription.weekly", transaction_id=purchase["event"]["transaction_id"],
-                   expiration_at_ms=NOW + 2 * DAY_MS, event_timestamp_ms=NOW - DAY_MS)
+    cancel = event(
+        "sample-events_3",
+        product_id="com.subscription.weekly",
+        transaction_id=purchase["event"]["transaction_id"],
+        expiration_at_ms=NOW + 2 * DAY_MS,
+        event_timestamp_ms=NOW - DAY_MS,
+    )
     assert access(ledger(purchase, cancel))["module:algebra"].expires_ms == NOW + 2 * DAY_MS
 
 
 def test_pause_does_not_revoke_until_expiration():
     purchase = event("sample-events_1", store="PLAY_STORE", **PURCHASE)
-    paused = event("sample-events_1", type="SUBSCRIPTION_PAUSED", store="PLAY_STORE", auto_resume_at_ms=NOW + 30 * DAY_MS,
-                   event_timestamp_ms=NOW - DAY_MS, purchased_at_ms=PURCHASE["purchased_at_ms"], expiration_at_ms=NOW + 2 * DAY_MS)
+    paused = event(
+        "sample-events_1",
+        type="SUBSCRIPTION_PAUSED",
+        store="PLAY_STORE",
+        auto_resume_at_ms=NOW + 30 * DAY_MS,
+        event_timestamp_ms=NOW - DAY_MS,
+        purchased_at_ms=PURCHASE["purchased_at_ms"],
+        expiration_at_ms=NOW + 2 * DAY_MS,
+    )
     assert "module:algebra" in access(ledger(purchase, paused))
-    expiration = event("sample-events_13", expiration_reason="SUBSCRIPTION_PAUSED", store="PLAY_STORE",
-                       expiration_at_ms=NOW - 1, event_timestamp_ms=NOW - 1)
+    expiration = event(
+        "sample-events_13",
+        expiration_reason="SUBSCRIPTION_PAUSED",
+        store="PLAY_STORE",
+        expiration_at_ms=NOW - 1,
+        event_timestamp_ms=NOW - 1,
+    )
     assert "module:algebra" not in access(ledger(purchase, paused, expiration))
 
 
 def test_product_change_merges_to_the_longest_expiry_and_highest_mode_with_every_source():
-    monthly = event("sample-events_10", type="INITIAL_PURCHASE", transaction_id="GPA.1", purchased_at_ms=NOW - DAY_MS,
-                    expiration_at_ms=NOW + 29 * DAY_MS, event_timestamp_ms=NOW - DAY_MS)
-    yearly = event("sample-events_10", type="INITIAL_PURCHASE", product_id="com.revenuecat.myapp.yearly", transaction_id="GPA.2",
-                   purchased_at_ms=NOW, expiration_at_ms=NOW + 365 * DAY_MS, event_timestamp_ms=NOW)
+    monthly = event(
+        "sample-events_10",
+        type="INITIAL_PURCHASE",
+        transaction_id="GPA.1",
+        purchased_at_ms=NOW - DAY_MS,
+        expiration_at_ms=NOW + 29 * DAY_MS,
+        event_timestamp_ms=NOW - DAY_MS,
+    )
+    yearly = event(
+        "sample-events_10",
+        type="INITIAL_PURCHASE",
+        product_id="com.revenuecat.myapp.yearly",
+        transaction_id="GPA.2",
+        purchased_at_ms=NOW,
+        expiration_at_ms=NOW + 365 * DAY_MS,
+        event_timestamp_ms=NOW,
+    )
     got = access(ledger(monthly, yearly))["module:algebra"]
     assert (got.mode, got.expires_ms, got.sources) == ("full", NOW + 365 * DAY_MS, ("GPA.1", "GPA.2"))
 
@@ -145,8 +186,13 @@ def test_trial_grants_the_period_but_earns_no_credit():
 
 def test_credit_adds_days_once_per_paid_transaction_and_stacks():
     first = event("sample-events_1", transaction_id="t1", **PURCHASE)
-    renewal = event("sample-events_2", transaction_id="t2", purchased_at_ms=NOW - 4 * DAY_MS,
-                    expiration_at_ms=NOW + 3 * DAY_MS, event_timestamp_ms=NOW - 4 * DAY_MS)
+    renewal = event(
+        "sample-events_2",
+        transaction_id="t2",
+        purchased_at_ms=NOW - 4 * DAY_MS,
+        expiration_at_ms=NOW + 3 * DAY_MS,
+        event_timestamp_ms=NOW - 4 * DAY_MS,
+    )
     got = access(ledger(first, renewal, renewal, first))["module:geometry"]
     assert got.expires_ms == (NOW - 5 * DAY_MS) + 60 * DAY_MS  # two credits of 30 days, stacked
     assert got.sources == ("t1", "t2")
@@ -159,16 +205,32 @@ def test_credit_after_a_lapse_starts_at_the_purchase():
 
 
 def test_lifetime_until_refunded():
-    course = event("sample-events_1", type="NON_RENEWING_PURCHASE", product_id="h01enb", transaction_id="c1",
-                   expiration_at_ms=None, purchased_at_ms=NOW - 400 * DAY_MS, event_timestamp_ms=NOW - 400 * DAY_MS)
+    course = event(
+        "sample-events_1",
+        type="NON_RENEWING_PURCHASE",
+        product_id="h01enb",
+        transaction_id="c1",
+        expiration_at_ms=None,
+        purchased_at_ms=NOW - 400 * DAY_MS,
+        event_timestamp_ms=NOW - 400 * DAY_MS,
+    )
     assert access(ledger(course))["course:H01ENB"].expires_ms is None
-    refund = event("sample-events_9", product_id="h01enb", transaction_id="c1", expiration_at_ms=None, event_timestamp_ms=NOW)
+    refund = event(
+        "sample-events_9", product_id="h01enb", transaction_id="c1", expiration_at_ms=None, event_timestamp_ms=NOW
+    )
     assert access(ledger(course, refund)) == {}
 
 
 def test_promotional_grant_maps_through_the_entitlement():
-    promo = event("sample-events_1", type="NON_RENEWING_PURCHASE", product_id="rc_promo_pro_monthly", store="PROMOTIONAL",
-                  period_type="PROMOTIONAL", transaction_id="promo1", **PURCHASE)
+    promo = event(
+        "sample-events_1",
+        type="NON_RENEWING_PURCHASE",
+        product_id="rc_promo_pro_monthly",
+        store="PROMOTIONAL",
+        period_type="PROMOTIONAL",
+        transaction_id="promo1",
+        **PURCHASE,
+    )
     got = access(ledger(promo))
     assert "module:algebra" in got and "module:geometry" not in got  # promotional: not paid, no credit
 
@@ -181,7 +243,7 @@ def test_family_sharing_grants_period_access_but_no_credit_and_respects_the_cata
     assert access(ledger(private)) == {}
 
 
-@pytest.mark.parametrize("grant_sandbox, expected", [(False, {}), (True, {"module:algebra", "module:geometry"})])
+@pytest.mark.parametrize(("grant_sandbox", "expected"), [(False, {}), (True, {"module:algebra", "module:geometry"})])
 def test_sandbox_grants_nothing_unless_configured(grant_sandbox, expected):
     sandbox = event("sample-events_1", environment="SANDBOX", **PURCHASE)
     assert set(access(ledger(sandbox), grant_sandbox=grant_sandbox)) == set(expected)

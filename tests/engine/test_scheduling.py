@@ -23,12 +23,16 @@ def test_dirty_means_at_once():
 
 def test_soon_after_the_expiry_the_access_depends_on():
     expiry = NOW + 3600_000
-    assert next_check_ms(projection(expiry), old_purchase(), NOW, POLICY, dirty=False) == expiry + RECHECK_AFTER_EXPIRY_MS
+    assert (
+        next_check_ms(projection(expiry), old_purchase(), NOW, POLICY, dirty=False) == expiry + RECHECK_AFTER_EXPIRY_MS
+    )
 
 
 def test_soon_after_a_purchase():
     fresh = [Transaction("t", purchased_ms=NOW - 60_000)]
-    assert next_check_ms(projection(NOW + 30 * DAY_MS), fresh, NOW, POLICY, dirty=False) == NOW + RECHECK_AFTER_PURCHASE_MS
+    assert (
+        next_check_ms(projection(NOW + 30 * DAY_MS), fresh, NOW, POLICY, dirty=False) == NOW + RECHECK_AFTER_PURCHASE_MS
+    )
 
 
 def test_otherwise_no_later_than_the_maximum_staleness():
@@ -51,8 +55,14 @@ def snapshot(digest="d1"):
 
 
 def state(**changes):
-    values = dict(customer_id="alice", last_snapshot_ms=NOW - DAY_MS, snapshot_digest="d1", dirty=False,
-                  next_change_ms=NOW + 5 * DAY_MS, projection_key=KEY)
+    values = {
+        "customer_id": "alice",
+        "last_snapshot_ms": NOW - DAY_MS,
+        "snapshot_digest": "d1",
+        "dirty": False,
+        "next_change_ms": NOW + 5 * DAY_MS,
+        "projection_key": KEY,
+    }
     values.update(changes)
     return CustomerState(**values)
 
@@ -69,6 +79,8 @@ def test_work_to_do_otherwise():
     assert unchanged_check_ms(state(dirty=True), snapshot(), NOW, POLICY, CATALOG) is None  # a degraded event
     assert unchanged_check_ms(state(projection_key="old"), snapshot(), NOW, POLICY, CATALOG) is None  # new catalog
     assert unchanged_check_ms(state(next_change_ms=NOW), snapshot(), NOW, POLICY, CATALOG) is None  # an expiry is due
-    assert unchanged_check_ms(state(snapshot_digest=None, last_snapshot_ms=None), snapshot(), NOW, POLICY, CATALOG) is None
+    assert (
+        unchanged_check_ms(state(snapshot_digest=None, last_snapshot_ms=None), snapshot(), NOW, POLICY, CATALOG) is None
+    )
     sandbox = ReconcilePolicy(grant_sandbox=True, max_staleness_ms=DAY_MS)
     assert unchanged_check_ms(state(), snapshot(), NOW, sandbox, CATALOG) is None  # policy changed

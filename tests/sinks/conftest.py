@@ -3,21 +3,22 @@ it, the course mapping imported, and helpers to reconcile and drain."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from config.settings import Settings
-from services.course_mappings import import_course_mappings
-from persistence.unit_of_work import unit_of_work
-from services.outbox import DrainResult, drain_outbox
-from services.wiring import Runtime, runtime_for, wall_clock_ms
 from engine.ports import Cause
 from engine.reconcile import ReconcileOutcome, reconcile_user
+from persistence.unit_of_work import unit_of_work
+from services.course_mappings import import_course_mappings
+from services.outbox import DrainResult, drain_outbox
+from services.wiring import Runtime, runtime_for, wall_clock_ms
 from simulators.openedx_lms import LmsServer, LmsState
 
 COURSE = "course-v1:HypnoElp+H01ENB+2024"
 CLIENT_ID, CLIENT_SECRET = "engine-sink", "s3cret"
+REQUEST = Cause("request")
 LEARNERS = ("alice", "bob", "carol")
 
 
@@ -45,7 +46,9 @@ def lms_runtime(lms_settings: Settings) -> Iterator[Runtime]:
     rt.close()
 
 
-def mapping_csv(mode: str = "professional", on_revoke: str = "audit", *, active: bool = True, expires_at: str = "") -> str:
+def mapping_csv(
+    mode: str = "professional", on_revoke: str = "audit", *, active: bool = True, expires_at: str = ""
+) -> str:
     return (
         "resource,course_run_id,mode,active,expires_at,on_revoke\n"
         f"course:H01ENB,{COURSE},{mode},{'true' if active else 'false'},{expires_at},{on_revoke}\n"
@@ -53,14 +56,26 @@ def mapping_csv(mode: str = "professional", on_revoke: str = "audit", *, active:
 
 
 def map_course(rt: Runtime, **kwargs: object) -> None:
-    import_course_mappings(rt.session_factory, mapping_csv(**kwargs), known_resources=None, replace=True,  # type: ignore[arg-type]
-                           now_ms=wall_clock_ms())
+    import_course_mappings(
+        rt.session_factory,
+        mapping_csv(**kwargs),
+        known_resources=None,
+        replace=True,  # type: ignore[arg-type]
+        now_ms=wall_clock_ms(),
+    )
 
 
-def sync(rt: Runtime, app_user_id: str, *, cause: Cause = Cause("request")) -> ReconcileOutcome:
+def sync(rt: Runtime, app_user_id: str, *, cause: Cause = REQUEST) -> ReconcileOutcome:
     """Reconcile one user from the provider (the simulator) now."""
-    return reconcile_user(app_user_id, provider=rt.provider, unit_of_work=unit_of_work(rt.session_factory),
-                          catalog=rt.catalog, now_ms=wall_clock_ms(), cause=cause, policy=rt.policy)
+    return reconcile_user(
+        app_user_id,
+        provider=rt.provider,
+        unit_of_work=unit_of_work(rt.session_factory),
+        catalog=rt.catalog,
+        now_ms=wall_clock_ms(),
+        cause=cause,
+        policy=rt.policy,
+    )
 
 
 def drain(rt: Runtime, *, clock: Callable[[], int] = wall_clock_ms, customer_id: str | None = None) -> DrainResult:

@@ -20,8 +20,10 @@ def cli(lms_settings, lms_runtime):
 
 def stored(rt) -> list[tuple]:
     with rt.session_factory() as session:
-        return [(r.resource, r.course_run_id, r.mode, r.active, r.expires_ms, r.on_revoke)
-                for r in session.scalars(select(CourseMappingRow).order_by(CourseMappingRow.resource))]
+        return [
+            (r.resource, r.course_run_id, r.mode, r.active, r.expires_ms, r.on_revoke)
+            for r in session.scalars(select(CourseMappingRow).order_by(CourseMappingRow.resource))
+        ]
 
 
 def test_import_then_export_round_trips(cli, lms_runtime, tmp_path):
@@ -36,7 +38,10 @@ def test_import_then_export_round_trips(cli, lms_runtime, tmp_path):
     out = tmp_path / "out.csv"
     assert cli.invoke(args=["course-mappings", "export", str(out)]).exit_code == 0
     path.write_text(out.read_text())
-    assert "0 created, 0 updated, 0 deleted, 1 unchanged" in cli.invoke(args=["course-mappings", "import", str(path)]).output
+    assert (
+        "0 created, 0 updated, 0 deleted, 1 unchanged"
+        in cli.invoke(args=["course-mappings", "import", str(path)]).output
+    )
 
 
 def test_every_error_with_its_line_and_nothing_half_imported(cli, lms_runtime, tmp_path):
@@ -47,16 +52,20 @@ def test_every_error_with_its_line_and_nothing_half_imported(cli, lms_runtime, t
     bad = tmp_path / "bad.csv"
     bad.write_text(
         HEADER
-        + f"course:H01ENB,{COURSE},verified,,,\n"       # line 2: valid (would update)
-        + "module:algebra,course-v1:A+B+C,audit,,,\n"   # line 3: free mode
-        + "course:NOPE,course-v1:A+B+D,verified,,,\n"   # line 4: not in the catalog
+        + f"course:H01ENB,{COURSE},verified,,,\n"  # line 2: valid (would update)
+        + "module:algebra,course-v1:A+B+C,audit,,,\n"  # line 3: free mode
+        + "course:NOPE,course-v1:A+B+D,verified,,,\n"  # line 4: not in the catalog
         + "course:H01ENB,course-v1:A+B+E,verified,,,\n"  # line 5: mapped twice
     )
     result = cli.invoke(args=["course-mappings", "import", str(bad)])
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.startswith(str(bad))]
     assert [line.split(": ", 1)[1].split(":")[0] for line in lines] == ["line 3", "line 4", "line 5"]
-    assert "mode 'audit' is free" in lines[0] and "not granted by any product" in lines[1] and "already mapped on line 2" in lines[2]
+    assert (
+        "mode 'audit' is free" in lines[0]
+        and "not granted by any product" in lines[1]
+        and "already mapped on line 2" in lines[2]
+    )
     assert "3 problem(s): nothing imported" in result.output
     assert stored(lms_runtime) == before  # line 2 was valid, and still not imported
 

@@ -32,11 +32,19 @@ CALLS = [
     ("revoke to audit: free honor is left alone", E("honor", True), AUDIT, []),
     ("revoke to audit: never creates an enrollment", None, AUDIT, []),
     ("revoke to audit: never reactivates", E("professional", False), AUDIT, []),
-    ("deactivate paid: downgrade first, then deactivate in audit (no refund path, guard passes)",
-     PRO, DEACTIVATED, [AUDIT, DEACTIVATED]),
+    (
+        "deactivate paid: downgrade first, then deactivate in audit (no refund path, guard passes)",
+        PRO,
+        DEACTIVATED,
+        [AUDIT, DEACTIVATED],
+    ),
     ("deactivate audit: send the current mode", AUDIT, DEACTIVATED, [DEACTIVATED]),
-    ("deactivate honor: send the current mode (the guard refuses another)", E("honor", True), DEACTIVATED,
-     [E("honor", False)]),
+    (
+        "deactivate honor: send the current mode (the guard refuses another)",
+        E("honor", True),
+        DEACTIVATED,
+        [E("honor", False)],
+    ),
     ("deactivate: nothing to deactivate", None, DEACTIVATED, []),
     ("deactivate: already inactive", E("professional", False), DEACTIVATED, []),
 ]
@@ -83,16 +91,32 @@ GRANT = Access("course:H01ENB", "paid", None, ("tx1",))
 DESIRED = [
     ("granted: the mapping's paid mode", GRANT, MAP, PRO),
     ("no grant, revoke to audit", None, MAP, AUDIT),
-    ("no grant, revoke by deactivation", None, CourseMapping(MAP.resource, MAP.course_run_id, "professional",
-                                                             on_revoke="deactivate"), DEACTIVATED),
+    (
+        "no grant, revoke by deactivation",
+        None,
+        CourseMapping(MAP.resource, MAP.course_run_id, "professional", on_revoke="deactivate"),
+        DEACTIVATED,
+    ),
     ("grant already expired", Access("course:H01ENB", "paid", NOW - 1), MAP, AUDIT),
     ("grant still running", Access("course:H01ENB", "paid", NOW + 1), MAP, PRO),
-    ("mapping inactive: no LMS call at all", GRANT, CourseMapping(MAP.resource, MAP.course_run_id, "professional",
-                                                                 active=False), None),
-    ("mapping expired: paid access to the run ends", GRANT, CourseMapping(MAP.resource, MAP.course_run_id,
-                                                                         "no-id-professional", expires_ms=NOW), AUDIT),
-    ("mapping not yet expired", GRANT, CourseMapping(MAP.resource, MAP.course_run_id, "no-id-professional",
-                                                    expires_ms=NOW + 1), E("no-id-professional", True)),
+    (
+        "mapping inactive: no LMS call at all",
+        GRANT,
+        CourseMapping(MAP.resource, MAP.course_run_id, "professional", active=False),
+        None,
+    ),
+    (
+        "mapping expired: paid access to the run ends",
+        GRANT,
+        CourseMapping(MAP.resource, MAP.course_run_id, "no-id-professional", expires_ms=NOW),
+        AUDIT,
+    ),
+    (
+        "mapping not yet expired",
+        GRANT,
+        CourseMapping(MAP.resource, MAP.course_run_id, "no-id-professional", expires_ms=NOW + 1),
+        E("no-id-professional", True),
+    ),
 ]
 
 
@@ -104,8 +128,13 @@ def test_desired_enrollment(case, access, mapping, desired):
 @pytest.mark.parametrize(
     ("attempts", "jitter", "expected"),
     [
-        (1, 0.0, 1_000), (1, 0.999, 1_999), (2, 0.0, 2_000), (3, 0.5, 6_000),
-        (10, 0.0, 150_000), (10, 0.999, 299_850), (60, 0.0, 150_000),  # capped at 300 s
+        (1, 0.0, 1_000),
+        (1, 0.999, 1_999),
+        (2, 0.0, 2_000),
+        (3, 0.5, 6_000),
+        (10, 0.0, 150_000),
+        (10, 0.999, 299_850),
+        (60, 0.0, 150_000),  # capped at 300 s
     ],
 )
 def test_retry_delay_is_exponential_capped_and_jittered(attempts, jitter, expected):

@@ -29,8 +29,12 @@ def enrolled(rt, simulator, lms, user: str = "bob") -> None:
 
 def drift_audit(rt) -> list[tuple[str, str, str | None, str | None]]:
     with rt.session_factory() as session:
-        return [(a.action, a.drift_kind, a.before, a.after) for a in session.scalars(
-            select(AuditEntry).where(AuditEntry.drift_kind.is_not(None)).order_by(AuditEntry.id))]
+        return [
+            (a.action, a.drift_kind, a.before, a.after)
+            for a in session.scalars(
+                select(AuditEntry).where(AuditEntry.drift_kind.is_not(None)).order_by(AuditEntry.id)
+            )
+        ]
 
 
 def test_in_sync_costs_one_read_and_writes_nothing(lms_runtime, simulator, lms):
@@ -45,8 +49,14 @@ def test_downgraded_by_hand_is_repaired_and_counted(lms_runtime, simulator, lms)
     lms.state.set_enrollment("bob", COURSE, "audit")  # support staff downgraded the learner
     result = repair(lms_runtime, "bob")
     assert result.drift == {"lms_wrong_mode": 1}
-    assert drift_audit(lms_runtime) == [("lms_repair", "lms_wrong_mode", json.dumps({"mode": "audit", "is_active": True}),
-                                         json.dumps({"mode": "professional", "is_active": True}))]
+    assert drift_audit(lms_runtime) == [
+        (
+            "lms_repair",
+            "lms_wrong_mode",
+            json.dumps({"mode": "audit", "is_active": True}),
+            json.dumps({"mode": "professional", "is_active": True}),
+        )
+    ]
     drain(lms_runtime)
     assert lms.state.enrollment("bob", COURSE) == ("professional", True)
     assert repair(lms_runtime, "bob").drift == {}  # healed
@@ -117,7 +127,8 @@ def test_the_task_repairs_counts_and_enqueues_a_drain(lms_settings, lms_runtime,
     assert app.tasks["engine.repair_lms_drift"].apply(args=("bob",)).get() == {"lms_wrong_mode": 1}
     queued = redis_lib.Redis.from_url(redis_url(lms_settings)).lrange("celery", 0, -1)
     assert [(json.loads(m)["headers"]["task"], json.loads(m)["headers"]["argsrepr"]) for m in queued] == [
-        ("engine.drain_sink_outbox", "('bob',)")]
+        ("engine.drain_sink_outbox", "('bob',)")
+    ]
     assert lms_runtime.metrics.counters().get('engine_drift_repaired_total{kind="lms_wrong_mode"}') == 1
     assert app.tasks["engine.drain_sink_outbox"].apply(args=("bob",)).get() == 1
     assert lms.state.enrollment("bob", COURSE) == ("professional", True)

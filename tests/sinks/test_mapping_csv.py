@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.enrollment import CourseMapping
 from engine.course_mapping_csv import MappingCsvError, format_mapping_csv, parse_mapping_csv
+from engine.enrollment import CourseMapping
 
 KNOWN = {"course:H01ENB", "course:H02ENB", "course:H03ENB"}
 HEADER = "resource,course_run_id,mode,active,expires_at,on_revoke\n"
@@ -27,25 +27,32 @@ def test_a_valid_file_with_defaults_and_every_column():
     )
     assert [(r.line, r.mapping) for r in rows] == [
         (2, CourseMapping("course:H01ENB", "course-v1:HypnoElp+H01ENB+2024", "professional", True, None, "audit")),
-        (4, CourseMapping("course:H02ENB", "HypnoElp/H02ENB/2023", "no-id-professional", False, 1782777600000, "deactivate")),
+        (
+            4,
+            CourseMapping(
+                "course:H02ENB", "HypnoElp/H02ENB/2023", "no-id-professional", False, 1782777600000, "deactivate"
+            ),
+        ),
     ]
 
 
 def test_columns_in_any_order_only_the_required_ones():
-    rows = parse_mapping_csv("Mode, Resource ,COURSE_RUN_ID\r\nverified,course:H01ENB,course-v1:A+B+C\r\n", known_resources=KNOWN)
+    rows = parse_mapping_csv(
+        "Mode, Resource ,COURSE_RUN_ID\r\nverified,course:H01ENB,course-v1:A+B+C\r\n", known_resources=KNOWN
+    )
     assert rows[0].mapping == CourseMapping("course:H01ENB", "course-v1:A+B+C", "verified")
 
 
 def test_every_problem_is_reported_with_its_line_number():
     text = (
-        HEADER                                                                       # line 1
+        HEADER  # line 1
         + "course:H01ENB,course-v1:HypnoElp+H01ENB+2024,professional,true,,audit\n"  # 2 ok
-        + ",course-v1:A+B+C,professional,,,\n"                                       # 3
-        + "course:NOPE,course-v1:A+B+D,professional,,,\n"                            # 4
-        + "course:H02ENB,not a key,profesional,maybe,yesterday,refund\n"             # 5
-        + "course:H03ENB,course-v1:A+B+E,audit,,2026-01-01T00:00:00,\n"              # 6
-        + "course:H01ENB,course-v1:HypnoElp+H01ENB+2024,verified,,,\n"               # 7
-        + "course:H02ENB,course-v1:X+Y+Z\n"                                          # 8
+        + ",course-v1:A+B+C,professional,,,\n"  # 3
+        + "course:NOPE,course-v1:A+B+D,professional,,,\n"  # 4
+        + "course:H02ENB,not a key,profesional,maybe,yesterday,refund\n"  # 5
+        + "course:H03ENB,course-v1:A+B+E,audit,,2026-01-01T00:00:00,\n"  # 6
+        + "course:H01ENB,course-v1:HypnoElp+H01ENB+2024,verified,,,\n"  # 7
+        + "course:H02ENB,course-v1:X+Y+Z\n"  # 8
     )
     assert problems(text) == [
         "line 3: resource: required",
@@ -75,7 +82,12 @@ def test_header_problems_are_on_line_one():
 
 
 def test_line_numbers_count_physical_lines_through_quoted_newlines_and_blank_lines():
-    text = HEADER + '"course:H01ENB","course-v1:A+B+C","professional",,,\n\n\n' + 'course:H02ENB,"bad\nkey",professional,,,\n' + ",x,,,,\n"
+    text = (
+        HEADER
+        + '"course:H01ENB","course-v1:A+B+C","professional",,,\n\n\n'
+        + 'course:H02ENB,"bad\nkey",professional,,,\n'
+        + ",x,,,,\n"
+    )
     assert problems(text) == [
         "line 5: course_run_id 'bad\\nkey' is not an Open edX course key (course-v1:ORG+COURSE+RUN)",
         "line 7: resource: required",
@@ -100,6 +112,6 @@ def test_export_then_import_is_the_identity():
         "course:H01ENB,course-v1:HypnoElp+H01ENB+2024,professional,true,,audit",
         "course:H02ENB,course-v1:A+B+C,verified,false,2026-06-30T00:00:00.123Z,deactivate",
     ]
-    assert sorted((r.mapping for r in parse_mapping_csv(text, known_resources=KNOWN)), key=lambda m: m.resource) == sorted(
-        mappings, key=lambda m: m.resource
-    )
+    assert sorted(
+        (r.mapping for r in parse_mapping_csv(text, known_resources=KNOWN)), key=lambda m: m.resource
+    ) == sorted(mappings, key=lambda m: m.resource)

@@ -11,7 +11,7 @@ from persistence.models import Base
 SINK_TABLES = {"course_mappings", "lms_users", "sink_outbox"}
 
 
-def _table_of(diff) -> str | None:  # noqa: ANN001
+def _table_of(diff) -> str | None:
     entry = diff[0] if isinstance(diff, list) else diff
     for part in entry[1:]:
         name = getattr(part, "name", None) if not isinstance(part, str) else None

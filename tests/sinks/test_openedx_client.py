@@ -7,10 +7,9 @@ import pytest
 import requests
 
 from adapters.openedx import OpenEdxClient, OpenEdxSink
-from engine.errors import TerminalError, TransientError
-from simulators.openedx_lms import LmsServer, LmsState
+from engine.errors import SinkAuthError, TerminalError, TransientError
 from engine.ports import EnrollmentState as E
-from engine.errors import SinkAuthError
+from simulators.openedx_lms import LmsServer, LmsState
 from tests.sinks.conftest import CLIENT_ID, CLIENT_SECRET, COURSE
 
 PRO, AUDIT = E("professional", True), E("audit", True)
@@ -114,7 +113,10 @@ def test_deactivation_never_takes_the_lms_refund_path(lms, sink):
     assert sink.apply("bob", COURSE, E("audit", False)) == E("audit", False)
     assert lms.state.enrollment("bob", COURSE) == ("audit", False)
     assert [(b["mode"], b["is_active"]) for b in lms.state.posts("bob")] == [
-        ("professional", True), ("audit", True), ("audit", False)]
+        ("professional", True),
+        ("audit", True),
+        ("audit", False),
+    ]
     assert lms.state.refund_requests == []
     assert sink.apply("bob", COURSE, PRO) == PRO  # re-purchase reactivates in the paid mode
 
@@ -124,17 +126,23 @@ def test_the_fake_lms_refund_path_is_real(lms, client):
     client.post_enrollment("bob", COURSE, PRO)
     client.post_enrollment("bob", COURSE, E("professional", False))
     assert lms.state.refund_requests == [
-        {"user": "bob", "course_id": COURSE, "mode": "professional", "by": "engine_worker"}]
+        {"user": "bob", "course_id": COURSE, "mode": "professional", "by": "engine_worker"}
+    ]
 
 
 def test_the_mode_mismatch_guard(lms, client):
     client.post_enrollment("bob", COURSE, PRO)
     token = client._auth_headers(refresh=False)
-    response = requests.post(f"{lms.url}/api/enrollment/v1/enrollment", headers=token, timeout=5, json={
-        "user": "bob", "mode": "audit", "is_active": False, "course_details": {"course_id": COURSE}})
+    response = requests.post(
+        f"{lms.url}/api/enrollment/v1/enrollment",
+        headers=token,
+        timeout=5,
+        json={"user": "bob", "mode": "audit", "is_active": False, "course_details": {"course_id": COURSE}},
+    )
     assert response.status_code == 400
-    assert response.json()["message"] == ("Enrollment mode mismatch: active mode=professional, requested mode=audit. "
-                                          "Won't deactivate.")
+    assert response.json()["message"] == (
+        "Enrollment mode mismatch: active mode=professional, requested mode=audit. Won't deactivate."
+    )
     assert lms.state.enrollment("bob", COURSE) == ("professional", True)
 
 
@@ -144,7 +152,7 @@ def test_the_sink_reads_again_when_the_guard_says_its_read_was_stale(lms, sink, 
     real_get = sink.client.get_enrollment
     reads = []
 
-    def stale_once(username, course):  # noqa: ANN001, ANN202
+    def stale_once(username, course):
         reads.append(1)
         if len(reads) == 1:
             lms.state.set_enrollment("bob", COURSE, "honor")  # changed by hand between read and write
@@ -158,8 +166,11 @@ def test_the_sink_reads_again_when_the_guard_says_its_read_was_stale(lms, sink, 
 
 def test_non_staff_callers_get_the_documented_refusals(lms):
     lms.state.add_client("learner-app", "pw", service_user="alice", staff=False)
-    token = requests.post(f"{lms.url}/oauth2/access_token", timeout=5, data={
-        "grant_type": "client_credentials", "client_id": "learner-app", "client_secret": "pw"}).json()
+    token = requests.post(
+        f"{lms.url}/oauth2/access_token",
+        timeout=5,
+        data={"grant_type": "client_credentials", "client_id": "learner-app", "client_secret": "pw"},
+    ).json()
     assert token["token_type"] == "Bearer"
     auth = {"Authorization": f"Bearer {token['access_token']}"}
     url = f"{lms.url}/api/enrollment/v1/enrollment"
@@ -214,8 +225,12 @@ def test_bulk_enrollment_listing_for_staff(lms, client):
     for user in ("alice", "bob", "carol"):
         client.post_enrollment(user, COURSE, PRO)
     headers = client._auth_headers(refresh=False)
-    page = requests.get(f"{lms.url}/api/enrollment/v1/enrollments", params={"course_id": COURSE, "page_size": 2},
-                        headers=headers, timeout=5).json()
+    page = requests.get(
+        f"{lms.url}/api/enrollment/v1/enrollments",
+        params={"course_id": COURSE, "page_size": 2},
+        headers=headers,
+        timeout=5,
+    ).json()
     assert [r["user"] for r in page["results"]] == ["alice", "bob"] and page["next"]
     rest = requests.get(page["next"], headers=headers, timeout=5).json()
     assert [r["user"] for r in rest["results"]] == ["carol"] and rest["next"] is None

@@ -8,14 +8,14 @@ import threading
 from sqlalchemy import func, select
 
 from engine.access import Access
-from persistence.course_mappings import set_lms_username
-from persistence.unit_of_work import unit_of_work
-from persistence.models import AuditEntry, Grant, SinkOutboxRow
-from persistence.outbox import enqueue_expired_mappings, outbox_counts
-from services.outbox import drain_outbox
-from services.wiring import wall_clock_ms
 from engine.plan import Action
 from engine.ports import Cause
+from persistence.course_mappings import set_lms_username
+from persistence.models import AuditEntry, Grant, SinkOutboxRow
+from persistence.outbox import enqueue_expired_mappings, outbox_counts
+from persistence.unit_of_work import unit_of_work
+from services.outbox import drain_outbox
+from services.wiring import wall_clock_ms
 from tests.sinks.conftest import COURSE, drain, map_course, one_time_tx, sync
 
 
@@ -38,7 +38,13 @@ def test_a_purchase_writes_one_outbox_row_in_the_grants_transaction(lms_runtime,
     sync(lms_runtime, "bob")
     [row] = rows(lms_runtime)
     assert (row.customer_id, row.resource, row.course_run_id, row.mode, row.is_active, row.status) == (
-        "bob", "course:H01ENB", COURSE, "professional", True, "pending")
+        "bob",
+        "course:H01ENB",
+        COURSE,
+        "professional",
+        True,
+        "pending",
+    )
     assert row.cause_kind == "request"
     assert lms.state.enrollment("bob", COURSE) is None  # nothing is sent inside the transaction
 
@@ -133,7 +139,10 @@ def test_lms_down_for_an_hour_loses_nothing_and_applies_every_change_in_order(lm
     result = drain(lms_runtime, clock=clock)
     assert (result.sent, result.deferred, result.next_attempt_ms) == (4, 0, None)
     assert [(b["mode"], b["is_active"]) for b in lms.state.posts("bob")] == [
-        ("professional", True), ("audit", True), ("professional", True)]
+        ("professional", True),
+        ("audit", True),
+        ("professional", True),
+    ]
     assert lms.state.enrollment("bob", COURSE) == ("professional", True)
     assert lms.state.enrollment("alice", COURSE) == ("professional", True)
 
@@ -165,10 +174,10 @@ def test_retry_after_from_the_lms_is_honoured(lms_runtime, simulator, lms):
     class Busy:
         name = "busy"
 
-        def apply(self, *args):  # noqa: ANN002, ANN201
+        def apply(self, *args):
             raise TransientError("429", retry_after_s=120)
 
-        def read(self, *args):  # noqa: ANN002, ANN201
+        def read(self, *args):
             return None
 
     result = drain_outbox(lms_runtime.session_factory, Busy(), clock_ms=lambda: now, jitter=lambda: 0.0)
@@ -269,10 +278,14 @@ def test_changing_the_mapped_mode_re_sends_to_holders(lms_runtime, simulator, lm
     drain(lms_runtime)
     assert lms.state.enrollment("bob", COURSE) == ("verified", True)
     with lms_runtime.session_factory() as session:
-        assert session.scalar(select(func.count()).select_from(AuditEntry).where(AuditEntry.drift_kind.is_not(None))) == 0
+        assert (
+            session.scalar(select(func.count()).select_from(AuditEntry).where(AuditEntry.drift_kind.is_not(None))) == 0
+        )
 
 
-def test_the_beat_drain_task_sends_everything_due_and_is_idle_when_disabled(settings, lms_settings, lms_runtime, simulator, lms):
+def test_the_beat_drain_task_sends_everything_due_and_is_idle_when_disabled(
+    settings, lms_settings, lms_runtime, simulator, lms
+):
     from tasks.celery_app import create_celery
 
     map_course(lms_runtime)

@@ -13,11 +13,19 @@ def test_the_sink_is_off_unless_configured():
 
 
 def test_environment_round_trip():
-    env = {"OPENEDX_LMS_URL": "https://lms.example/", "OPENEDX_CLIENT_ID": "id", "OPENEDX_CLIENT_SECRET": "secret",
-           "SINK_DRAIN_INTERVAL_S": "3", "SINK_RETRY_BACKOFF_MAX_S": "120"}
+    env = {
+        "OPENEDX_LMS_URL": "https://lms.example/",
+        "OPENEDX_CLIENT_ID": "id",
+        "OPENEDX_CLIENT_SECRET": "secret",
+        "SINK_DRAIN_INTERVAL_S": "3",
+        "SINK_RETRY_BACKOFF_MAX_S": "120",
+    }
     settings = Settings.from_env(env)
     assert (settings.openedx_lms_url, settings.openedx_client_id, settings.openedx_client_secret) == (
-        "https://lms.example", "id", "secret")
+        "https://lms.example",
+        "id",
+        "secret",
+    )
     assert settings.openedx_enabled and (settings.sink_drain_interval_s, settings.sink_retry_backoff_max_s) == (3, 120)
     assert Settings.from_env(settings.to_env()) == settings
     entry = beat_schedule(settings)["drain-sink-outbox"]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-
 import pytest
 from sqlalchemy import func, select
 
-from services.inbox import process_inbox_event
-from persistence.models import AuditEntry, Grant, InboxEvent, Subscriber, UnknownProduct
 from engine.errors import TransientError
+from persistence.models import AuditEntry, Grant, InboxEvent, Subscriber, UnknownProduct
+from services.inbox import process_inbox_event
 from tests.conftest import API_TOKEN, WEBHOOK_AUTH
 
 URL = "/webhooks/revenuecat"
@@ -97,7 +96,7 @@ def test_unknown_product_is_recorded_and_alerted_not_dropped(client, runtime, si
     assert alert["fingerprint"] == ["unknown-product", "mystery_product"] and alert["level"] == "error"
 
 
-@pytest.mark.parametrize("status, retry_after", [(500, None), (503, None), (429, 7)])
+@pytest.mark.parametrize(("status", "retry_after"), [(500, None), (503, None), (429, 7)])
 def test_transient_provider_error_degrades_then_retries(client, runtime, simulator, status, retry_after):
     body = simulator.state.purchase_subscription("alice", "premium_monthly")
     inbox_id = intake(client, body)
@@ -161,6 +160,10 @@ def test_access_api_shape(client, runtime, simulator):
     response = client.get("/v1/users/alice/access", headers={"Authorization": f"Bearer {API_TOKEN}"}).json
     assert set(response) == {"app_user_id", "as_of", "access"}
     assert response["access"] == [
-        {"resource": "course:H01ENB", "mode": "paid", "expires_at": None,
-         "source": {"transactions": response["access"][0]["source"]["transactions"]}}
+        {
+            "resource": "course:H01ENB",
+            "mode": "paid",
+            "expires_at": None,
+            "source": {"transactions": response["access"][0]["source"]["transactions"]},
+        }
     ]

@@ -13,24 +13,27 @@ import redis as redis_lib
 from sqlalchemy import event, func, select, update
 
 from adapters.embedded_redis import redis_url
-from persistence.unit_of_work import unit_of_work
-from services.inbox import process_inbox_event
-from persistence.models import AuditEntry, Grant, LedgerTransaction, ProviderSnapshot, Subscriber
-from services.wiring import wall_clock_ms
-from persistence.subscribers import select_due
-from services.sweep import reconcile_customers
+from config.settings import PROJECT_ROOT
 from engine.ports import Cause
 from engine.reconcile import reconcile_user
+from persistence.models import AuditEntry, Grant, LedgerTransaction, ProviderSnapshot, Subscriber
+from persistence.subscribers import select_due
+from persistence.unit_of_work import unit_of_work
+from services.inbox import process_inbox_event
+from services.sweep import reconcile_customers
+from services.wiring import wall_clock_ms
 from tasks.celery_app import create_celery
 from tests.conftest import WEBHOOK_AUTH
 from tests.support import settings_env, wait_for
-from config.settings import PROJECT_ROOT
 
 
 def known_customer(client, runtime, simulator, user: str, product: str = "premium_monthly") -> dict:
     """A customer whose purchase webhook arrived and was processed."""
-    body = (simulator.state.purchase_non_renewing(user, product) if product == "h01enb"
-            else simulator.state.purchase_subscription(user, product))
+    body = (
+        simulator.state.purchase_non_renewing(user, product)
+        if product == "h01enb"
+        else simulator.state.purchase_subscription(user, product)
+    )
     response = client.post("/webhooks/revenuecat", json=body, headers={"Authorization": WEBHOOK_AUTH})
     process_inbox_event(response.json["inbox_id"], runtime.event_processing(), final_attempt=False)
     return body
@@ -67,8 +70,11 @@ def test_sweep_heals_lost_webhooks_and_counts_reports_and_audits_the_drift(clien
     assert (result.reconciled, result.changed) == (2, 2)
     assert result.drift == {"missed_revocation": 1, "missed_grant": 1}
     with runtime.session_factory() as session:
-        audit = session.execute(select(AuditEntry.customer_id, AuditEntry.action, AuditEntry.drift_kind, AuditEntry.cause_kind)
-                                .where(AuditEntry.drift_kind.is_not(None)).order_by(AuditEntry.customer_id)).all()
+        audit = session.execute(
+            select(AuditEntry.customer_id, AuditEntry.action, AuditEntry.drift_kind, AuditEntry.cause_kind)
+            .where(AuditEntry.drift_kind.is_not(None))
+            .order_by(AuditEntry.customer_id)
+        ).all()
     assert audit == [("alice", "revoke", "missed_revocation", "sweep"), ("bob", "grant", "missed_grant", "sweep")]
     counters = runtime.metrics.counters()
     assert counters['engine_drift_repaired_total{kind="missed_revocation"}'] == 1
@@ -86,14 +92,25 @@ def test_an_unchanged_snapshot_costs_no_writes_beyond_the_check_time(client, run
     known_customer(client, runtime, simulator, "alice")
     writes: list[str] = []
 
-    def record(conn, cursor, statement, *args):  # noqa: ANN001
+    def record(conn, cursor, statement, *args):
         if re.match(r"\s*(INSERT|UPDATE|DELETE)", statement, re.I):
-            writes.append(statement.split()[0].upper() + " " + re.search(r"(?:INTO|UPDATE|FROM)\s+(\w+)", statement, re.I).group(1))
+            writes.append(
+                statement.split()[0].upper()
+                + " "
+                + re.search(r"(?:INTO|UPDATE|FROM)\s+(\w+)", statement, re.I).group(1)
+            )
 
     event.listen(runtime.db, "before_cursor_execute", record)
     try:
-        reconcile_user("alice", provider=runtime.provider, unit_of_work=unit_of_work(runtime.session_factory),
-                       catalog=runtime.catalog, now_ms=wall_clock_ms(), cause=Cause("sweep"), policy=runtime.policy)
+        reconcile_user(
+            "alice",
+            provider=runtime.provider,
+            unit_of_work=unit_of_work(runtime.session_factory),
+            catalog=runtime.catalog,
+            now_ms=wall_clock_ms(),
+            cause=Cause("sweep"),
+            policy=runtime.policy,
+        )
     finally:
         event.remove(runtime.db, "before_cursor_execute", record)
     assert writes == ["UPDATE subscribers"]
@@ -140,10 +157,26 @@ def test_only_one_of_two_beats_schedules(settings, runtime, tmp_path):
     client = redis_lib.Redis.from_url(redis_url(settings))
     client.delete("sweep", "celery")
 
+    logs = []
+
     def beat(n: int) -> subprocess.Popen:
+        logs.append(open(tmp_path / f"beat{n}.log", "wb"))  # noqa: SIM115 - closed at the end of the test
         return subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tasks.worker", "beat", "--loglevel=INFO", f"--schedule={tmp_path / f'beat{n}'}"],
-            cwd=PROJECT_ROOT, env=env, stdout=open(tmp_path / f"beat{n}.log", "wb"), stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tasks.worker",
+                "beat",
+                "--loglevel=INFO",
+                f"--schedule={tmp_path / f'beat{n}'}",
+            ],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=logs[-1],
+            stderr=subprocess.STDOUT,
+        )
 
     def sweeps() -> int:
         return sum(1 for m in client.lrange("celery", 0, -1) if json.loads(m)["headers"]["task"] == "engine.sweep")
@@ -165,11 +198,19 @@ def test_only_one_of_two_beats_schedules(settings, runtime, tmp_path):
         for proc in (first, second):
             proc.kill()
             proc.wait()
+        for log in logs:
+            log.close()
 
 
 def run_cli(settings, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flask", "--app", "web.app:create_app", *args], cwd=PROJECT_ROOT,
-                          env=settings_env(settings), capture_output=True, text=True, timeout=120)
+    return subprocess.run(  # noqa: PLW1510 - the tests read the exit status
+        [sys.executable, "-m", "flask", "--app", "web.app:create_app", *args],
+        cwd=PROJECT_ROOT,
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_operator_commands_dry_run_reconcile_all_and_drift_report(client, runtime, simulator, settings):
@@ -214,14 +255,26 @@ def test_fast_path_recomputes_once_an_expiry_falls_due_or_the_catalog_changes(cl
         [grant] = session.scalars(select(Grant)).all()
 
     def reconcile(now_ms, catalog=runtime.catalog):
-        return reconcile_user("alice", provider=runtime.provider, unit_of_work=unit_of_work(runtime.session_factory),
-                              catalog=catalog, now_ms=now_ms, cause=Cause("sweep"), policy=runtime.policy)
+        return reconcile_user(
+            "alice",
+            provider=runtime.provider,
+            unit_of_work=unit_of_work(runtime.session_factory),
+            catalog=catalog,
+            now_ms=now_ms,
+            cause=Cause("sweep"),
+            policy=runtime.policy,
+        )
 
     assert reconcile(wall_clock_ms()).actions == ()  # fast path: nothing moved
     product = runtime.catalog.products["premium_monthly"]
-    changed = replace(runtime.catalog, digest="edited",
-                      products={**runtime.catalog.products,
-                                "premium_monthly": replace(product, grants=(GrantRule("module:algebra", "basic", "period"),))})
+    changed = replace(
+        runtime.catalog,
+        digest="edited",
+        products={
+            **runtime.catalog.products,
+            "premium_monthly": replace(product, grants=(GrantRule("module:algebra", "basic", "period"),)),
+        },
+    )
     assert [a.kind for a in reconcile(wall_clock_ms(), changed).actions] == ["change_mode"]
     assert [a.kind for a in reconcile(grant.expires_ms + 1, changed).actions] == ["revoke"]  # the expiry came due
 
@@ -232,10 +285,14 @@ def test_a_sweep_batch_settles_unchanged_customers_together_and_reconciles_the_r
     simulator.state.purchase_non_renewing("bob", "geometry_pack_30")  # lost webhook: bob changed
     with runtime.session_factory() as session, session.begin():  # carol: a degraded event left her dirty
         session.execute(update(Subscriber).where(Subscriber.customer_id == "carol").values(dirty=True))
-    snapshots_before, requests_before, t0 = count(runtime, ProviderSnapshot), simulator.state.request_count, wall_clock_ms()
+    snapshots_before, requests_before, t0 = (
+        count(runtime, ProviderSnapshot),
+        simulator.state.request_count,
+        wall_clock_ms(),
+    )
     statements: list[tuple[str, bool]] = []
 
-    def record(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+    def record(conn, cursor, statement, parameters, context, executemany):
         statements.append((" ".join(statement.split()[:2]).upper(), executemany))
 
     event.listen(runtime.db, "before_cursor_execute", record)
@@ -285,9 +342,9 @@ def test_a_batch_larger_than_the_budget_is_deferred_not_failed(client, runtime, 
 
 
 def test_an_unexpected_error_in_one_reconcile_costs_the_others_nothing(client, runtime, simulator, monkeypatch):
-    import services.sweep as sweep
     from sqlalchemy import text
 
+    import services.sweep as sweep
     from persistence.models import Grant as GrantRow
 
     for user in ["alice", "bob", "carol", "dave"]:
@@ -295,7 +352,7 @@ def test_an_unexpected_error_in_one_reconcile_costs_the_others_nothing(client, r
         simulator.state.purchase_non_renewing(user, "geometry_pack_30")  # all four changed: full reconciles
     real = sweep.reconcile_user
 
-    def broken_for_bob(customer_id, **kwargs):  # noqa: ANN001, ANN003, ANN202
+    def broken_for_bob(customer_id, **kwargs):
         if customer_id == "bob":  # fails inside its transaction, leaving that connection aborted
             with kwargs["unit_of_work"]() as store:
                 store.session.execute(text("SELECT * FROM no_such_table"))

@@ -17,7 +17,9 @@ from web.app import create_app
 
 
 def access(base_url: str, app_user_id: str) -> dict:
-    response = requests.get(f"{base_url}/v1/users/{app_user_id}/access", headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=5)
+    response = requests.get(
+        f"{base_url}/v1/users/{app_user_id}/access", headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=5
+    )
     return {a["resource"]: a for a in response.json()["access"]}
 
 
@@ -28,7 +30,10 @@ def inbox_row(runtime, inbox_id: int) -> InboxEvent:
 
 def counts(runtime) -> tuple[int, int]:
     with runtime.session_factory() as session:
-        return (session.scalar(select(func.count()).select_from(Grant)), session.scalar(select(func.count()).select_from(AuditEntry)))
+        return (
+            session.scalar(select(func.count()).select_from(Grant)),
+            session.scalar(select(func.count()).select_from(AuditEntry)),
+        )
 
 
 def test_purchase_to_access_through_a_real_worker(settings, runtime, simulator, live_server):
@@ -38,7 +43,9 @@ def test_purchase_to_access_through_a_real_worker(settings, runtime, simulator, 
         assert simulator.deliver(simulator.state.purchase_non_renewing("bob", "h01enb")) == 200
         wait_for(lambda: "module:algebra" in access(live_server, "alice"), what="alice's access")
         wait_for(lambda: "course:H01ENB" in access(live_server, "bob"), what="bob's access")
-        refund_tx = simulator.state.subscriber("bob")[1]["subscriber"]["non_subscriptions"]["h01enb"][0]["store_transaction_id"]
+        refund_tx = simulator.state.subscriber("bob")[1]["subscriber"]["non_subscriptions"]["h01enb"][0][
+            "store_transaction_id"
+        ]
         assert simulator.deliver(simulator.state.refund("bob", refund_tx)) == 200
         wait_for(lambda: access(live_server, "bob") == {}, what="bob's refund to revoke access")
 

@@ -9,8 +9,8 @@ import redis as redis_lib
 from flask import jsonify
 from sqlalchemy import select
 
-from config.settings import Settings
 from adapters.embedded_redis import redis_url
+from config.settings import Settings
 from persistence.models import InboxEvent
 from tests.conftest import WEBHOOK_AUTH
 from web.app import create_app
@@ -20,8 +20,10 @@ URL = "/webhooks/revenuecat"
 
 
 def purchase(event_id: str = "evt-1", **event) -> dict:
-    return {"api_version": "1.0", "event": {"id": event_id, "type": "INITIAL_PURCHASE", "app_user_id": "alice",
-                                            "event_timestamp_ms": 1, **event}}
+    return {
+        "api_version": "1.0",
+        "event": {"id": event_id, "type": "INITIAL_PURCHASE", "app_user_id": "alice", "event_timestamp_ms": 1, **event},
+    }
 
 
 def inbox(runtime) -> list[InboxEvent]:
@@ -37,7 +39,12 @@ def test_stores_commits_and_enqueues_then_answers_200(client, runtime, settings)
     response = client.post(URL, json=purchase(), headers=AUTH)
     assert response.status_code == 200 and response.json["status"] == "received"
     [row] = inbox(runtime)
-    assert (row.event_id, row.event_type, row.status, row.provider) == ("evt-1", "INITIAL_PURCHASE", "received", "revenuecat")
+    assert (row.event_id, row.event_type, row.status, row.provider) == (
+        "evt-1",
+        "INITIAL_PURCHASE",
+        "received",
+        "revenuecat",
+    )
     assert json.loads(row.body) == purchase()
     assert queued(settings) == 1
     # the answer, built by hand on the hot path, is what jsonify would have answered
@@ -86,7 +93,7 @@ def test_body_just_under_the_limit_is_accepted(client):
 
 
 @pytest.mark.parametrize(
-    "raw, reason",
+    ("raw", "reason"),
     [
         (b"not json at all", "not valid JSON"),
         (b"\xff\xfe\x00garbage", "not valid JSON"),
