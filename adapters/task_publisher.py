@@ -1,4 +1,4 @@
-"""Publishing ``engine.process_event`` from the intake with one LPUSH (the intake's hot path).
+"""Publishing the inbox task from the intake with one LPUSH (the intake's hot path).
 
 ``celery.send_task`` costs about 0.7 ms of CPU per webhook (routing, building the message, kombu
 creating a redis client for every publish): more than storing the webhook. ``TaskPublisher``
@@ -19,7 +19,6 @@ from collections.abc import Callable, Mapping
 
 log = logging.getLogger(__name__)
 
-PROCESS_EVENT = "engine.process_event"
 PUBLISH_POOL_WAIT_S = 5.0  # for a free broker connection; then the row waits for the redrive
 
 
@@ -34,7 +33,7 @@ _SENTINELS = (
 
 
 class TaskPublisher:
-    """Publishes ``engine.process_event(inbox_id)`` to Celery's Redis broker with one LPUSH.
+    """Publishes ``<task_name>(inbox_id)`` to Celery's Redis broker with one LPUSH.
 
     ``celery.send_task`` cost about 0.7 ms of CPU per webhook here (routing, building the
     message, and kombu creating a redis client for every publish): more than storing the
@@ -51,8 +50,9 @@ class TaskPublisher:
     the broker being unreachable.
     """
 
-    def __init__(self, celery) -> None:
+    def __init__(self, celery, task_name: str) -> None:
         self.celery = celery
+        self.task_name = task_name
         self.lock = threading.Lock()
         self.ready = False
         self.fallback = not self._lean_possible(celery)
@@ -93,7 +93,7 @@ class TaskPublisher:
             self._build()
         if self.fallback:
             for inbox_id in inbox_ids:
-                self.celery.send_task(PROCESS_EVENT, args=(inbox_id,), retry=False)
+                self.celery.send_task(self.task_name, args=(inbox_id,), retry=False)
             return
         self.client.lpush(self.key, *[self._message(inbox_id) for inbox_id in inbox_ids])
 
@@ -154,7 +154,7 @@ class TaskPublisher:
 
         channel._put = put  # the one place kombu's redis transport writes a message
         try:
-            self.celery.send_task(PROCESS_EVENT, args=(arg,), task_id=task_id, retry=False, producer=Producer(channel))
+            self.celery.send_task(self.task_name, args=(arg,), task_id=task_id, retry=False, producer=Producer(channel))
         finally:
             del channel._put
         if len(captured) != 1:
@@ -246,13 +246,13 @@ def _is_broker_error(exc: BaseException) -> bool:
 _publishers_lock = threading.Lock()
 
 
-def publisher_for(app) -> TaskPublisher:
-    """This process's publisher for the app's Celery (a forked child builds its own)."""
+def publisher_for(app, task_name: str) -> TaskPublisher:
+    """This process's publisher of ``task_name`` for the app's Celery (a forked child builds its own)."""
     pid, publisher = app.extensions.get("intake_publisher", (None, None))
     if pid != os.getpid():
         with _publishers_lock:
             pid, publisher = app.extensions.get("intake_publisher", (None, None))
             if pid != os.getpid():
-                publisher = TaskPublisher(app.extensions["celery"])
+                publisher = TaskPublisher(app.extensions["celery"], task_name)
                 app.extensions["intake_publisher"] = (os.getpid(), publisher)
     return publisher

@@ -312,8 +312,8 @@ def grant(runtime, app_user_id: str, now_ms: int) -> float:
     from persistence.models import Grant
     from persistence.unit_of_work import unit_of_work
 
-    with unit_of_work(runtime.session_factory)() as store:
-        store.session.add(
+    with unit_of_work(runtime.session_factory)() as uow:
+        uow.session.add(
             Grant(
                 customer_id=app_user_id,
                 resource="course:H01ENB",
@@ -327,7 +327,8 @@ def grant(runtime, app_user_id: str, now_ms: int) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from services.wiring import Runtime, wall_clock_ms
+    from services.clock import wall_clock_ms
+    from services.wiring import Wiring
 
     ensure_database(args.database_url)
     workdir = Path(tempfile.mkdtemp(prefix="bench-long-poll-"))
@@ -337,7 +338,7 @@ def run(args: argparse.Namespace) -> int:
     web = start_gunicorn(
         env, workdir, port=port, workers=args.workers, worker_class=args.worker_class, connections=1000
     )
-    runtime = Runtime(settings_from(env))
+    runtime = Wiring(settings_from(env))
     try:
         pids = [p.pid for p in gunicorn_workers(web.proc.pid)]
         waiters = [Waiter(f"lp-{i:04d}") for i in range(args.clients)]

@@ -5,7 +5,7 @@
 
 Three measurements, printed with their targets:
 
-1. Reconcile throughput of ONE process (``reconcile_customers(ids, runtime=...)``, chunks of 50
+1. Reconcile throughput of ONE process (``reconcile_customers(ids, sweep_reads)``, chunks of 50
    like ``engine.reconcile_batch``, budget 10**9/min so it never waits) against a simulator that
    runs in its own process (gunicorn, one gthread worker over one ``ProviderState``, populated
    through its admin API ``POST /_sim/<operation>``):
@@ -478,7 +478,7 @@ def in_process_pass(
     reconciled = changed = failed = 0
     t0 = time.perf_counter()
     for start in range(0, len(ids), CHUNK):
-        result = reconcile_customers(ids[start : start + CHUNK], runtime=rt)
+        result = reconcile_customers(ids[start : start + CHUNK], rt.sweep_reads)
         reconciled, changed, failed = reconciled + result.reconciled, changed + result.changed, failed + result.failed
         if result.deferred:
             raise RuntimeError(f"budget deferred {len(result.deferred)} customers in an unlimited run")
@@ -673,7 +673,7 @@ def celery_pass(label: str, ids: list[str], app, admin, meter: CpuMeter, timeout
     start_ms = wall_ms()
     t0 = time.perf_counter()
     for start in range(0, len(ids), CHUNK):
-        app.send_task("engine.reconcile_batch", args=(ids[start : start + CHUNK],), queue="sweep")
+        app.send_task("sweep.reconcile_batch", args=(ids[start : start + CHUNK],), queue="sweep")
     query = text("SELECT count(*) FROM subscribers WHERE customer_id = ANY(:ids) AND last_checked_ms >= :t")
     with admin.connect() as conn:
         while True:
@@ -692,12 +692,12 @@ def celery_pass(label: str, ids: list[str], app, admin, meter: CpuMeter, timeout
 
 
 def throughput_phase(args: argparse.Namespace, instance: Path, admin, deadline: float) -> dict[str, Any]:
-    from services.wiring import Runtime
+    from services.wiring import Wiring
 
     say("== 1. reconcile throughput of one process (simulator answering at once, budget unlimited) ==")
     sim = start_simulator("sim-throughput", seed=1, log_dir=instance)
     settings = make_settings(args, instance, revenuecat_api_url=sim.url, provider_rate_per_minute=UNLIMITED)
-    rt = Runtime(settings)
+    rt = Wiring(settings)
     n = args.customers
     ids = [f"tp-{i:06d}" for i in range(n)]
     warm = [f"tpw-{i:04d}" for i in range(CHUNK)]
@@ -806,13 +806,14 @@ def celery_phase(
 
 
 def rate_worker(config: dict[str, Any]) -> None:
-    """One competing worker process with its own Runtime and RateBudget instance (hidden role)."""
+    """One competing worker process with its own Wiring and RateBudget instance (hidden role)."""
+    from dataclasses import replace
+
     from adapters.rate_budget import BudgetedProvider, BudgetExhausted, RateBudget
     from engine.ports import Cause
-    from engine.reconcile import reconcile_user
-    from persistence.unit_of_work import unit_of_work
+    from engine.reconcile import Reading
     from services.sweep import reconcile_customers
-    from services.wiring import Runtime, wall_clock_ms
+    from services.wiring import Wiring
 
     class Args:
         database_url, redis_url = config["database_url"], config["redis_url"]
@@ -834,7 +835,7 @@ def rate_worker(config: dict[str, Any]) -> None:
                 raise BudgetExhausted("the benchmark run is over", retry_after_s=1.0)
             super().acquire(priority, max_wait_s=min(max_wait_s, remaining))
 
-    rt = Runtime(settings)
+    rt = Wiring(settings)
     rt.__dict__["budget"] = UntilDeadline(rt.redis, config["per_minute"], name=config["budget_name"])
     ids: list[str] = config["ids"]
     rt.session_factory, rt.catalog  # noqa: B018 - connect and load before the start line
@@ -856,26 +857,20 @@ def rate_worker(config: dict[str, Any]) -> None:
             if not pending:
                 pending = [ids[(cursor + k) % len(ids)] for k in range(CHUNK)]
                 cursor = (cursor + CHUNK) % len(ids)
-            result = reconcile_customers(pending, runtime=rt, max_wait_s=65.0)
+            result = reconcile_customers(
+                pending, replace(rt.sweep_reads, provider=rt.budgeted_provider("sweep", max_wait_s=65.0))
+            )
             calls += 1
             done += result.reconciled
             pending = list(result.deferred or [])
             if pending and result.reconciled == 0:
                 break  # the next slot frees after the deadline
     else:
-        uow = unit_of_work(rt.session_factory)
         while time.time() < deadline:
             provider = BudgetedProvider(rt.provider, rt.budget, "event", max_wait_s=65.0)
             try:
-                reconcile_user(
-                    ids[cursor],
-                    provider=provider,
-                    unit_of_work=uow,
-                    catalog=rt.catalog,
-                    now_ms=wall_clock_ms(),
-                    cause=Cause("event", "bench"),
-                    policy=rt.policy,
-                )
+                body = provider.get_subscriber(ids[cursor])
+                rt.convergence.reconcile(Reading.from_provider(ids[cursor], body), Cause("event", "bench"))
             except BudgetExhausted:
                 break
             done += 1

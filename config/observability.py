@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from config.settings import Settings
 
@@ -34,28 +35,18 @@ def configure_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def report_drift(customer_id: str, actions: list, *, cause_ref: str = "") -> None:
-    """Send one Sentry event per drift repair, grouped by kind (one alert per failure mode)."""
+def report_drift(drift: Mapping[str, int], *, cause_ref: str = "") -> None:
+    """One Sentry event per drift kind a sweep batch repaired, with the count (grouped by kind:
+    one alert per failure mode, not one event per repair)."""
     import sentry_sdk
 
-    for action in actions:
-        kind = action.drift_kind
-        before = action.before
-        after = action.after
+    for kind, count in sorted(drift.items()):
         sentry_sdk.capture_message(
             f"drift repaired: {kind}",
             level="warning",
-            tags={"drift_kind": kind, "app_user_id": customer_id, "resource": action.resource},
+            tags={"drift_kind": kind, "cause": cause_ref or "sweep"},
             fingerprint=["entitlement-drift", kind],
-            contexts={
-                "drift": {
-                    "action": action.kind,
-                    "resource": action.resource,
-                    "before": None if before is None else {"mode": before.mode, "expires_ms": before.expires_ms},
-                    "after": None if after is None else {"mode": after.mode, "expires_ms": after.expires_ms},
-                    "cause": cause_ref,
-                }
-            },
+            contexts={"drift": {"kind": kind, "repairs": count, "cause": cause_ref}},
         )
 
 
@@ -69,3 +60,16 @@ def report_unknown_products(customer_id: str, product_ids: tuple[str, ...]) -> N
             tags={"product_id": product_id, "app_user_id": customer_id},
             fingerprint=["unknown-product", product_id],
         )
+
+
+def report_dead_letter(inbox_id: int, *, event_type: str | None, kind: str, error: str) -> None:
+    """One Sentry event when a webhook becomes a dead letter (grouped by failure kind and type)."""
+    import sentry_sdk
+
+    sentry_sdk.capture_message(
+        f"webhook dead letter ({kind})",
+        level="error",
+        tags={"inbox_id": str(inbox_id), "event_type": event_type or "unknown", "failure_kind": kind},
+        fingerprint=["inbox-dead-letter", kind, event_type or "unknown"],
+        contexts={"dead_letter": {"error": error[:500]}},
+    )

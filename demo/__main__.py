@@ -34,7 +34,8 @@ from persistence.database import upgrade_database
 from persistence.ledger_store import grant_to_access
 from persistence.models import Grant, InboxEvent, Subscriber
 from persistence.subscribers import track_customers
-from services.wiring import runtime_for, wall_clock_ms
+from services.clock import wall_clock_ms
+from services.wiring import wiring_for
 from simulators.revenuecat.server import SimulatorServer
 from simulators.revenuecat.state import SimulatorError
 from simulators.serving import ServedApp
@@ -163,7 +164,7 @@ def main() -> int:
 
         from persistence.models import Base
 
-        rt0 = runtime_for(base)
+        rt0 = wiring_for(base)
         with rt0.db.begin() as conn:
             for table in reversed(Base.metadata.sorted_tables):
                 conn.execute(delete(table))
@@ -171,7 +172,7 @@ def main() -> int:
 
     sim = SimulatorServer(api_key=SIM_KEY, webhook_auth=WEBHOOK_AUTH).start()
     settings = base.with_(revenuecat_api_url=sim.url)
-    rt = runtime_for(settings)
+    rt = wiring_for(settings)
     rt.redis.flushdb()
     from web.app import create_app
 
@@ -260,7 +261,7 @@ def main() -> int:
                 )
             busy = rt.redis.llen("sweep") or rt.redis.hlen("unacked")
             if due and not busy:
-                app.send_task("engine.sweep")
+                app.send_task("sweep.run")
             return not due and not busy
 
         wait_until(sweep_done, 600, "the sweep")

@@ -1,13 +1,14 @@
-"""The engine's ports: what reconcile needs from storage and from the provider (Protocols)."""
+"""The engine's ports: what reconcile needs from storage, the LMS and the provider (Protocols)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from engine.access import Access
-from engine.facts import Transaction
+from engine.facts import SubscriberSnapshot, Transaction
 from engine.plan import Action
 
 CauseKind = Literal["event", "sweep", "request", "expiry", "operator", "degraded"]
@@ -42,6 +43,11 @@ class SubscriberSource(Protocol):
     def get_subscriber(self, app_user_id: str) -> Mapping[str, Any]: ...
 
 
+# Given a customer's stored state and a fresh snapshot: the next check time when the snapshot
+# needs no work at all, else None (engine.reconcile.unchanged_check_ms with its policy bound).
+UnchangedRule = Callable[[CustomerState, SubscriberSnapshot], int | None]
+
+
 class LedgerStore(Protocol):
     """Storage inside one open transaction; the caller commits (convention 3)."""
 
@@ -74,6 +80,45 @@ class LedgerStore(Protocol):
         projection: tuple[int | None, str] | None = None,
     ) -> None:
         """Record the check; ``projection`` = (next_change_ms, projection_key) when one was computed."""
+
+    def settle_unchanged(
+        self, snapshots: Mapping[str, SubscriberSnapshot], rule: UnchangedRule, now_ms: int
+    ) -> set[str]:
+        """Move only the check time of every customer whose snapshot ``rule`` says needs no work,
+        in one go; the customers settled. Customers another transaction holds are skipped (they
+        go through ``reconcile``, which waits for them), and so are aliases (an id that is not
+        the snapshot's customer: ``reconcile`` records the identity)."""
+        ...
+
+
+class SinkOutbox(Protocol):
+    """Where grant changes for a sink (the LMS) are written, in the grant's own transaction."""
+
+    def record(self, customer_id: str, actions: Sequence[Action], cause: Cause, now_ms: int) -> int:
+        """Write what the sink must change for these actions; the number of changes written."""
+        ...
+
+
+class AccessChanges(Protocol):
+    """Customers whose access changed in this transaction, announced once it commits."""
+
+    def note(self, customer_id: str) -> None: ...
+
+
+class UnitOfWork(Protocol):
+    """One transaction and the stores over it; committed when the block ends without error."""
+
+    @property
+    def ledger(self) -> LedgerStore: ...
+
+    @property
+    def outbox(self) -> SinkOutbox: ...
+
+    @property
+    def changes(self) -> AccessChanges: ...
+
+
+UnitOfWorkFactory = Callable[[], AbstractContextManager[UnitOfWork]]
 
 
 @dataclass(frozen=True)

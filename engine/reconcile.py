@@ -1,29 +1,90 @@
-"""reconcile_user: make one customer's granted access equal what the provider says they paid for.
+"""reconcile: make one customer's granted access equal what was learnt about what they paid for.
 
-fetch snapshot (no DB transaction open) -> observe (ledger) -> project -> diff -> apply.
-Every path (webhook, client sync, sweep) ends here. Storage and provider come in as ports.
+Every path into convergence ends in ``reconcile``: a webhook (once the provider was re-read for
+the users it names), the sweep, discovery, a client's sync or validation, an operator's
+command, an expiry falling due, and degraded mode (an event's own facts, when the provider
+cannot be read). The caller reads first, outside any transaction (convention 3), and hands over
+a ``Reading``; ``reconcile`` then, in one unit of work:
+
+    lock the customer -> merge the facts into the ledger (engine/facts.py) -> project
+    (engine/projection.py) -> diff against the grants (engine/plan.py) -> apply the grants and
+    their audit rows -> write the sink outbox -> note the access change -> mark the check.
+
+Batch settlement of customers whose snapshot needs no work (the sweep) is the same pure rule,
+``unchanged_check_ms``, applied by a store method (``settle_unchanged``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from engine.catalog import Catalog
 from engine.facts import SubscriberSnapshot, Transaction, TransactionObservation, observe_all, observe_snapshot
 from engine.plan import Action, diff_access
-from engine.ports import Cause, CustomerState, LedgerStore, SubscriberSource
+from engine.ports import Cause, CustomerState, LedgerStore, UnitOfWork, UnitOfWorkFactory
 from engine.projection import Projection, project_access
 from engine.revenuecat import WebhookEvent, parse_subscriber
-
-UnitOfWork = Callable[[], AbstractContextManager[LedgerStore]]
 
 # After a projected expiry, look again a little later: the renewal (or EXPIRATION) should
 # have reached the provider by then; if its webhook was lost, this is where it shows.
 RECHECK_AFTER_EXPIRY_MS = 10 * 60 * 1000
 RECENT_PURCHASE_MS = 48 * 3600 * 1000
 RECHECK_AFTER_PURCHASE_MS = 3600 * 1000
+
+Source = Literal["provider", "event", "ledger"]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What was learnt about one customer before ``reconcile`` runs, and from where.
+
+    * ``provider``: the provider's state of ``app_user_id`` (``snapshot``, parsed from ``body``,
+      which is kept as the snapshot record). The truth: the customer is no longer dirty.
+    * ``event``: degraded mode. The provider could not be read, so what an event itself asserts
+      is applied (``observations``; ``claims_from``: a TRANSFER's previous owners, whose
+      purchases this customer is assumed to take, as RevenueCat's default restore behaviour
+      does), guarded by timestamps; the customer stays dirty so the provider is read soon.
+    * ``ledger``: nothing was read; the ledger as it stands (an expiry fell due).
+    """
+
+    source: Source
+    app_user_id: str
+    snapshot: SubscriberSnapshot | None = None
+    body: Mapping[str, Any] | None = None
+    observations: tuple[TransactionObservation, ...] = ()
+    identities: Mapping[str, str] = field(default_factory=dict)
+    claims_from: tuple[str, ...] = ()
+    observed_ms: int = 0  # when an event's facts were true (degraded claims are stamped so)
+
+    @classmethod
+    def from_provider(cls, app_user_id: str, body: Mapping[str, Any]) -> Reading:
+        """A provider answer; TerminalError when it is not a usable subscriber body."""
+        return cls("provider", app_user_id, snapshot=parse_subscriber(body), body=body)
+
+    @classmethod
+    def from_event(
+        cls,
+        app_user_id: str,
+        *,
+        observations: Sequence[TransactionObservation] = (),
+        identities: Mapping[str, str] | None = None,
+        claims_from: Sequence[str] = (),
+        observed_ms: int,
+    ) -> Reading:
+        return cls(
+            "event",
+            app_user_id,
+            observations=tuple(observations),
+            identities=dict(identities or {}),
+            claims_from=tuple(claims_from),
+            observed_ms=observed_ms,
+        )
+
+    @classmethod
+    def from_ledger(cls, customer_id: str) -> Reading:
+        return cls("ledger", customer_id)
 
 
 @dataclass(frozen=True)
@@ -32,7 +93,7 @@ class ReconcileOutcome:
     actions: tuple[Action, ...]
     unknown_products: tuple[str, ...]
     snapshot_changed: bool
-    next_check_ms: int
+    next_check_ms: int | None  # None: the check time was left as it was (nothing was read)
 
 
 @dataclass(frozen=True)
@@ -80,9 +141,10 @@ def unchanged_check_ms(
     """The next check time when reading ``snapshot`` needs no work at all, else None.
 
     The fast path of every reconcile (and of the sweep's batches, which apply it to many
-    customers in one statement): the purchases are those the grants were last converged from
-    (same snapshot digest, nothing dirty), under the same catalog and policy, and no projected
-    expiry has come due since. Then the grants are right as they are: only the check time moves.
+    customers at once through ``settle_unchanged``): the purchases are those the grants were
+    last converged from (same snapshot digest, nothing dirty), under the same catalog and
+    policy, and no projected expiry has come due since. Then the grants are right as they are:
+    only the check time moves.
     """
     if state.dirty or state.snapshot_digest is None or state.snapshot_digest != snapshot.digest:
         return None
@@ -93,140 +155,160 @@ def unchanged_check_ms(
     return next_check_ms(Projection((), (), state.next_change_ms), (), now_ms, policy, dirty=False)
 
 
-def converge(
-    store: LedgerStore,
-    customer_id: str,
+def reconcile(
+    reading: Reading,
     *,
+    unit_of_work: UnitOfWorkFactory,
+    catalog: Catalog,
+    now_ms: int,
+    cause: Cause,
+    policy: ReconcilePolicy,
+) -> ReconcileOutcome:
+    """Converge the grants of the customer ``reading`` is about, in one unit of work."""
+    with unit_of_work() as uow:
+        ledger = uow.ledger
+        if reading.identities:
+            ledger.record_identities(reading.identities)
+        snapshot = reading.snapshot
+        if snapshot is not None:
+            customer_id = snapshot.customer_id
+        else:
+            customer_id = ledger.customer_for(reading.app_user_id) or reading.app_user_id
+        previous_owners = sorted({ledger.customer_for(u) or u for u in reading.claims_from} - {customer_id})
+        # Every customer whose rows this unit of work writes is locked, in one order.
+        states = {c: ledger.lock_customer(c) for c in sorted({customer_id, *previous_owners})}
+        state = states[customer_id]
+        if snapshot is not None:
+            if reading.app_user_id != customer_id or state.last_snapshot_ms is None:
+                ledger.record_identities({reading.app_user_id: customer_id, customer_id: customer_id})
+            check_at = unchanged_check_ms(state, snapshot, now_ms, policy, catalog)
+            if check_at is not None:
+                ledger.mark_checked(customer_id, now_ms=now_ms, next_check_ms=check_at, dirty=False)
+                return ReconcileOutcome(customer_id, (), (), False, check_at)
+        merged, changed = _merge_facts(ledger, reading, customer_id, state, previous_owners)
+        owned = [t for t in merged.values() if t.owner == customer_id]
+        projection, actions = _converge(
+            uow, customer_id, owned, catalog=catalog, now_ms=now_ms, cause=cause, policy=policy
+        )
+        check_at = _mark(
+            ledger,
+            reading,
+            customer_id,
+            projection=projection,
+            owned=owned,
+            now_ms=now_ms,
+            policy=policy,
+            catalog=catalog,
+        )
+    return ReconcileOutcome(customer_id, tuple(actions), projection.unknown_products, changed, check_at)
+
+
+def settle_unchanged(
+    snapshots: Mapping[str, SubscriberSnapshot],
+    *,
+    unit_of_work: UnitOfWorkFactory,
+    catalog: Catalog,
+    now_ms: int,
+    policy: ReconcilePolicy,
+) -> set[str]:
+    """Settle together the customers whose fresh snapshot needs no work (``unchanged_check_ms``):
+    only their check time moves. The ones returned are done; the others go through ``reconcile``."""
+    if not snapshots:
+        return set()
+
+    def rule(state: CustomerState, snapshot: SubscriberSnapshot) -> int | None:
+        return unchanged_check_ms(state, snapshot, now_ms, policy, catalog)
+
+    with unit_of_work() as uow:
+        return uow.ledger.settle_unchanged(snapshots, rule, now_ms)
+
+
+def _merge_facts(
+    ledger: LedgerStore, reading: Reading, customer_id: str, state: CustomerState, previous_owners: Sequence[str]
+) -> tuple[dict[str, Transaction], bool]:
+    """The customer's ledger after merging what was read; whether the ledger changed."""
+    snapshot = reading.snapshot
+    if snapshot is not None:
+        known = ledger.transactions([customer_id], [o.transaction_id for o in snapshot.observations])
+        stale = state.last_snapshot_ms is not None and snapshot.request_ms < state.last_snapshot_ms
+        if stale or (state.snapshot_digest == snapshot.digest and not state.dirty):
+            return known, False  # older than what the ledger holds, or the very same purchases
+        changed = observe_snapshot(known, snapshot)
+        ledger.save_transactions(changed)
+        ledger.save_snapshot(customer_id, snapshot.request_ms, snapshot.digest, reading.body or {})
+        return {**known, **{t.transaction_id: t for t in changed}}, bool(changed)
+    observations = list(reading.observations)
+    if previous_owners:
+        # The event does not say which transactions moved: assume all of them, as the default
+        # restore behaviour does; the next read of both sides corrects this.
+        for tx in ledger.transactions(previous_owners, []).values():
+            if tx.owner in previous_owners:
+                observations.append(
+                    TransactionObservation(tx.transaction_id, observed_ms=reading.observed_ms, owner=customer_id)
+                )
+    known = ledger.transactions([customer_id], [o.transaction_id for o in observations])
+    changed = observe_all(known, observations)
+    ledger.save_transactions(changed)
+    return {**known, **{t.transaction_id: t for t in changed}}, bool(changed)
+
+
+def _converge(
+    uow: UnitOfWork,
+    customer_id: str,
     owned: Sequence[Transaction],
+    *,
     catalog: Catalog,
     now_ms: int,
     cause: Cause,
     policy: ReconcilePolicy,
 ) -> tuple[Projection, list[Action]]:
-    """Project the customer's owned transactions and apply the difference to the grants."""
+    """Project the owned transactions and apply the difference: grants with their audit rows,
+    the sink's outbox rows and the change notice, all in the caller's transaction."""
     projection = project_access(owned, catalog, now_ms, grant_sandbox=policy.grant_sandbox)
-    actions = diff_access(projection.accesses, store.granted(customer_id))
+    actions = diff_access(projection.accesses, uow.ledger.granted(customer_id))
     if actions:
-        store.apply(customer_id, actions, cause, now_ms)
+        uow.ledger.apply(customer_id, actions, cause, now_ms)
+        uow.outbox.record(customer_id, actions, cause, now_ms)
+        uow.changes.note(customer_id)
     if projection.unknown_products:
-        store.record_unknown_products(customer_id, projection.unknown_products, now_ms)
+        uow.ledger.record_unknown_products(customer_id, projection.unknown_products, now_ms)
     return projection, actions
 
 
-def reconcile_user(
-    app_user_id: str,
-    *,
-    provider: SubscriberSource,
-    unit_of_work: UnitOfWork,
-    catalog: Catalog,
-    now_ms: int,
-    cause: Cause,
-    policy: ReconcilePolicy = ReconcilePolicy(),
-) -> ReconcileOutcome:
-    """Re-read ``app_user_id`` from the provider and converge its customer's grants.
-
-    Raises TransientError when the provider cannot be reached (nothing is written), and
-    TerminalError when it answers something unusable.
-    """
-    body = provider.get_subscriber(app_user_id)  # outside any DB transaction (convention 3)
-    snapshot = parse_subscriber(body)
-    customer_id = snapshot.customer_id
-    with unit_of_work() as store:
-        state = store.lock_customer(customer_id)
-        if app_user_id != customer_id or state.last_snapshot_ms is None:
-            store.record_identities({app_user_id: customer_id, customer_id: customer_id})
-        stale = state.last_snapshot_ms is not None and snapshot.request_ms < state.last_snapshot_ms
-        unchanged = state.snapshot_digest == snapshot.digest and not state.dirty
-        key = policy.projection_key(catalog)
-        check_at = unchanged_check_ms(state, snapshot, now_ms, policy, catalog)
-        if check_at is not None:
-            store.mark_checked(customer_id, now_ms=now_ms, next_check_ms=check_at, dirty=False)
-            return ReconcileOutcome(customer_id, (), (), False, check_at)
-        named = [o.transaction_id for o in snapshot.observations]
-        known = store.transactions([customer_id], named)
-        changed: list[Transaction] = []
-        if not stale and not unchanged:
-            changed = observe_snapshot(known, snapshot)
-            store.save_transactions(changed)
-            store.save_snapshot(customer_id, snapshot.request_ms, snapshot.digest, body)
-        merged = {**known, **{t.transaction_id: t for t in changed}}
-        owned = [t for t in merged.values() if t.owner == customer_id]
-        projection, actions = converge(
-            store, customer_id, owned=owned, catalog=catalog, now_ms=now_ms, cause=cause, policy=policy
-        )
-        check_at = next_check_ms(projection, owned, now_ms, policy, dirty=False)
-        store.mark_checked(
-            customer_id, now_ms=now_ms, next_check_ms=check_at, dirty=False, projection=(projection.next_change_ms, key)
-        )
-    return ReconcileOutcome(customer_id, tuple(actions), projection.unknown_products, bool(changed), check_at)
-
-
-def apply_event_facts(
-    event: WebhookEvent,
-    *,
-    unit_of_work: UnitOfWork,
-    catalog: Catalog,
-    now_ms: int,
-    cause: Cause,
-    policy: ReconcilePolicy = ReconcilePolicy(),
-) -> list[ReconcileOutcome]:
-    """Degraded mode: the provider is unreachable, so apply what the event itself asserts.
-
-    Guarded by timestamps (an event older than what the ledger holds changes nothing), and
-    every customer touched is marked dirty so that the next poll re-reads the truth.
-    """
-    outcomes: list[ReconcileOutcome] = []
-    with unit_of_work() as store:
-        if event.identities:
-            store.record_identities(event.identities)
-        resolve: Mapping[str, str] = {u: store.customer_for(u) or u for u in event.app_user_ids}
-        observations: list[TransactionObservation] = list(event.observations)
-        if event.transferred_from and event.transferred_to:
-            # The event does not say which transactions moved: assume all of them, as the
-            # default restore behaviour does; the next poll of both sides corrects this.
-            target = resolve[event.transferred_to[0]]
-            sources = [resolve[u] for u in event.transferred_from]
-            for tx in store.transactions(sources, []).values():
-                if tx.owner in sources:
-                    observations.append(
-                        TransactionObservation(
-                            transaction_id=tx.transaction_id, observed_ms=event.timestamp_ms, owner=target
-                        )
-                    )
-        customers = sorted(set(resolve.values()) | {o.owner for o in observations if isinstance(o.owner, str)})
-        for customer_id in customers:
-            store.lock_customer(customer_id)
-        known = store.transactions(customers, [o.transaction_id for o in observations])
-        changed = observe_all(known, observations)
-        store.save_transactions(changed)
-        merged = {**known, **{t.transaction_id: t for t in changed}}
-        for customer_id in customers:
-            owned = [t for t in merged.values() if t.owner == customer_id]
-            projection, actions = converge(
-                store, customer_id, owned=owned, catalog=catalog, now_ms=now_ms, cause=cause, policy=policy
-            )
-            check_at = next_check_ms(projection, owned, now_ms, policy, dirty=True)
-            store.mark_checked(customer_id, now_ms=now_ms, next_check_ms=check_at, dirty=True)
-            outcomes.append(
-                ReconcileOutcome(customer_id, tuple(actions), projection.unknown_products, bool(changed), check_at)
-            )
-    return outcomes
-
-
-def reproject_customer(
+def _mark(
+    ledger: LedgerStore,
+    reading: Reading,
     customer_id: str,
     *,
-    unit_of_work: UnitOfWork,
-    catalog: Catalog,
+    projection: Projection,
+    owned: Sequence[Transaction],
     now_ms: int,
-    cause: Cause,
-    policy: ReconcilePolicy = ReconcilePolicy(),
-) -> list[Action]:
-    """Converge grants from the ledger alone (no provider call): expiries that fell due."""
-    with unit_of_work() as store:
-        store.lock_customer(customer_id)
-        owned = [t for t in store.transactions([customer_id], []).values() if t.owner == customer_id]
-        _, actions = converge(
-            store, customer_id, owned=owned, catalog=catalog, now_ms=now_ms, cause=cause, policy=policy
-        )
-    return actions
+    policy: ReconcilePolicy,
+    catalog: Catalog,
+) -> int | None:
+    """Record the check: after a provider read, when to read again and what the grants were
+    converged under (the fast path's marks); after an event's facts, read again at once; after
+    the ledger alone, nothing (the next read is already scheduled)."""
+    if reading.source == "ledger":
+        return None
+    dirty = reading.source == "event"
+    check_at = next_check_ms(projection, owned, now_ms, policy, dirty=dirty)
+    marks = None if dirty else (projection.next_change_ms, policy.projection_key(catalog))
+    ledger.mark_checked(customer_id, now_ms=now_ms, next_check_ms=check_at, dirty=dirty, projection=marks)
+    return check_at
+
+
+def event_readings(event: WebhookEvent) -> list[Reading]:
+    """Degraded mode: the readings an event's own facts give, one per user it names. A
+    TRANSFER's receiving side comes first, so that its previous owners, reconciled after it,
+    see the purchases gone."""
+    ts = event.timestamp_ms
+    if event.transferred_from and event.transferred_to:
+        target, *other_targets = event.transferred_to
+        first = Reading.from_event(target, claims_from=event.transferred_from, observed_ms=ts)
+        rest = [Reading.from_event(u, observed_ms=ts) for u in dict.fromkeys((*other_targets, *event.transferred_from))]
+        return [first, *(r for r in rest if r.app_user_id != target)]
+    return [
+        Reading.from_event(u, observations=event.observations, identities=event.identities, observed_ms=ts)
+        for u in event.app_user_ids
+    ]

@@ -49,6 +49,12 @@ INFORMATIONAL_EVENT_TYPES = frozenset(
 )
 
 
+# RevenueCat names a handful of users in one event (a TRANSFER's two sides, a few aliases). Far
+# more is no real event: each id would cost a provider read and leave a subscriber polled daily.
+MAX_USERS_PER_EVENT = 20
+MAX_ALIASES_PER_EVENT = 100
+
+
 class MalformedEvent(TerminalError):
     """A webhook body that is not a RevenueCat event."""
 
@@ -220,6 +226,10 @@ def parse_event(body: Mapping[str, Any]) -> WebhookEvent:
         targets = tuple(str(u) for u in event.get("transferred_to") or [] if u)
         if not sources and not targets:
             raise MalformedEvent("TRANSFER names no users in transferred_from / transferred_to")
+        if len(set(sources + targets)) > MAX_USERS_PER_EVENT:
+            raise MalformedEvent(
+                f"TRANSFER names {len(set(sources + targets))} users; at most {MAX_USERS_PER_EVENT} are read for one event"
+            )
         return WebhookEvent(
             key.event_id,
             event_type,
@@ -236,7 +246,10 @@ def parse_event(body: Mapping[str, Any]) -> WebhookEvent:
         raise MalformedEvent(f"{event_type} event has no app_user_id")
     customer_id = str(event.get("original_app_user_id") or app_user_id)
     identities = {app_user_id: customer_id, customer_id: customer_id}
-    for alias in event.get("aliases") or []:
+    aliases = event.get("aliases") or []
+    if isinstance(aliases, list) and len(aliases) > MAX_ALIASES_PER_EVENT:
+        raise MalformedEvent(f"event names {len(aliases)} aliases; at most {MAX_ALIASES_PER_EVENT} are kept")
+    for alias in aliases if isinstance(aliases, list) else []:
         if isinstance(alias, str) and alias:
             identities[alias] = customer_id
     return WebhookEvent(

@@ -1,17 +1,15 @@
-"""The inbox table: webhooks stored durably at intake (single and batched inserts on the hot
-path), rows claimed and marked as they are processed, and the redrive's selection."""
+"""The inbox at intake: webhooks stored durably before they are answered (single and batched
+inserts on the hot path). Processing state lives in persistence/inbox_rows.py."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Connection, Engine, and_, or_, select, update
+from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session, sessionmaker
 
 from engine.revenuecat import PROVIDER, RECONCILE_EVENT_TYPES
 from persistence.models import InboxEvent
@@ -210,88 +208,3 @@ def store_webhooks(engine: Engine, webhooks: Sequence[tuple[bytes, str, str]]) -
             status = status_of[event_id]
             answers.append(Stored(row_id, False, status == "received", status))
     return answers
-
-
-FINAL_STATUSES = frozenset({"processed", "ignored", "malformed", "failed"})
-
-
-@dataclass(frozen=True)
-class ClaimedRow:
-    """An inbox row taken for processing: its body and how many attempts it has had."""
-
-    inbox_id: int
-    body: bytes
-    attempts: int
-
-
-def claim_row(factory: sessionmaker[Session], inbox_id: int) -> ClaimedRow | None:
-    """Mark the row ``processing`` (one attempt more); None when it is final already.
-
-    Raises LookupError when no such row exists."""
-    with factory() as session, session.begin():
-        row = session.get(InboxEvent, inbox_id)
-        if row is None:
-            raise LookupError(f"inbox row {inbox_id} does not exist")
-        if row.status in FINAL_STATUSES:
-            return None
-        row.status, row.attempts = "processing", row.attempts + 1
-        return ClaimedRow(inbox_id, row.body, row.attempts)
-
-
-def mark_row(factory: sessionmaker[Session], inbox_id: int, **values: object) -> None:
-    """Record a row's fate (status, last_error, processed_at...)."""
-    with factory() as session, session.begin():
-        session.execute(update(InboxEvent).where(InboxEvent.id == inbox_id).values(**values))
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def rows_to_redrive(
-    factory: sessionmaker[Session], *, older_than_s: int, stuck_processing_s: int, now: datetime, limit: int = 1000
-) -> list[int]:
-    """Inbox rows whose task was lost (broker down at intake, worker killed): re-enqueue them.
-
-    Marks them re-enqueued now, so a backlog is re-sent at most once per ``older_than_s``.
-    """
-    cutoff = now - timedelta(seconds=older_than_s)
-    stuck_cutoff = now - timedelta(seconds=stuck_processing_s)
-    waiting_since = InboxEvent.enqueued_at
-    with factory() as session, session.begin():
-        ids = list(
-            session.scalars(
-                select(InboxEvent.id)
-                .where(
-                    or_(
-                        and_(
-                            InboxEvent.status == "received",
-                            InboxEvent.received_at < cutoff,
-                            or_(waiting_since.is_(None), waiting_since < cutoff),
-                        ),
-                        and_(
-                            InboxEvent.status == "processing",
-                            InboxEvent.received_at < stuck_cutoff,
-                            or_(waiting_since.is_(None), waiting_since < stuck_cutoff),
-                        ),
-                    )
-                )
-                .order_by(InboxEvent.id)
-                .limit(limit)
-            )
-        )
-        if ids:
-            session.execute(update(InboxEvent).where(InboxEvent.id.in_(ids)).values(enqueued_at=now))
-    return ids
-
-
-def inbox_counts(factory: sessionmaker[Session]) -> dict[str, int]:
-    from sqlalchemy import func
-
-    with factory() as session:
-        return dict(session.execute(select(InboxEvent.status, func.count()).group_by(InboxEvent.status)).all())  # type: ignore[arg-type]
-
-
-def statuses(factory: sessionmaker[Session], ids: Sequence[int]) -> dict[int, str]:
-    with factory() as session:
-        return dict(session.execute(select(InboxEvent.id, InboxEvent.status).where(InboxEvent.id.in_(list(ids)))).all())  # type: ignore[arg-type]

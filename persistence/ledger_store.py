@@ -2,8 +2,8 @@
 
 The reconcile path (lock, ledger, snapshot, grants, audit, check time) uses Core statements
 on the tables, not ORM objects: a changed reconcile spent most of its CPU in the ORM's unit of
-work (identity map, flush planning) for a dozen rows. Grant changes are noted for the
-after-commit notification explicitly (``note_access_changed``), as the ORM flush hook would.
+work (identity map, flush planning) for a dozen rows. Stores persist and read, nothing more:
+the sink outbox and the change notice are convergence's own steps (engine/reconcile.py).
 """
 
 from __future__ import annotations
@@ -13,15 +13,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import TextClause, bindparam, delete, insert, or_, select, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from engine.access import Access
-from engine.facts import Transaction
+from engine.facts import SubscriberSnapshot, Transaction
 from engine.plan import Action
-from engine.ports import Cause, CustomerState
-from persistence.change_notes import note_access_changed
+from engine.ports import Cause, CustomerState, UnchangedRule
 from persistence.models import AuditEntry, Grant, Identity, LedgerTransaction, ProviderSnapshot, Subscriber
-from persistence.outbox import enqueue_grant_changes
 
 
 def _access_json(access: Access | None) -> str | None:
@@ -77,6 +75,23 @@ _SELECT_GRANTS = (
     select(_GRANTS.c.resource, _GRANTS.c.mode, _GRANTS.c.expires_ms, _GRANTS.c.sources)
     .where(_GRANTS.c.customer_id == bindparam("cid"))
     .order_by(_GRANTS.c.resource)
+)
+
+
+_SETTLE_CANDIDATES = select(
+    _SUBSCRIBERS.c.customer_id,
+    _SUBSCRIBERS.c.last_snapshot_ms,
+    _SUBSCRIBERS.c.snapshot_digest,
+    _SUBSCRIBERS.c.dirty,
+    _SUBSCRIBERS.c.next_change_ms,
+    _SUBSCRIBERS.c.projection_key,
+).where(_SUBSCRIBERS.c.customer_id.in_(bindparam("ids", expanding=True)))
+# Rows another transaction holds (an event being processed) are skipped, not waited for.
+_SETTLE_CANDIDATES_LOCKED = _SETTLE_CANDIDATES.order_by(_SUBSCRIBERS.c.customer_id).with_for_update(skip_locked=True)
+_SETTLE = (
+    update(_SUBSCRIBERS)
+    .where(_SUBSCRIBERS.c.customer_id == bindparam("cid"))
+    .values(last_checked_ms=bindparam("checked"), next_check_ms=bindparam("next_check"), dirty=False, read_failures=0)
 )
 
 
@@ -254,9 +269,6 @@ class SqlLedgerStore:
                 for action in actions
             ],
         )
-        note_access_changed(self.session, customer_id)
-        # Sink work (LMS enrollments) rides in the same transaction; drained after commit.
-        enqueue_grant_changes(self.session, customer_id, actions, cause, now_ms)
 
     def record_unknown_products(self, customer_id: str, product_ids: Sequence[str], now_ms: int) -> None:
         """One upsert per product, counting in the database: concurrent reconciles of two
@@ -276,10 +288,29 @@ class SqlLedgerStore:
         projection: tuple[int | None, str] | None = None,
     ) -> None:
         values: dict[str, object] = {"last_checked_ms": now_ms, "next_check_ms": next_check_ms, "dirty": dirty}
+        if not dirty:
+            values["read_failures"] = 0  # the provider answered: its backoff starts over
         values.update(self._snapshot_marks.pop(customer_id, {}))
         if projection is not None:
             values["next_change_ms"], values["projection_key"] = projection
         self._conn.execute(_mark_checked(tuple(sorted(values))), {"cid": customer_id, **values})
+
+    def settle_unchanged(
+        self, snapshots: Mapping[str, SubscriberSnapshot], rule: UnchangedRule, now_ms: int
+    ) -> set[str]:
+        candidates = {cid: snap for cid, snap in snapshots.items() if snap.customer_id == cid}
+        if not candidates:
+            return set()
+        stmt = _SETTLE_CANDIDATES_LOCKED if self._postgres else _SETTLE_CANDIDATES
+        checks = []
+        for row in self._conn.execute(stmt, {"ids": sorted(candidates)}):
+            state = CustomerState(*row)
+            check_at = rule(state, candidates[state.customer_id])
+            if check_at is not None:
+                checks.append({"cid": state.customer_id, "checked": now_ms, "next_check": check_at})
+        if checks:
+            self._conn.execute(_SETTLE, checks)
+        return {c["cid"] for c in checks}
 
 
 _mark_checked_stmts: dict[tuple[str, ...], Any] = {}
@@ -295,3 +326,16 @@ def _mark_checked(columns: tuple[str, ...]) -> Any:
             .values({c: bindparam(c) for c in columns})
         )
     return stmt
+
+
+def ledger_owners(factory: sessionmaker[Session], transaction_ids: Sequence[str]) -> dict[str, str | None]:
+    """The current owner of each of these ledger transactions (those the ledger knows)."""
+    if not transaction_ids:
+        return {}
+    with factory() as session:
+        rows = session.execute(
+            select(LedgerTransaction.transaction_id, LedgerTransaction.owner).where(
+                LedgerTransaction.transaction_id.in_(list(transaction_ids))
+            )
+        )
+        return {str(tx_id): owner for tx_id, owner in rows}

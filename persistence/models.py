@@ -34,13 +34,15 @@ class InboxEvent(Base):
     __table_args__ = (
         UniqueConstraint("provider", "event_id", name="uq_inbox_provider_event"),
         Index("ix_inbox_status_received", "status", "received_at"),
+        Index("ix_inbox_status_next_attempt", "status", "next_attempt_ms"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     provider: Mapped[str] = mapped_column(String(32))
     event_id: Mapped[str | None] = mapped_column(String(200))  # None when malformed
     event_type: Mapped[str | None] = mapped_column(String(64))
-    # received | processing | processed | retrying | degraded | ignored | malformed | failed
+    # received | processing | retrying (not final), then processed | degraded | ignored |
+    # malformed | dead (a dead letter: kept with its error, replayed only by an operator)
     status: Mapped[str] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -48,6 +50,38 @@ class InboxEvent(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # While processing: when the claim lapses (a killed worker's row is taken again then).
+    lease_until_ms: Mapped[int | None] = mapped_column(BigInteger)
+    lease_holder: Mapped[str | None] = mapped_column(String(128))  # host:pid of the processing worker
+    # While retrying: when the next attempt is due (the redrive sends it if its message is lost).
+    next_attempt_ms: Mapped[int | None] = mapped_column(BigInteger)
+    error_kind: Mapped[str | None] = mapped_column(String(16))  # transient | terminal | bug
+    progress: Mapped[str | None] = mapped_column(Text)  # JSON: users already read (resumable)
+    replays: Mapped[int] = mapped_column(Integer, server_default="0")  # no Python default: the intake's INSERT names its columns
+
+
+class InboxEventUser(Base):
+    """A user a webhook names (recorded when it is processed): inbox filters and learner history."""
+
+    __tablename__ = "inbox_event_users"
+    __table_args__ = (Index("ix_inbox_event_users_user", "app_user_id", "inbox_id"),)
+
+    inbox_id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    app_user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+
+
+class OperatorAction(Base):
+    """Something an operator did (replay, import, sync...), by whom: the operator audit log."""
+
+    __tablename__ = "operator_actions"
+    __table_args__ = (Index("ix_operator_actions_at", "at_ms"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at_ms: Mapped[int] = mapped_column(BigInteger)
+    actor: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(255), default="", server_default="")
+    detail: Mapped[str | None] = mapped_column(Text)
 
 
 class Subscriber(Base):
@@ -66,6 +100,8 @@ class Subscriber(Base):
     # reconcile has nothing to compute (the fast path of reconcile_user).
     next_change_ms: Mapped[int | None] = mapped_column(BigInteger)
     projection_key: Mapped[str | None] = mapped_column(String(64))
+    # Provider reads that failed in a row: each one pushes the next read further out.
+    read_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

@@ -1,5 +1,5 @@
 """The subscribers table as the sweep sees it: which customers are due for a provider read, their
-leases and check times, and batch settlement of customers whose read needs no work.
+leases and check times.
 
 Selection walks the ``next_check_ms`` index from its low end, so its cost depends on the batch
 size, not on how many subscribers exist. Selected customers are leased (their next check is
@@ -8,13 +8,11 @@ pushed out) so a backlog is not selected twice while its reconcile tasks wait in
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from collections.abc import Callable
+
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine.catalog import Catalog
-from engine.facts import SubscriberSnapshot
-from engine.ports import CustomerState
-from engine.reconcile import ReconcilePolicy, unchanged_check_ms
 from persistence.ledger_store import SqlLedgerStore
 from persistence.models import Grant, Subscriber
 
@@ -105,54 +103,38 @@ def count_customers(factory: sessionmaker[Session]) -> int:
         return int(session.scalar(select(func.count()).select_from(Subscriber)) or 0)
 
 
-def settle_unchanged(
-    factory: sessionmaker[Session],
-    connection: Connection,
-    snapshots: dict[str, SubscriberSnapshot],
-    *,
-    now_ms: int,
-    policy: ReconcilePolicy,
-    catalog: Catalog,
-) -> set[str]:
-    """Settle, in one transaction, the customers whose snapshot needs no work (the fast path of
-    ``reconcile_user``, decided by the same ``unchanged_check_ms``): only their check time
-    moves. Rows another process holds locked (an event being processed) are skipped and go
-    through ``reconcile_user``, which waits for them. Aliases (an id that is not the customer's
-    own) also go through it, which records the identity."""
-    candidates = {cid: snap for cid, snap in snapshots.items() if snap.customer_id == cid}
-    if not candidates:
-        return set()
-    columns = Subscriber.__table__.c
-    with factory(bind=connection) as session, session.begin():
-        stmt = select(
-            columns.customer_id,
-            columns.last_snapshot_ms,
-            columns.snapshot_digest,
-            columns.dirty,
-            columns.next_change_ms,
-            columns.projection_key,
-        ).where(columns.customer_id.in_(sorted(candidates)))
-        if session.get_bind().dialect.name == "postgresql":
-            stmt = stmt.with_for_update(skip_locked=True)
-        checks = []
-        for row in session.execute(stmt):
-            state = CustomerState(*row)
-            check_at = unchanged_check_ms(state, candidates[state.customer_id], now_ms, policy, catalog)
-            if check_at is not None:
-                checks.append({"cid": state.customer_id, "checked": now_ms, "next_check": check_at})
-        if checks:
-            session.connection().execute(
-                update(Subscriber.__table__)
-                .where(columns.customer_id == bindparam("cid"))
-                .values(last_checked_ms=bindparam("checked"), next_check_ms=bindparam("next_check"), dirty=False),
-                checks,
-            )
-    return {c["cid"] for c in checks}
-
-
 def defer_checks(factory: sessionmaker[Session], customer_ids: list[str], at_ms: int, *, dirty: bool = False) -> None:
     values: dict[str, object] = {"next_check_ms": at_ms}
     if dirty:
         values["dirty"] = True
     with factory() as session, session.begin():
         session.execute(update(Subscriber).where(Subscriber.customer_id.in_(customer_ids)).values(**values))
+
+
+def record_read_failures(
+    factory: sessionmaker[Session], customer_ids: list[str], *, now_ms: int, delay_ms: Callable[[int], int]
+) -> None:
+    """A provider read (or the reconcile after it) failed: one failure more in a row for each
+    customer, dirty, and due again after ``delay_ms(failures in a row)``."""
+    with factory() as session, session.begin():
+        rows = session.execute(
+            select(Subscriber.customer_id, Subscriber.read_failures).where(Subscriber.customer_id.in_(customer_ids))
+        )
+        failures = {str(customer_id): int(count) for customer_id, count in rows}
+        for customer_id, count in failures.items():
+            session.execute(
+                update(Subscriber)
+                .where(Subscriber.customer_id == customer_id)
+                .values(read_failures=count + 1, dirty=True, next_check_ms=now_ms + delay_ms(count + 1))
+            )
+
+
+def mark_dirty(factory: sessionmaker[Session], app_user_id: str, *, now_ms: int) -> None:
+    """A refused or failed read: the sweep reads this customer first, now (design.md, priority 1)."""
+    with factory() as session, session.begin():
+        store = SqlLedgerStore(session)
+        customer_id = store.customer_for(app_user_id) or app_user_id
+        store.lock_customer(customer_id)
+        session.execute(
+            update(Subscriber).where(Subscriber.customer_id == customer_id).values(dirty=True, next_check_ms=now_ms)
+        )

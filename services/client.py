@@ -18,13 +18,13 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import String, and_, func, literal, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from adapters.rate_budget import BudgetedProvider
 from engine.access import Access
 from engine.client_flows import (
     ValidationRequest,
@@ -44,11 +44,11 @@ from engine.errors import TerminalError, TransientError
 from engine.facts import SubscriberSnapshot
 from engine.plan import Action
 from engine.ports import Cause
-from engine.reconcile import reconcile_user
-from engine.revenuecat import parse_subscriber
-from persistence.ledger_store import grant_to_access
-from persistence.models import Grant, Identity, LedgerTransaction, Subscriber
-from persistence.unit_of_work import unit_of_work
+from engine.reconcile import Reading
+from persistence.grants import active_grants
+from persistence.ledger_store import ledger_owners
+from persistence.subscribers import mark_dirty
+from services.convergence import Convergence
 
 log = logging.getLogger(__name__)
 
@@ -75,26 +75,9 @@ class AccessView:
 
 def current_access(factory: sessionmaker[Session], app_user_id: str, now_ms: int) -> AccessView:
     """The active grants of the customer ``app_user_id`` belongs to (itself when unknown).
-
-    One round trip: long-polls read this on every wake-up.
-    """
-    known = select(Identity.customer_id).where(Identity.app_user_id == app_user_id).scalar_subquery()
-    customer = select(func.coalesce(known, literal(app_user_id, String())).label("customer_id")).subquery()
-    stmt = (
-        select(customer.c.customer_id, Grant)
-        .select_from(customer)
-        .outerjoin(
-            Grant,
-            and_(
-                Grant.customer_id == customer.c.customer_id, or_(Grant.expires_ms.is_(None), Grant.expires_ms > now_ms)
-            ),
-        )
-        .order_by(Grant.resource)
-    )
-    with factory() as session:
-        rows = session.execute(stmt).all()
-    customer_id = rows[0][0] if rows else app_user_id
-    return AccessView(customer_id, tuple(grant_to_access(grant) for _, grant in rows if grant is not None), now_ms)
+    One round trip: long-polls read this on every wake-up."""
+    customer_id, accesses = active_grants(factory, app_user_id, now_ms)
+    return AccessView(customer_id, tuple(accesses), now_ms)
 
 
 @dataclass(frozen=True)
@@ -105,128 +88,83 @@ class SyncResult:
     snapshot: SubscriberSnapshot
 
 
-class _Prefetched:
-    """A SubscriberSource answering with a body already fetched (the receipt's answer)."""
+@dataclass(frozen=True)
+class ClientFlows:
+    """What the client routes need (built once per web process)."""
 
-    def __init__(self, app_user_id: str, body: Mapping[str, Any]):
-        self.app_user_id, self.body = app_user_id, body
+    convergence: Convergence
+    provider: BudgetedProvider  # at sync priority, waiting CLIENT_BUDGET_WAIT_S at most
 
-    def get_subscriber(self, app_user_id: str) -> Mapping[str, Any]:
-        assert app_user_id == self.app_user_id
-        return self.body
-
-
-def _ledger_owners(factory: sessionmaker[Session], transaction_ids: Sequence[str]) -> dict[str, str | None]:
-    if not transaction_ids:
-        return {}
-    with factory() as session:
-        rows = session.execute(
-            select(LedgerTransaction.transaction_id, LedgerTransaction.owner).where(
-                LedgerTransaction.transaction_id.in_(list(transaction_ids))
-            )
-        ).all()
-    return dict(rows)
+    @property
+    def session_factory(self) -> sessionmaker[Session]:
+        return self.convergence.session_factory
 
 
-def mark_dirty(factory: sessionmaker[Session], app_user_id: str, now_ms: int) -> None:
-    """A refused or failed sync: the sweep reads this customer first (design.md, priority 1)."""
-    with unit_of_work(factory)() as store:
-        customer_id = store.customer_for(app_user_id) or app_user_id
-        store.lock_customer(customer_id)
-        store.session.execute(
-            update(Subscriber).where(Subscriber.customer_id == customer_id).values(dirty=True, next_check_ms=now_ms)
-        )
-
-
-def reconcile_from_body(
-    runtime: Any,  # services.wiring.Runtime (import cycle)
-    app_user_id: str,
-    body: Mapping[str, Any],
-    *,
-    provider: Any,
-    cause: Cause,
-    clock_ms: Callable[[], int],
-) -> SyncResult:
+def reconcile_from_body(flows: ClientFlows, app_user_id: str, body: Mapping[str, Any], *, cause: Cause) -> SyncResult:
     """Reconcile ``app_user_id`` from a subscriber body already fetched, then every previous
     owner of a transaction the body moved to them. A previous owner that cannot be read now is
     marked dirty for the sweep; the restoring user's answer does not wait for it."""
-    snapshot = parse_subscriber(body)
-    tx_ids = [o.transaction_id for o in snapshot.observations]
-    factory = runtime.session_factory
-    before = _ledger_owners(factory, tx_ids)
-    outcome = reconcile_user(
-        app_user_id,
-        provider=_Prefetched(app_user_id, body),
-        unit_of_work=unit_of_work(factory),
-        catalog=runtime.catalog,
-        now_ms=clock_ms(),
-        cause=cause,
-        policy=runtime.policy,
-    )
-    previous = moved_from(before, _ledger_owners(factory, tx_ids), outcome.customer_id)
+    reading = Reading.from_provider(app_user_id, body)
+    assert reading.snapshot is not None
+    tx_ids = [o.transaction_id for o in reading.snapshot.observations]
+    factory = flows.session_factory
+    before = ledger_owners(factory, tx_ids)
+    outcome = flows.convergence.reconcile(reading, cause)
+    previous = moved_from(before, ledger_owners(factory, tx_ids), outcome.customer_id)
+    restored_by = Cause("request", f"restored-by:{outcome.customer_id}"[:255])
     for owner in previous:
         try:
-            reconcile_user(
-                owner,
-                provider=provider,
-                unit_of_work=unit_of_work(factory),
-                catalog=runtime.catalog,
-                now_ms=clock_ms(),
-                cause=Cause("request", f"restored-by:{outcome.customer_id}"[:255]),
-                policy=runtime.policy,
-            )
+            owner_body = flows.provider.get_subscriber(owner)
+            flows.convergence.reconcile(Reading.from_provider(owner, owner_body), restored_by)
         except (TransientError, TerminalError) as exc:
             log.warning("previous owner %s of a restored purchase left for the sweep: %s", owner, exc)
-            mark_dirty(factory, owner, clock_ms())
-    return SyncResult(outcome.customer_id, outcome.actions, tuple(previous), snapshot)
+            mark_dirty(factory, owner, now_ms=flows.convergence.clock_ms())
+    return SyncResult(outcome.customer_id, outcome.actions, tuple(previous), reading.snapshot)
 
 
-def sync_user(runtime: Any, app_user_id: str, *, clock_ms: Callable[[], int]) -> SyncResult:
+def sync_user(flows: ClientFlows, app_user_id: str) -> SyncResult:
     """Re-read ``app_user_id`` from the provider now (sync / restore) and converge.
 
     TransientError (budget exhausted, provider down) leaves the customer dirty, so the sweep
     reads it first; TerminalError when the provider refuses the id.
     """
-    provider = runtime.budgeted_provider("sync", max_wait_s=CLIENT_BUDGET_WAIT_S)
     try:
-        body = provider.get_subscriber(app_user_id)
+        body = flows.provider.get_subscriber(app_user_id)
     except TransientError:
-        mark_dirty(runtime.session_factory, app_user_id, clock_ms())
+        mark_dirty(flows.session_factory, app_user_id, now_ms=flows.convergence.clock_ms())
         raise
-    return reconcile_from_body(
-        runtime, app_user_id, body, provider=provider, cause=Cause("request", "sync"), clock_ms=clock_ms
-    )
+    return reconcile_from_body(flows, app_user_id, body, cause=Cause("request", "sync"))
 
 
-def validate_purchase(runtime: Any, payload: Any, *, clock_ms: Callable[[], int]) -> tuple[int, dict[str, Any]]:
+def validate_purchase(flows: ClientFlows, payload: Any) -> tuple[int, dict[str, Any]]:
     """``POST /v1/purchases/validate``: (HTTP status, answer).
 
     Raises InvalidRequest (a malformed payload: 400) and TransientError (budget, provider or a
     reconcile that could not finish: 503, retryable). Refusals are answers, not exceptions.
     """
-    parsed = parse_validation(payload, runtime.catalog)
+    catalog = flows.convergence.catalog
+    parsed = parse_validation(payload, catalog)
     if not isinstance(parsed, ValidationRequest):
         return http_status_of(parsed), refusal_answer(parsed)
     req = parsed
     refusal = client_status_refusal(req)
     if refusal is not None:
         return http_status_of(refusal), refusal_answer(refusal)
-    provider = runtime.budgeted_provider("sync", max_wait_s=CLIENT_BUDGET_WAIT_S)
     try:
-        body = provider.post_receipt(req.platform, receipt_body(req))
+        body = flows.provider.post_receipt(req.platform, receipt_body(req))
     except TerminalError as exc:
         refusal = receipt_refusal(exc.status, str(exc))
         return http_status_of(refusal), refusal_answer(refusal)
     if not isinstance(body.get("subscriber"), dict):  # not the documented Subscriber answer
-        body = provider.get_subscriber(req.app_user_id)
+        body = flows.provider.get_subscriber(req.app_user_id)
     cause = Cause("request", f"validate:{req.platform}:{req.purchase_id}"[:255])
-    result = reconcile_from_body(runtime, req.app_user_id, body, provider=provider, cause=cause, clock_ms=clock_ms)
-    now_ms = clock_ms()
-    granted = current_access(runtime.session_factory, req.app_user_id, now_ms).accesses
-    obs = purchase_observation(result.snapshot, req, runtime.catalog)
+    result = reconcile_from_body(flows, req.app_user_id, body, cause=cause)
+    now_ms = flows.convergence.clock_ms()
+    granted = current_access(flows.session_factory, req.app_user_id, now_ms).accesses
+    obs = purchase_observation(result.snapshot, req, catalog)
     if obs is not None and grants_purchase(granted, req.product, obs.transaction_id, now_ms):
         return 200, success_answer(req, obs, granted)
-    refusal = not_granted_refusal(obs, grant_sandbox=runtime.policy.grant_sandbox)
+    refusal = not_granted_refusal(obs, grant_sandbox=flows.convergence.policy.grant_sandbox)
     return http_status_of(refusal), refusal_answer(refusal)
 
 

@@ -1,98 +1,115 @@
 """The sweep: customers due for a provider read, read within the shared budget and reconciled.
 
-Changes the sweep makes are drift (no webhook told us): counted by kind and reported.
+A batch reads the provider ``fetch_concurrency`` customers at a time, each on a budget slot
+taken just before its request is sent, and reads the next group while the current one is
+written. Customers whose snapshot is the one their grants were converged from are settled
+together (``Convergence.settle_unchanged``: the same pure rule as every reconcile's fast path);
+the others go through ``Convergence.reconcile`` with the body already read.
+
+Changes the sweep makes are drift (no webhook told us): counted by kind and reported. A failed
+read backs that customer off (exponential, with jitter, capped) and marks it dirty; when most
+reads of a group fail with 5xx or time out, the provider itself is held for a while
+(adapters/provider_health.py) and the rest of the batch waits for it.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import logging
-import queue
-import threading
-from collections.abc import Iterator, Mapping
-from concurrent.futures import Future
-from contextlib import contextmanager
+import random
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Engine
 
-from adapters.rate_budget import BudgetExhausted
+from adapters.metrics import Metrics
+from adapters.provider_health import ProviderHealth
+from adapters.rate_budget import BudgetedProvider, BudgetExhausted
 from config.observability import report_drift, report_unknown_products
+from engine.backoff import backoff_ms
 from engine.errors import TerminalError, TransientError
-from engine.ports import Cause
-from engine.reconcile import ReconcileOutcome, reconcile_user
-from engine.revenuecat import parse_subscriber
-from persistence.subscribers import defer_checks, settle_unchanged
-from persistence.unit_of_work import unit_of_work
-from services.outbox import repair_lms_drift
-from services.wiring import RECONCILE_OVERLAP, wall_clock_ms
+from engine.ports import Cause, CauseKind
+from engine.reconcile import Reading, ReconcileOutcome
+from persistence.subscribers import defer_checks, record_read_failures
+from services.convergence import Convergence
+from services.sweep_connections import GroupConnections
 
 log = logging.getLogger(__name__)
+
+CUSTOMER_BACKOFF_BASE_MS = 30_000
+CUSTOMER_BACKOFF_CAP_MS = 6 * 3600_000
+
+
+@dataclass(frozen=True)
+class SweepReads:
+    """What a sweep batch needs (built once per worker process)."""
+
+    convergence: Convergence
+    provider: BudgetedProvider  # at sweep priority on the shared budget
+    db: Engine
+    fetch_pool: ThreadPoolExecutor
+    reconcile_pool: ThreadPoolExecutor
+    fetch_concurrency: int
+    metrics: Metrics
+    health: ProviderHealth
+    jitter: Callable[[], float] = random.random
 
 
 @dataclass
 class BatchResult:
     reconciled: int = 0
     changed: int = 0
-    drift: dict[str, int] | None = None
+    drift: dict[str, int] = field(default_factory=dict)
     failed: int = 0
-    deferred: list[str] | None = None  # budget ran out: looked at again soon
-    lms_repairs: list[str] = field(default_factory=list)  # customers with LMS repairs queued
+    deferred: list[str] = field(default_factory=list)  # budget ran out or provider held: soon again
+    reconciled_ids: list[str] = field(default_factory=list)  # for the LMS read-back (lms.repair)
 
 
-def reconcile_customers(
-    customer_ids: list[str],
-    *,
-    runtime,
-    cause_kind: str = "sweep",
-    max_wait_s: float = 20.0,
-) -> BatchResult:
+def reconcile_customers(customer_ids: list[str], sweep: SweepReads, *, cause_kind: CauseKind = "sweep") -> BatchResult:
     """Reconcile each customer from the provider, spending the budget at sweep priority.
 
-    Provider reads go out ``provider_fetch_concurrency`` at a time, each on a budget slot taken
-    just before it is sent. The next group is read while this one is written when the budget
-    has slots free now; otherwise this group is written first and the wait comes after, so
-    repairs already read are never held back by the budget. Customers whose snapshot is the one
-    their grants were converged from are settled together, in one statement
-    (``unchanged_check_ms``); the others go through ``reconcile_user`` with the body already read.
-
-    Changes made here are drift (no webhook told us): counted by kind in the metrics and
-    reported to Sentry. A failure marks that customer dirty (next check at once) and the batch
-    goes on; an exhausted budget defers the rest of the batch instead of failing it.
+    The next group is read while this one is written when the budget has slots free now;
+    otherwise this group is written first and the wait comes after, so repairs already read are
+    never held back by the budget. A failure costs only its own customer; an exhausted budget
+    or a held provider defers the rest of the batch instead of failing it.
     """
-    provider = runtime.budgeted_provider("sweep", max_wait_s=max_wait_s)
-    result = BatchResult(drift={}, deferred=[])
+    clock_ms = sweep.convergence.clock_ms
+    result = BatchResult()
     metrics: list[tuple[str, dict[str, str], int]] = []
-    group_size = max(1, runtime.settings.provider_fetch_concurrency)
+    group_size = max(1, sweep.fetch_concurrency)
     waiting = list(dict.fromkeys(customer_ids))  # a customer listed twice is read once
-    # Built here, not first in a reconcile thread (cached_property builds are not locked).
-    runtime.catalog, runtime.policy, runtime.session_factory  # noqa: B018
 
-    def send_next_group(*, wait: bool) -> list[tuple[str, Future]]:
+    def defer_rest(seconds: float) -> None:
         nonlocal waiting
+        result.deferred.extend(waiting)
+        defer_checks(sweep.convergence.session_factory, waiting, clock_ms() + int(max(1.0, seconds) * 1000))
+        waiting = []
+
+    def send_next_group(*, wait: bool) -> list[tuple[str, Future[Mapping[str, Any]]]]:
         if not waiting:
+            return []
+        held = sweep.health.held_for_s()
+        if held > 0:
+            defer_rest(held)
             return []
         wanted = min(group_size, len(waiting))
         try:
-            granted = provider.reserve(wanted) if wait else provider.try_reserve(wanted)
+            granted = sweep.provider.reserve(wanted) if wait else sweep.provider.try_reserve(wanted)
         except BudgetExhausted as exc:
-            result.deferred = waiting
-            defer_checks(runtime.session_factory, waiting, wall_clock_ms() + int((exc.retry_after_s or 1) * 1000))
-            waiting = []
+            defer_rest(exc.retry_after_s or 1.0)
             return []
-        group, waiting = waiting[:granted], waiting[granted:]
-        return [
-            (customer_id, runtime.fetch_pool.submit(provider.get_subscriber_reserved, customer_id))
-            for customer_id in group
-        ]
+        group = waiting[:granted]
+        del waiting[:granted]
+        return [(c, sweep.fetch_pool.submit(sweep.provider.get_subscriber_reserved, c)) for c in group]
 
     in_flight = send_next_group(wait=True)
     try:
         while in_flight:
-            bodies = _collect(in_flight, runtime, result, metrics)
+            bodies = _collect(in_flight, sweep, result, metrics)
             in_flight = send_next_group(wait=False)  # read the next group while this one is written
-            _settle_group(bodies, runtime, cause_kind, result, metrics)
+            _settle_group(bodies, sweep, Cause(cause_kind, cause_kind), result, metrics)
             if not in_flight:
                 in_flight = send_next_group(wait=True)
     finally:
@@ -101,111 +118,51 @@ def reconcile_customers(
         concurrent.futures.wait([future for _, future in in_flight])
     metrics.append(("engine_reconciles_total", {"cause": cause_kind}, result.reconciled))
     try:
-        runtime.metrics.incr_many(metrics)
+        sweep.metrics.incr_many(metrics)
     except Exception:
         log.warning("could not record metrics", exc_info=True)
+    if result.drift and cause_kind in {"sweep", "operator"}:
+        report_drift(result.drift, cause_ref=cause_kind)
     return result
 
 
 def _collect(
-    in_flight: list[tuple[str, Future]], runtime, result: BatchResult, metrics: list
+    in_flight: list[tuple[str, Future[Mapping[str, Any]]]], sweep: SweepReads, result: BatchResult, metrics: list
 ) -> dict[str, Mapping[str, Any]]:
-    """The bodies of one group of provider reads; failures are counted and deferred."""
+    """The bodies of one group of provider reads; failed reads back their customer off, and a
+    group that mostly failed holds the provider."""
     bodies: dict[str, Mapping[str, Any]] = {}
+    unwell = 0
     for customer_id, future in in_flight:
         try:
             bodies[customer_id] = future.result()
-        except (TransientError, TerminalError) as exc:
-            _fail(runtime, customer_id, exc, result, metrics)
+        except Exception as exc:
+            if isinstance(exc, TransientError) and exc.status != 429:
+                unwell += 1
+            _fail(sweep, customer_id, exc, result, metrics)
+    try:
+        held = sweep.health.record(ok=len(bodies), failed=unwell)
+        if held:
+            log.warning("%d of %d provider reads failed: provider reads held for %.0f s", unwell, len(in_flight), held)
+    except Exception:
+        log.warning("could not record the provider's health", exc_info=True)
     return bodies
 
 
-class _GroupConnections:
-    """The database connections one group of a sweep batch is written on: checked out (and
-    pinged) once per group, not per customer, and not held across the budget's waits. Each
-    customer still gets its own transaction on one of them. On PostgreSQL there are
-    ``RECONCILE_OVERLAP`` of them, one per ``Runtime.reconcile_pool`` thread; SQLite takes one
-    writer at a time, so it gets one. A connection that saw an unexpected error is given back
-    to the pool (which resets or discards it) and a fresh one is checked out in its place."""
-
-    def __init__(self, runtime) -> None:
-        self.runtime = runtime
-        self.size = RECONCILE_OVERLAP if runtime.db.dialect.name == "postgresql" else 1
-        self.free: queue.SimpleQueue[Connection | None] = queue.SimpleQueue()
-        self.lock = threading.Lock()
-        self.open: list[Connection] = []
-        for _ in range(self.size):
-            self.free.put(None)  # checked out on first use
-
-    def __enter__(self) -> _GroupConnections:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        with self.lock:
-            connections, self.open = self.open, []
-        for connection in connections:
-            connection.close()
-
-    def _checkout(self) -> Connection:
-        connection = self.runtime.db.connect()
-        with self.lock:
-            self.open.append(connection)
-        return connection
-
-    def _discard(self, connection: Connection) -> None:
-        with self.lock:
-            if connection in self.open:
-                self.open.remove(connection)
-        try:
-            connection.close()
-        except Exception:
-            log.debug("closing a failed batch connection", exc_info=True)
-
-    @contextmanager
-    def one(self) -> Iterator[Connection]:
-        connection = self.free.get()
-        try:
-            if connection is None:
-                connection = self._checkout()
-            yield connection
-        except (TransientError, TerminalError):
-            self.free.put(connection)  # the engine's own errors leave the connection clean
-            raise
-        except BaseException:
-            if connection is not None:
-                self._discard(connection)
-            self.free.put(None)
-            raise
-        else:
-            self.free.put(connection)
-
-
 def _settle_group(
-    bodies: dict[str, Mapping[str, Any]],
-    runtime,
-    cause_kind: str,
-    result: BatchResult,
-    metrics: list,
+    bodies: dict[str, Mapping[str, Any]], sweep: SweepReads, cause: Cause, result: BatchResult, metrics: list
 ) -> None:
-    now_ms = wall_clock_ms()
-    snapshots = {}
+    readings: dict[str, Reading] = {}
     for customer_id, body in bodies.items():
         try:
-            snapshots[customer_id] = parse_subscriber(body)
-        except TerminalError as exc:
-            _fail(runtime, customer_id, exc, result, metrics)
-    cause = Cause(cause_kind, cause_kind)  # type: ignore[arg-type]
-    with _GroupConnections(runtime) as connections:
+            readings[customer_id] = Reading.from_provider(customer_id, body)
+        except Exception as exc:
+            _fail(sweep, customer_id, exc, result, metrics)
+    with GroupConnections(sweep.db) as connections:
         try:
             with connections.one() as connection:
-                settled = settle_unchanged(
-                    runtime.session_factory,
-                    connection,
-                    snapshots,
-                    now_ms=now_ms,
-                    policy=runtime.policy,
-                    catalog=runtime.catalog,
-                )
+                snapshots = {c: r.snapshot for c, r in readings.items() if r.snapshot is not None}
+                settled = sweep.convergence.bound_to(connection).settle_unchanged(snapshots)
         except Exception:
             log.warning("could not settle unchanged customers together", exc_info=True)
             settled = set()
@@ -215,92 +172,58 @@ def _settle_group(
             # their results, and no thread is left writing when the group's connections close.
             try:
                 with connections.one() as connection:
-                    return reconcile_user(
-                        customer_id,
-                        provider=_Prefetched(customer_id, bodies[customer_id]),
-                        unit_of_work=unit_of_work(runtime.session_factory, bind=connection),
-                        catalog=runtime.catalog,
-                        now_ms=wall_clock_ms(),
-                        cause=cause,
-                        policy=runtime.policy,
-                    )
+                    return sweep.convergence.bound_to(connection).reconcile(readings[customer_id], cause)
             except Exception as exc:
                 return exc
 
-        todo = [customer_id for customer_id in bodies if customer_id in snapshots and customer_id not in settled]
+        todo = [customer_id for customer_id in readings if customer_id not in settled]
         if connections.size > 1 and len(todo) > 1:
-            done = dict(zip(todo, runtime.reconcile_pool.map(reconcile_one, todo), strict=False))
+            done = dict(zip(todo, sweep.reconcile_pool.map(reconcile_one, todo), strict=True))
         else:
             done = {customer_id: reconcile_one(customer_id) for customer_id in todo}
-    for customer_id in bodies:
+    for customer_id in readings:
         if customer_id in settled:
             result.reconciled += 1
-            if runtime.course_sink is not None:
-                _repair_lms(runtime, customer_id, cause_kind, result, metrics)
+            result.reconciled_ids.append(customer_id)
             continue
-        outcome = done.get(customer_id)
-        if outcome is None:
-            continue  # not parseable: counted above
+        outcome = done[customer_id]
         if isinstance(outcome, Exception):
-            _fail(runtime, customer_id, outcome, result, metrics)
+            _fail(sweep, customer_id, outcome, result, metrics)
             continue
         result.reconciled += 1
+        result.reconciled_ids.append(outcome.customer_id)
         if outcome.actions:
             result.changed += 1
             if cause.is_drift_repair:
                 for action in outcome.actions:
-                    result.drift[action.drift_kind] = result.drift.get(action.drift_kind, 0) + 1  # type: ignore[index]
+                    result.drift[action.drift_kind] = result.drift.get(action.drift_kind, 0) + 1
                     metrics.append(("engine_drift_repaired_total", {"kind": action.drift_kind}, 1))
-                report_drift(outcome.customer_id, list(outcome.actions), cause_ref=cause.ref)
         if outcome.unknown_products:
             report_unknown_products(outcome.customer_id, outcome.unknown_products)
-        if runtime.course_sink is not None:
-            _repair_lms(runtime, outcome.customer_id, cause.ref, result, metrics)
 
 
-def _fail(runtime, customer_id: str, exc: Exception, result: BatchResult, metrics: list) -> None:
-    """Count a failed reconcile. Anything but a terminal error (the provider's answer cannot
-    be used) leaves the customer dirty, due at once: transient errors, and unexpected ones
-    (a deadlock, a lost connection, a bug), which are also logged with their traceback."""
-    if isinstance(exc, TerminalError):
-        _count_failure(result, metrics, "terminal")
-        log.error("reconcile of %s failed: %s", customer_id, exc)
-        return
-    if isinstance(exc, TransientError):
-        _count_failure(result, metrics, "transient")
-        log.warning("reconcile of %s failed (will retry at once): %s", customer_id, exc)
-    else:
-        _count_failure(result, metrics, "error")
-        log.error("reconcile of %s failed unexpectedly (will retry at once)", customer_id, exc_info=exc)
-    try:
-        defer_checks(runtime.session_factory, [customer_id], wall_clock_ms(), dirty=True)
-    except Exception:
-        log.warning("could not mark %s dirty", customer_id, exc_info=True)
-
-
-class _Prefetched:
-    """A SubscriberSource holding the one body the sweep has already read (on budget)."""
-
-    def __init__(self, app_user_id: str, body: Mapping[str, Any]):
-        self.app_user_id, self.body = app_user_id, body
-
-    def get_subscriber(self, app_user_id: str) -> Mapping[str, Any]:
-        assert app_user_id == self.app_user_id, (app_user_id, self.app_user_id)
-        return self.body
-
-
-def _count_failure(result: BatchResult, metrics: list, kind: str) -> None:
+def _fail(sweep: SweepReads, customer_id: str, exc: BaseException, result: BatchResult, metrics: list) -> None:
+    """Count a failed read or reconcile and back the customer off: due again after an
+    exponential, jittered, capped delay that grows with each failure in a row, and dirty (read
+    first once due). Terminal errors (an answer that cannot be used) and unexpected ones (a
+    deadlock, a lost connection, a bug, logged with their traceback) are backed off alike."""
+    kind = "transient" if isinstance(exc, TransientError) else "terminal" if isinstance(exc, TerminalError) else "error"
     result.failed += 1
     metrics.append(("engine_reconcile_failures_total", {"kind": kind}, 1))
-
-
-def _repair_lms(runtime, customer_id: str, cause_ref: str, result: BatchResult, metrics: list) -> None:
-    """LMS drift: read the customer's enrollments back and queue repairs (then drain them)."""
-    lms = repair_lms_drift(
-        runtime.session_factory, runtime.course_sink, customer_id, now_ms=wall_clock_ms(), cause_ref=cause_ref
-    )
-    for kind, n in lms.drift.items():
-        result.drift[kind] = result.drift.get(kind, 0) + n  # type: ignore[index]
-        metrics.append(("engine_drift_repaired_total", {"kind": kind}, n))
-    if lms.drift:
-        result.lms_repairs.append(customer_id)
+    if kind == "error":
+        log.error("reconcile of %s failed unexpectedly", customer_id, exc_info=exc)
+    else:
+        log.warning("reconcile of %s failed (%s): %s", customer_id, kind, exc)
+    try:
+        record_read_failures(
+            sweep.convergence.session_factory,
+            [customer_id],
+            now_ms=sweep.convergence.clock_ms(),
+            delay_ms=lambda failures: backoff_ms(
+                failures, base_ms=CUSTOMER_BACKOFF_BASE_MS, cap_ms=CUSTOMER_BACKOFF_CAP_MS, jitter=sweep.jitter()
+            ),
+        )
+    except Exception:
+        log.warning(
+            "could not back %s off; its lease runs out and the sweep selects it again", customer_id, exc_info=True
+        )

@@ -1,20 +1,26 @@
-"""Runtime: the adapters one process needs (DB engine, provider client, catalog), built once
-per process from the Settings, and rebuilt after a fork (SQLAlchemy engines must not cross one)."""
+"""The wiring of one process: the adapters, stores and services built from the Settings once per
+process, after fork (SQLAlchemy engines and Redis connections must not cross one), typed.
+
+Web views and tasks take from it the one service object their use case needs
+(``event_processing``, ``sweep_reads``, ``client_flows``, ``convergence``...) and pass on
+nothing else.
+"""
 
 from __future__ import annotations
 
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from functools import cached_property
 
+import redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.access_notifications import AccessNotifier, AccessWatch
 from adapters.embedded_redis import redis_url
 from adapters.metrics import Metrics
+from adapters.openedx import OpenEdxClient, OpenEdxSink
+from adapters.provider_health import ProviderHealth
 from adapters.rate_budget import BudgetedProvider, Priority, RateBudget
 from adapters.revenuecat import RevenueCatClient
 from config.settings import Settings
@@ -23,21 +29,25 @@ from engine.ports import CourseSink
 from engine.reconcile import ReconcilePolicy
 from persistence.change_notes import install_change_notifications
 from persistence.database import make_engine, make_session_factory
+from services.client import CLIENT_BUDGET_WAIT_S, ClientFlows
+from services.clock import wall_clock_ms
+from services.convergence import Convergence
 from services.inbox import EventProcessing
+from services.sweep import SweepReads
+from services.sweep_connections import RECONCILE_OVERLAP
 
-RECONCILE_OVERLAP = 2  # see Runtime.reconcile_pool
-
-
-def wall_clock_ms() -> int:
-    """The one place that reads the clock for the engine; pure code receives ``now_ms``."""
-    return int(time.time() * 1000)
+EVENT_BUDGET_WAIT_S = 5.0  # events wait a little for budget (they come before the sweep), then retry
+SWEEP_BUDGET_WAIT_S = 20.0
 
 
-@dataclass
-class Runtime:
-    settings: Settings
-    pid: int = field(default_factory=os.getpid)
+class Wiring:
+    """Everything one process builds from its Settings, each part on first use."""
 
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.pid = os.getpid()
+
+    # -- stores -----------------------------------------------------------------------------
     @cached_property
     def db(self) -> Engine:
         return make_engine(self.settings)
@@ -45,7 +55,7 @@ class Runtime:
     @cached_property
     def session_factory(self) -> sessionmaker[Session]:
         factory = make_session_factory(self.db)
-        # Long-polls wake on committed grant changes (engine/adapters/notifications.py).
+        # Long-polls wake on committed grant changes.
         install_change_notifications(factory, self.access_notifier.publish)
         return factory
 
@@ -54,37 +64,21 @@ class Runtime:
         return load_catalog(self.settings.catalog_path)
 
     @cached_property
-    def fetch_pool(self) -> ThreadPoolExecutor:
-        """Threads the sweep reads the provider on, several at once (its latency overlaps)."""
-        return ThreadPoolExecutor(
-            max_workers=max(1, self.settings.provider_fetch_concurrency), thread_name_prefix="provider-read"
+    def policy(self) -> ReconcilePolicy:
+        return ReconcilePolicy(
+            grant_sandbox=self.settings.grant_sandbox, max_staleness_ms=self.settings.max_staleness_s * 1000
         )
 
     @cached_property
-    def reconcile_pool(self) -> ThreadPoolExecutor:
-        """Threads a sweep batch reconciles changed customers on, each with its own database
-        connection, so that one customer's round trips and commit overlap another's CPU work
-        (two: the work is mostly Python, which runs one thread at a time)."""
-        return ThreadPoolExecutor(max_workers=RECONCILE_OVERLAP, thread_name_prefix="reconcile")
+    def convergence(self) -> Convergence:
+        return Convergence(self.session_factory, self.catalog, self.policy, wall_clock_ms)
 
+    # -- Redis ------------------------------------------------------------------------------
     @cached_property
-    def provider(self) -> RevenueCatClient:
-        return RevenueCatClient(
-            self.settings.revenuecat_api_url,
-            self.settings.revenuecat_api_key,
-            connect_timeout_s=self.settings.provider_connect_timeout_s,
-            read_timeout_s=self.settings.provider_read_timeout_s,
-        )
-
-    @cached_property
-    def redis(self):
-        import redis
-
+    def redis(self) -> redis.Redis:
         return redis.Redis.from_url(redis_url(self.settings), socket_timeout=10, socket_connect_timeout=2)
 
-    def _redis_client(self, *, socket_timeout: float | None):
-        import redis
-
+    def _redis_client(self, *, socket_timeout: float | None) -> redis.Redis:
         return redis.Redis.from_url(redis_url(self.settings), socket_timeout=socket_timeout, socket_connect_timeout=2)
 
     @cached_property
@@ -102,8 +96,22 @@ class Runtime:
         return RateBudget(self.redis, self.settings.provider_rate_per_minute)
 
     @cached_property
+    def provider_health(self) -> ProviderHealth:
+        return ProviderHealth(self.redis)
+
+    @cached_property
     def metrics(self) -> Metrics:
         return Metrics(self.redis)
+
+    # -- outside systems --------------------------------------------------------------------
+    @cached_property
+    def provider(self) -> RevenueCatClient:
+        return RevenueCatClient(
+            self.settings.revenuecat_api_url,
+            self.settings.revenuecat_api_key,
+            connect_timeout_s=self.settings.provider_connect_timeout_s,
+            read_timeout_s=self.settings.provider_read_timeout_s,
+        )
 
     def budgeted_provider(self, priority: Priority, *, max_wait_s: float) -> BudgetedProvider:
         """The provider client drawing on the shared rate budget at ``priority``."""
@@ -112,56 +120,88 @@ class Runtime:
     @cached_property
     def course_sink(self) -> CourseSink | None:
         """The LMS that course grants land in (Open edX), or None when it is not configured."""
-        if not self.settings.openedx_enabled:
-            return None
-        from adapters.openedx import OpenEdxClient, OpenEdxSink
-
         s = self.settings
-        return OpenEdxSink(
-            OpenEdxClient(
-                s.openedx_lms_url,
-                client_id=s.openedx_client_id,
-                client_secret=s.openedx_client_secret,
-                api_key=s.openedx_api_key,
-                connect_timeout_s=s.provider_connect_timeout_s,
-                read_timeout_s=s.provider_read_timeout_s,
-            )
+        if not s.openedx_enabled:
+            return None
+        client = OpenEdxClient(
+            s.openedx_lms_url,
+            client_id=s.openedx_client_id,
+            client_secret=s.openedx_client_secret,
+            api_key=s.openedx_api_key,
+            connect_timeout_s=s.provider_connect_timeout_s,
+            read_timeout_s=s.provider_read_timeout_s,
+        )
+        return OpenEdxSink(client)
+
+    # -- thread pools -----------------------------------------------------------------------
+    @cached_property
+    def fetch_pool(self) -> ThreadPoolExecutor:
+        """Threads the sweep reads the provider on, several at once (its latency overlaps)."""
+        workers = max(1, self.settings.provider_fetch_concurrency)
+        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="provider-read")
+
+    @cached_property
+    def reconcile_pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=RECONCILE_OVERLAP, thread_name_prefix="reconcile")
+
+    # -- services ---------------------------------------------------------------------------
+    @cached_property
+    def event_processing(self) -> EventProcessing:
+        return EventProcessing(
+            session_factory=self.session_factory,
+            convergence=self.convergence,
+            provider=self.budgeted_provider("event", max_wait_s=EVENT_BUDGET_WAIT_S),
+            max_attempts=self.settings.task_max_retries + 1,
+            retry_cap_ms=self.settings.retry_backoff_max_s * 1000,
         )
 
     @cached_property
-    def policy(self) -> ReconcilePolicy:
-        return ReconcilePolicy(
-            grant_sandbox=self.settings.grant_sandbox, max_staleness_ms=self.settings.max_staleness_s * 1000
+    def sweep_reads(self) -> SweepReads:
+        return SweepReads(
+            convergence=self.convergence,
+            provider=self.budgeted_provider("sweep", max_wait_s=SWEEP_BUDGET_WAIT_S),
+            db=self.db,
+            fetch_pool=self.fetch_pool,
+            reconcile_pool=self.reconcile_pool,
+            fetch_concurrency=self.settings.provider_fetch_concurrency,
+            metrics=self.metrics,
+            health=self.provider_health,
         )
 
-    def event_processing(self) -> EventProcessing:
-        # Events wait a little for budget (they come before the sweep), then retry later.
-        provider = self.budgeted_provider("event", max_wait_s=5.0)
-        return EventProcessing(self.session_factory, provider, self.catalog, self.policy, wall_clock_ms)
+    @cached_property
+    def client_flows(self) -> ClientFlows:
+        return ClientFlows(self.convergence, self.budgeted_provider("sync", max_wait_s=CLIENT_BUDGET_WAIT_S))
+
+    def build(self) -> Wiring:
+        """Build what every process needs now instead of on first use (after a fork: the first
+        request or task does not pay for it, and no two threads race to build one part)."""
+        _ = self.catalog, self.session_factory, self.convergence, self.redis, self.budget
+        return self
 
     def close(self) -> None:
-        if "provider" in self.__dict__:
+        built = self.__dict__
+        if "provider" in built:
             self.provider.close()
         for pool in ("fetch_pool", "reconcile_pool"):
-            if pool in self.__dict__:
-                self.__dict__[pool].shutdown(wait=True)
-        if "access_watch" in self.__dict__:
+            if pool in built:
+                built[pool].shutdown(wait=True)
+        if "access_watch" in built:
             self.access_watch.stop()
-        if "access_notifier" in self.__dict__:
+        if "access_notifier" in built:
             self.access_notifier.close()
-        if "db" in self.__dict__:
+        if "db" in built:
             self.db.dispose()
-        if "redis" in self.__dict__:
+        if "redis" in built:
             self.redis.close()
 
 
-_runtimes: dict[tuple[int, Settings], Runtime] = {}
+_wirings: dict[tuple[int, Settings], Wiring] = {}
 
 
-def runtime_for(settings: Settings) -> Runtime:
-    """This process's Runtime for ``settings`` (a forked child gets its own)."""
+def wiring_for(settings: Settings) -> Wiring:
+    """This process's Wiring for ``settings`` (a forked child gets its own)."""
     key = (os.getpid(), settings)
-    rt = _runtimes.get(key)
-    if rt is None:
-        rt = _runtimes[key] = Runtime(settings)
-    return rt
+    wiring = _wirings.get(key)
+    if wiring is None:
+        wiring = _wirings[key] = Wiring(settings)
+    return wiring

@@ -1,11 +1,19 @@
-"""The Celery application, built from the Settings (``celery -A tasks.celery_app worker``)."""
+"""The Celery application, built from the Settings (the worker and beat entry module is
+tasks/worker.py). The tasks are declared at module level in tasks/inbox.py, sweep.py, lms.py
+and grants.py, named by area, and registered with every app built here."""
 
 from __future__ import annotations
 
 from celery import Celery
 
+# Imported for their task declarations (shared tasks join every app created afterwards).
+import tasks.grants
+import tasks.inbox
+import tasks.lms
+import tasks.sweep  # noqa: F401
 from adapters.embedded_redis import broker_url
 from config.settings import Settings
+from tasks.names import GRANTS_EXPIRE, INBOX_REDRIVE, LMS_DRAIN, SWEEP_QUEUE, SWEEP_RECONCILE_BATCH, SWEEP_RUN
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -48,12 +56,9 @@ def create_celery(settings: Settings) -> Celery:
         beat_schedule=beat_schedule(settings),
         beat_scheduler="tasks.beat:SingleBeatScheduler",
         beat_max_loop_interval=5,
-        task_routes={"engine.reconcile_batch": {"queue": "sweep"}},
+        task_routes={SWEEP_RECONCILE_BATCH: {"queue": SWEEP_QUEUE}},
     )
     app.conf.engine_settings = settings
-    from tasks import jobs
-
-    jobs.register(app)
     return app
 
 
@@ -65,13 +70,13 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
     expire_every = 60.0
     return {
         "redrive-inbox": {
-            "task": "engine.redrive_inbox",
+            "task": INBOX_REDRIVE,
             "schedule": redrive_every,
             "options": {"expires": redrive_every},
         },
-        "sweep": {"task": "engine.sweep", "schedule": sweep_every, "options": {"expires": sweep_every}},
+        "sweep": {"task": SWEEP_RUN, "schedule": sweep_every, "options": {"expires": sweep_every}},
         "expire-grants": {
-            "task": "engine.expire_grants",
+            "task": GRANTS_EXPIRE,
             "schedule": expire_every,
             "options": {"expires": expire_every},
         },
@@ -79,7 +84,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
         **(
             {
                 "drain-sink-outbox": {
-                    "task": "engine.drain_sink_outbox",
+                    "task": LMS_DRAIN,
                     "schedule": float(settings.sink_drain_interval_s),
                     "options": {"expires": float(settings.sink_drain_interval_s)},
                 }

@@ -14,7 +14,7 @@ from adapters.embedded_redis import redis_url
 from config.settings import Settings
 from persistence.database import make_engine, upgrade_database
 from persistence.models import Base
-from services.wiring import Runtime, runtime_for
+from services.wiring import Wiring, wiring_for
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 WEBHOOK_AUTH = "Bearer test-webhook-secret"
@@ -98,14 +98,14 @@ def settings(base_settings: Settings, simulator, clean_state) -> Settings:
 
 
 @pytest.fixture
-def runtime(settings: Settings) -> Iterator[Runtime]:
-    rt = runtime_for(settings)
+def runtime(settings: Settings) -> Iterator[Wiring]:
+    rt = wiring_for(settings)
     yield rt
     rt.close()
 
 
 @pytest.fixture
-def app(settings: Settings, runtime: Runtime):
+def app(settings: Settings, runtime: Wiring):
     from web.app import create_app
 
     return create_app(settings)

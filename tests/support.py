@@ -6,10 +6,15 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TypeVar
 
 from adapters.embedded_redis import redis_url
 from config.settings import PROJECT_ROOT, Settings
+from engine.catalog import Catalog
+from engine.ports import Cause, SubscriberSource
+from engine.reconcile import Reading, ReconcileOutcome
+from services.wiring import Wiring
 from tasks.launch import celery_worker as _launch_worker
 
 T = TypeVar("T")
@@ -40,3 +45,23 @@ def wait_for(
 def celery_worker(settings: Settings, *, concurrency: int = 1, log_path=None):
     """A real ``celery worker`` process on the configured broker (see tasks.launch)."""
     return _launch_worker(settings_env(settings), settings.instance_path, concurrency=concurrency, log_path=log_path)
+
+
+def reconcile_now(
+    wiring: Wiring,
+    app_user_id: str,
+    *,
+    cause: Cause | None = None,
+    provider: SubscriberSource | None = None,
+    now_ms: int | None = None,
+    catalog: Catalog | None = None,
+) -> ReconcileOutcome:
+    """Read ``app_user_id`` from the provider (the simulator, unless another source is given)
+    and reconcile it, as every path that reads does."""
+    body = (provider or wiring.provider).get_subscriber(app_user_id)
+    convergence = wiring.convergence
+    if now_ms is not None:
+        convergence = replace(convergence, clock_ms=lambda: now_ms)
+    if catalog is not None:
+        convergence = replace(convergence, catalog=catalog)
+    return convergence.reconcile(Reading.from_provider(app_user_id, body), cause or Cause("request"))

@@ -7,7 +7,7 @@ from flask import Blueprint, current_app, jsonify, request
 from adapters.access_notifications import wait_for_change
 from engine.client_flows import InvalidRequest, access_entries, access_version, app_user_id_problem, iso_ms, parse_wait
 from services.client import AccessView, current_access
-from services.wiring import wall_clock_ms
+from services.clock import wall_clock_ms
 from web.auth import require_user_access
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
@@ -26,14 +26,14 @@ def user_access(app_user_id: str):
         wait_s = parse_wait(request.args.get("wait"))
     except InvalidRequest as exc:
         return jsonify(error="invalid_request", message=str(exc)), 400
-    runtime = current_app.extensions["engine_runtime"]
+    wiring = current_app.extensions["engine_wiring"]
 
     def read() -> AccessView:
-        return current_access(runtime.session_factory, app_user_id, wall_clock_ms())
+        return current_access(wiring.session_factory, app_user_id, wall_clock_ms())
 
     if wait_s > 0:
         view = wait_for_change(
-            runtime.access_watch,
+            wiring.access_watch,
             app_user_id,  # usually its own customer id; an alias is resolved by the first read
             read,
             lambda v: access_version(access_entries(v.accesses)),

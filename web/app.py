@@ -6,7 +6,7 @@ from celery import Celery
 from flask import Flask, jsonify
 
 from config.settings import Settings
-from services.wiring import runtime_for
+from services.wiring import wiring_for
 
 
 def create_app(settings: Settings | None = None, *, celery: Celery | None = None) -> Flask:
@@ -15,7 +15,7 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     # Bodies over the limit are refused with 413 while being read, before any parsing.
     app.config["MAX_CONTENT_LENGTH"] = settings.webhook_max_bytes
     app.config["ENGINE_SETTINGS"] = settings
-    app.extensions["engine_runtime"] = runtime_for(settings)
+    app.extensions["engine_wiring"] = wiring_for(settings)
     if celery is None:
         from tasks.celery_app import create_celery
 
@@ -26,7 +26,7 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
 
     init_sentry(settings, component="web")
 
-    from web import api, cli, health, intake
+    from web import api, cli, cli_inbox, health, intake
 
     app.register_blueprint(intake.bp)
     app.register_blueprint(api.bp)
@@ -37,9 +37,10 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     app.register_blueprint(sync.bp)
     app.register_blueprint(openapi.bp)
     cli.register(app)
+    app.cli.add_command(cli_inbox.inbox_cli)
     # The intake's storage engine now, not on the first webhook: that one would also pay for
     # importing the database driver (about 0.25 s per gunicorn worker after each deploy).
-    intake.intake_engine(app.extensions["engine_runtime"])
+    intake.intake_engine(app.extensions["engine_wiring"])
 
     @app.errorhandler(413)
     def too_large(_exc):

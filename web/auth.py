@@ -23,7 +23,7 @@ from typing import Any
 from flask import current_app, g, jsonify, request
 
 from engine.client_flows import TokenRefused, is_user_token, verify_user_token
-from services.wiring import wall_clock_ms
+from services.clock import wall_clock_ms
 
 
 @dataclass(frozen=True)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import click
 from flask import Flask, current_app
 
 from engine.ports import Cause
-from engine.reconcile import reconcile_user
+from engine.reconcile import Reading
 from persistence.database import upgrade_database
-from persistence.unit_of_work import unit_of_work
-from services.wiring import wall_clock_ms
+from services.clock import wall_clock_ms
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -49,16 +49,9 @@ def register(app: Flask) -> None:
     @click.argument("app_user_id")
     def reconcile_one(app_user_id: str) -> None:
         """Re-read one user from the provider and converge their access now."""
-        rt = current_app.extensions["engine_runtime"]
-        outcome = reconcile_user(
-            app_user_id,
-            provider=rt.provider,
-            unit_of_work=unit_of_work(rt.session_factory),
-            catalog=rt.catalog,
-            now_ms=wall_clock_ms(),
-            cause=Cause("operator", "cli"),
-            policy=rt.policy,
-        )
+        rt = current_app.extensions["engine_wiring"]
+        body = rt.budgeted_provider("sync", max_wait_s=60).get_subscriber(app_user_id)
+        outcome = rt.convergence.reconcile(Reading.from_provider(app_user_id, body), Cause("operator", "cli"))
         click.echo(
             json.dumps(
                 {
@@ -77,7 +70,8 @@ def register(app: Flask) -> None:
         from persistence.subscribers import all_customer_ids, count_customers
         from services.sweep import reconcile_customers
 
-        rt = current_app.extensions["engine_runtime"]
+        rt = current_app.extensions["engine_wiring"]
+        operator_reads = replace(rt.sweep_reads, provider=rt.budgeted_provider("sweep", max_wait_s=120))
         total = count_customers(rt.session_factory)
         summary = {"reconciled": 0, "changed": 0, "failed": 0}
         drift: dict[str, int] = {}
@@ -87,7 +81,7 @@ def register(app: Flask) -> None:
                 ids = all_customer_ids(rt.session_factory, after=after, limit=chunk)
                 if not ids:
                     break
-                result = reconcile_customers(ids, runtime=rt, cause_kind="operator", max_wait_s=120)
+                result = reconcile_customers(ids, operator_reads, cause_kind="operator")
                 for key in summary:
                     summary[key] += getattr(result, key)
                 for kind, n in (result.drift or {}).items():
@@ -107,7 +101,7 @@ def register(app: Flask) -> None:
         """Drift the sweep found and repaired in a time window, by kind, with recent examples."""
         from persistence.audit import drift_examples, drift_report
 
-        rt = current_app.extensions["engine_runtime"]
+        rt = current_app.extensions["engine_wiring"]
         now = wall_clock_ms()
         since_ms, until_ms = now - parse_duration_s(since) * 1000, now - parse_duration_s(until) * 1000
         rows = drift_report(rt.session_factory, since_ms=since_ms, until_ms=until_ms)
@@ -152,26 +146,20 @@ def register(app: Flask) -> None:
         from persistence.subscribers import peek_due, select_due
         from services.sweep import reconcile_customers
 
-        rt = current_app.extensions["engine_runtime"]
+        rt = current_app.extensions["engine_wiring"]
         now = wall_clock_ms()
         if not dry_run:
             ids = select_due(rt.session_factory, now_ms=now, limit=limit, lease_ms=15 * 60 * 1000)
-            result = reconcile_customers(ids, runtime=rt)
+            result = reconcile_customers(ids, rt.sweep_reads)
             click.echo(f"{result.reconciled} reconciled, {result.changed} changed; drift: {result.drift or 'none'}")
             return
         ids = peek_due(rt.session_factory, now_ms=now, limit=limit)
         provider = rt.budgeted_provider("sweep", max_wait_s=60)
         would_change = 0
+        dry_run_convergence = rt.convergence.dry_run()
         for customer_id in ids:
-            outcome = reconcile_user(
-                customer_id,
-                provider=provider,
-                unit_of_work=unit_of_work(rt.session_factory, commit=False),
-                catalog=rt.catalog,
-                now_ms=now,
-                cause=Cause("sweep"),
-                policy=rt.policy,
-            )
+            reading = Reading.from_provider(customer_id, provider.get_subscriber(customer_id))
+            outcome = dry_run_convergence.reconcile(reading, Cause("sweep"))
             for action in outcome.actions:
                 would_change += 1
                 click.echo(f"{customer_id}: {_describe(action)} [{action.drift_kind}]")
@@ -190,7 +178,7 @@ def register(app: Flask) -> None:
         from engine.course_mapping_csv import MappingCsvError
         from services.course_mappings import import_course_mappings
 
-        rt = current_app.extensions["engine_runtime"]
+        rt = current_app.extensions["engine_wiring"]
         known = {g.resource for product in rt.catalog.products.values() for g in product.grants}
         try:
             result = import_course_mappings(
@@ -218,7 +206,7 @@ def register(app: Flask) -> None:
         """Write every mapping as CSV (to stdout by default); importing it back changes nothing."""
         from services.course_mappings import export_course_mappings
 
-        csv_file.write(export_course_mappings(current_app.extensions["engine_runtime"].session_factory))
+        csv_file.write(export_course_mappings(current_app.extensions["engine_wiring"].session_factory))
 
     @app.cli.command("lms-username")
     @click.argument("app_user_id")
@@ -231,7 +219,7 @@ def register(app: Flask) -> None:
         from persistence.course_mappings import lms_username, set_lms_username
         from persistence.models import Identity
 
-        rt = current_app.extensions["engine_runtime"]
+        rt = current_app.extensions["engine_wiring"]
         with rt.session_factory() as session, session.begin():
             if username or clear:
                 set_lms_username(session, app_user_id, None if clear else username)

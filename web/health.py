@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, jsonify
 from sqlalchemy import text
 
-from persistence.inbox import inbox_counts
+from persistence.inbox_rows import inbox_counts
 
 bp = Blueprint("health", __name__)
 
@@ -17,10 +17,10 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    runtime = current_app.extensions["engine_runtime"]
+    wiring = current_app.extensions["engine_wiring"]
     checks: dict[str, str] = {}
     try:
-        with runtime.db.connect() as conn:
+        with wiring.db.connect() as conn:
             conn.execute(text("SELECT 1"))
         checks["database"] = "ok"
     except Exception as exc:
@@ -41,12 +41,12 @@ def metrics():
     sweep selections) and gauges read from the database (inbox by status, subscribers due)."""
     from adapters.metrics import render
     from persistence.subscribers import count_due
-    from services.wiring import wall_clock_ms
+    from services.clock import wall_clock_ms
 
-    runtime = current_app.extensions["engine_runtime"]
+    wiring = current_app.extensions["engine_wiring"]
     gauges = {
-        f'engine_inbox_events{{status="{status}"}}': n for status, n in inbox_counts(runtime.session_factory).items()
+        f'engine_inbox_events{{status="{status}"}}': n for status, n in inbox_counts(wiring.session_factory).items()
     }
-    gauges["engine_subscribers_due"] = count_due(runtime.session_factory, now_ms=wall_clock_ms())
-    gauges["engine_provider_requests_in_window"] = runtime.budget.used_in_window()
-    return Response(render(runtime.metrics.counters(), gauges), mimetype="text/plain; version=0.0.4")
+    gauges["engine_subscribers_due"] = count_due(wiring.session_factory, now_ms=wall_clock_ms())
+    gauges["engine_provider_requests_in_window"] = wiring.budget.used_in_window()
+    return Response(render(wiring.metrics.counters(), gauges), mimetype="text/plain; version=0.0.4")

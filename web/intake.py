@@ -24,6 +24,7 @@ from engine.revenuecat import MalformedEvent, envelope_key
 from persistence.database import make_engine
 from persistence.inbox import store_webhook
 from services.group_commit import GroupCommitter, StoreTimeout
+from tasks.names import INBOX_PROCESS
 from web.greenlets import serve_requests, wait_until_idle
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def revenuecat_webhook():
     if not hmac.compare_digest(provided.encode("utf-8", "surrogateescape"), expected.encode("utf-8")):
         return jsonify(error="unauthorized", message="Authorization header does not match"), 401
     body = request.get_data(cache=False)  # 413 is raised here past MAX_CONTENT_LENGTH
-    db = intake_engine(current_app.extensions["engine_runtime"])
+    db = intake_engine(current_app.extensions["engine_wiring"])
     try:
         parsed = json.loads(body)
         key = envelope_key(parsed)
@@ -68,7 +69,7 @@ def revenuecat_webhook():
         return jsonify(error="storage_unavailable", message="could not store the webhook, retry later"), 503
     if stored.enqueue and committer is None:
         try:
-            publisher_for(current_app).publish(stored.inbox_id)
+            publisher_for(current_app, INBOX_PROCESS).publish(stored.inbox_id)
         except Exception:
             log.warning("broker unavailable; inbox row %s waits for redrive", stored.inbox_id, exc_info=True)
     return _stored_answer(stored.status, stored.duplicate, stored.inbox_id)
@@ -87,15 +88,15 @@ _engines: dict[tuple[int, str], Engine] = {}
 _engines_lock = threading.Lock()
 
 
-def intake_engine(runtime) -> Engine:
+def intake_engine(wiring) -> Engine:
     """The engine the intake stores with: on PostgreSQL one per process and database, in
     AUTOCOMMIT (store_webhook's single INSERT commits by itself: no BEGIN/COMMIT round trips,
     no switching per checkout) and without ``pool_pre_ping``, whose ``SELECT 1`` per checkout
     was a second round trip per webhook (store_webhook retries once when a pooled connection
-    turns out dead); otherwise the runtime's own engine (SQLite)."""
-    settings = runtime.settings
+    turns out dead); otherwise the wiring's own engine (SQLite)."""
+    settings = wiring.settings
     if not settings.database_url.startswith("postgresql"):
-        return runtime.db
+        return wiring.db
     key = (os.getpid(), settings.database_url)
     engine = _engines.get(key)
     if engine is None:
@@ -121,11 +122,11 @@ def group_committer(app) -> GroupCommitter | None:
     with _committers_lock:
         pid, committer = app.extensions.get("intake_group_commit", (None, None))
         if pid != os.getpid():
-            runtime = app.extensions["engine_runtime"]
+            wiring = app.extensions["engine_wiring"]
             committer = None
-            if runtime.settings.database_url.startswith("postgresql") and serve_requests():
-                publisher = publisher_for(app)
-                committer = GroupCommitter(intake_engine(runtime), publisher.publish_many, settle=_settle_greenlets)
+            if wiring.settings.database_url.startswith("postgresql") and serve_requests():
+                publisher = publisher_for(app, INBOX_PROCESS)
+                committer = GroupCommitter(intake_engine(wiring), publisher.publish_many, settle=_settle_greenlets)
             app.extensions["intake_group_commit"] = (os.getpid(), committer)
     return committer
 

@@ -18,7 +18,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from engine.client_flows import InvalidRequest, Refusal, invalid_request_answer, refusal_answer
 from engine.errors import TransientError
 from services.client import validate_purchase
-from services.wiring import wall_clock_ms
 from web.auth import Refused, check_user, require_caller
 
 log = logging.getLogger(__name__)
@@ -45,9 +44,9 @@ def validate():
     elif not g.caller.is_operator:
         # A user token may validate for its own user only: the payload must name that user.
         return invalid(InvalidRequest({"app_user_id": "required"}))
-    runtime = current_app.extensions["engine_runtime"]
+    wiring = current_app.extensions["engine_wiring"]
     try:
-        status, answer = validate_purchase(runtime, payload, clock_ms=wall_clock_ms)
+        status, answer = validate_purchase(wiring.client_flows, payload)
     except InvalidRequest as exc:
         return invalid(exc)
     except TransientError as exc:

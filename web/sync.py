@@ -26,7 +26,7 @@ from engine.client_flows import (
 )
 from engine.errors import TerminalError, TransientError
 from services.client import SyncLimiter, current_access, sync_user
-from services.wiring import wall_clock_ms
+from services.clock import wall_clock_ms
 from web.auth import require_api_token, require_user_access
 
 log = logging.getLogger(__name__)
@@ -51,10 +51,10 @@ def sync(app_user_id: str):
     """
     if problem := app_user_id_problem(app_user_id):
         return _error(400, "invalid_request", f"app_user_id: {problem}")
-    runtime = current_app.extensions["engine_runtime"]
+    wiring = current_app.extensions["engine_wiring"]
 
     def run() -> dict:
-        result = sync_user(runtime, app_user_id, clock_ms=wall_clock_ms)
+        result = sync_user(wiring.client_flows, app_user_id)
         return {
             "synced_at": iso_ms(wall_clock_ms()),
             "changes": change_entries(result.actions),
@@ -62,7 +62,7 @@ def sync(app_user_id: str):
         }
 
     try:
-        last, reused = SyncLimiter(runtime.redis).run(app_user_id, run, wait_s=15.0)
+        last, reused = SyncLimiter(wiring.redis).run(app_user_id, run, wait_s=15.0)
     except TransientError as exc:
         log.info("sync of %r deferred: %s", app_user_id, exc)
         return _error(
@@ -77,7 +77,7 @@ def sync(app_user_id: str):
         log.exception("sync of %r could not be recorded", app_user_id)
         return _error(503, "storage_unavailable", "the sync could not be recorded now; try again", 5)
     now = wall_clock_ms()
-    view = current_access(runtime.session_factory, app_user_id, now)
+    view = current_access(wiring.session_factory, app_user_id, now)
     return jsonify(
         app_user_id=app_user_id, as_of=iso_ms(now), access=access_entries(view.accesses), reused=reused, **last
     )

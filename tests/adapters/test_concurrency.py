@@ -5,10 +5,9 @@ import threading
 from sqlalchemy import func, select
 
 from engine.ports import Cause
-from engine.reconcile import reconcile_user
 from persistence.models import AuditEntry, Grant
 from persistence.unit_of_work import unit_of_work
-from services.wiring import wall_clock_ms
+from tests.support import reconcile_now
 
 
 def test_parallel_reconciles_of_one_customer_grant_once(runtime, simulator):
@@ -20,15 +19,7 @@ def test_parallel_reconciles_of_one_customer_grant_once(runtime, simulator):
     def reconcile(kind: str) -> None:
         try:
             barrier.wait()
-            reconcile_user(
-                "alice",
-                provider=runtime.provider,
-                unit_of_work=unit_of_work(runtime.session_factory),
-                catalog=runtime.catalog,
-                now_ms=wall_clock_ms(),
-                cause=Cause(kind),
-                policy=runtime.policy,
-            )
+            reconcile_now(runtime, "alice", cause=Cause(kind))
         except BaseException as exc:
             errors.append(exc)
 
@@ -56,20 +47,20 @@ def test_a_transaction_two_customers_share_is_merged_by_one_reconcile_at_a_time(
 
     if runtime.db.dialect.name != "postgresql":
         pytest.skip("SQLite serialises writers: there is no interleaving to guard against")
-    with unit_of_work(runtime.session_factory)() as store:
-        store.save_transactions([Transaction("t1", product_id="p", owner="alice")])
+    with unit_of_work(runtime.session_factory)() as uow:
+        uow.ledger.save_transactions([Transaction("t1", product_id="p", owner="alice")])
     seen_by_bob: list[Transaction] = []
 
     def bob() -> None:
-        with unit_of_work(runtime.session_factory)() as store:
-            seen_by_bob.append(store.transactions(["bob"], ["t1"])["t1"])
+        with unit_of_work(runtime.session_factory)() as uow:
+            seen_by_bob.append(uow.ledger.transactions(["bob"], ["t1"])["t1"])
 
-    with unit_of_work(runtime.session_factory)() as store:
-        [t1] = store.transactions(["alice"], []).values()
+    with unit_of_work(runtime.session_factory)() as uow:
+        [t1] = uow.ledger.transactions(["alice"], []).values()
         reader = threading.Thread(target=bob)
         reader.start()
         time.sleep(0.3)
         assert seen_by_bob == []  # bob's reconcile waits for alice's
-        store.save_transactions([dataclasses.replace(t1, owner=None)])  # alice's snapshot no longer lists it
+        uow.ledger.save_transactions([dataclasses.replace(t1, owner=None)])  # alice's snapshot no longer lists it
     reader.join(timeout=10)
     assert [t.owner for t in seen_by_bob] == [None]  # bob merges into alice's write, not the old row

@@ -87,8 +87,8 @@ def test_one_gevent_worker_holds_many_long_polls(settings, runtime, tmp_path):
         assert time.monotonic() - started < 1.0  # the worker is not tied up by the waiting clients
         committed = {}
         for i in range(CLIENTS):
-            with unit_of_work(runtime.session_factory)() as store:
-                store.session.add(
+            with unit_of_work(runtime.session_factory)() as uow:
+                uow.session.add(
                     Grant(
                         customer_id=f"g{i}",
                         resource="course:H01ENB",

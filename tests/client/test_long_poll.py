@@ -14,8 +14,8 @@ from adapters.access_notifications import AccessNotifier, AccessWatch, channel_f
 from adapters.embedded_redis import redis_url
 from persistence.models import Grant
 from persistence.unit_of_work import unit_of_work
+from services.clock import wall_clock_ms
 from services.inbox import process_inbox_event
-from services.wiring import wall_clock_ms
 from tests.client.support import OPERATOR, WEBHOOK
 from tests.support import celery_worker, wait_for
 
@@ -45,7 +45,7 @@ class Timed:
 def purchase_processed(client, runtime, simulator, app_user_id: str) -> None:
     body = simulator.state.purchase_non_renewing(app_user_id, "h01enb")
     inbox_id = client.post("/webhooks/revenuecat", json=body, headers=WEBHOOK).json["inbox_id"]
-    assert process_inbox_event(inbox_id, runtime.event_processing(), final_attempt=False).status == "processed"
+    assert process_inbox_event(inbox_id, runtime.event_processing).status == "processed"
 
 
 def waiting(runtime, n: int = 1) -> None:
@@ -73,7 +73,7 @@ def test_a_waiter_on_an_alias_wakes_on_its_customers_change(app, client, runtime
     poll.mark()
     body = simulator.state.purchase_non_renewing("learner-42", "geometry_pack_30")
     inbox_id = client.post("/webhooks/revenuecat", json=body, headers=WEBHOOK).json["inbox_id"]
-    process_inbox_event(inbox_id, runtime.event_processing(), final_attempt=False)
+    process_inbox_event(inbox_id, runtime.event_processing)
     assert poll.join() < 2.0
     assert sorted(a["resource"] for a in poll.response.json["access"]) == ["course:H01ENB", "module:geometry"]
 
@@ -108,8 +108,8 @@ def test_since_answers_at_once_when_the_access_already_differs(client, runtime, 
 
 
 def test_an_access_expiring_during_the_wait_ends_it(app, client, runtime):
-    with unit_of_work(runtime.session_factory)() as store:
-        store.session.add(
+    with unit_of_work(runtime.session_factory)() as uow:
+        uow.session.add(
             Grant(
                 customer_id="alice",
                 resource="module:algebra",
@@ -138,19 +138,19 @@ def test_only_committed_grant_changes_are_published(settings, runtime):
     pubsub.get_message(timeout=1)
 
     def add_grant(customer_id: str) -> None:
-        with unit_of_work(runtime.session_factory)() as store:
-            store.session.add(
+        with unit_of_work(runtime.session_factory)() as uow:
+            uow.session.add(
                 Grant(customer_id=customer_id, resource="r", mode="m", expires_ms=None, sources="[]", updated_ms=0)
             )
-            store.session.flush()
+            uow.session.flush()
             if customer_id == "rolled-back":
                 raise RuntimeError("abort the unit of work")
 
     with contextlib.suppress(RuntimeError):
         add_grant("rolled-back")
     add_grant("committed")
-    with unit_of_work(runtime.session_factory)() as store:  # a transaction touching no grant
-        store.lock_customer("someone")
+    with unit_of_work(runtime.session_factory)() as uow:  # a transaction touching no grant
+        uow.ledger.lock_customer("someone")
     messages = []
     deadline = time.monotonic() + 2
     while time.monotonic() < deadline:

@@ -11,7 +11,7 @@ credited transaction is credited exactly once.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
@@ -23,15 +23,14 @@ from engine.errors import TransientError
 from engine.facts import observe_all
 from engine.ports import Cause
 from engine.projection import project_access
-from engine.reconcile import reconcile_user
 from engine.revenuecat import parse_subscriber
 from persistence.ledger_store import grant_to_access
 from persistence.models import Base, Grant
-from persistence.unit_of_work import unit_of_work
 from services.inbox import EventProcessing, process_inbox_event
 from simulators.revenuecat.server import SimulatorServer
 from simulators.revenuecat.state import ProviderState, SimulatorError
 from tests.conftest import SIM_KEY, WEBHOOK_AUTH
+from tests.support import reconcile_now
 
 USERS = ["ana", "ben", "$RCAnonymousID:c0ffee"]
 SUBSCRIPTIONS = ["premium_monthly", "premium_yearly"]
@@ -161,11 +160,11 @@ def test_granted_access_converges_to_the_providers_final_state(client, runtime, 
     with SimulatorServer(FrozenClockState(), api_key=SIM_KEY, webhook_auth=WEBHOOK_AUTH) as sim:
         state = sim.state
         ctx = EventProcessing(
-            runtime.session_factory,
-            runtime.provider.__class__(sim.url, SIM_KEY),
-            runtime.catalog,
-            runtime.policy,
-            state.now_ms,
+            session_factory=runtime.session_factory,
+            convergence=replace(runtime.convergence, clock_ms=state.now_ms),
+            provider=runtime.provider.__class__(sim.url, SIM_KEY),
+            max_attempts=9,
+            retry_cap_ms=600_000,
         )
         pending: list[tuple[int, dict]] = []  # (due step, body)
 
@@ -178,7 +177,7 @@ def test_granted_access_converges_to_the_providers_final_state(client, runtime, 
                 assert response.status_code == 200
                 if response.json["inbox_id"] is not None:
                     with contextlib.suppress(TransientError):
-                        process_inbox_event(response.json["inbox_id"], ctx, final_attempt=False)
+                        process_inbox_event(response.json["inbox_id"], ctx)
 
         for step, (op, delivery) in enumerate(history):
             body = apply_op(state, op)
@@ -190,15 +189,7 @@ def test_granted_access_converges_to_the_providers_final_state(client, runtime, 
         # One sweep: one reconcile per user, with the provider's final state.
         now_ms = state.now_ms()
         for user in USERS:
-            reconcile_user(
-                user,
-                provider=ctx.provider,
-                unit_of_work=unit_of_work(runtime.session_factory),
-                catalog=runtime.catalog,
-                now_ms=now_ms,
-                cause=Cause("sweep"),
-                policy=runtime.policy,
-            )
+            reconcile_now(runtime, user, cause=Cause("sweep"), provider=ctx.provider, now_ms=now_ms)
 
         for user in USERS:
             final = state.subscriber(user, now_ms=now_ms)[1]

@@ -9,12 +9,13 @@ import pytest
 
 from config.settings import Settings
 from engine.ports import Cause
-from engine.reconcile import ReconcileOutcome, reconcile_user
-from persistence.unit_of_work import unit_of_work
+from engine.reconcile import ReconcileOutcome
+from services.clock import wall_clock_ms
 from services.course_mappings import import_course_mappings
 from services.outbox import DrainResult, drain_outbox
-from services.wiring import Runtime, runtime_for, wall_clock_ms
+from services.wiring import Wiring, wiring_for
 from simulators.openedx_lms import LmsServer, LmsState
+from tests.support import reconcile_now
 
 COURSE = "course-v1:HypnoElp+H01ENB+2024"
 CLIENT_ID, CLIENT_SECRET = "engine-sink", "s3cret"
@@ -40,8 +41,8 @@ def lms_settings(settings: Settings, lms: LmsServer) -> Settings:
 
 
 @pytest.fixture
-def lms_runtime(lms_settings: Settings) -> Iterator[Runtime]:
-    rt = runtime_for(lms_settings)
+def lms_runtime(lms_settings: Settings) -> Iterator[Wiring]:
+    rt = wiring_for(lms_settings)
     yield rt
     rt.close()
 
@@ -55,7 +56,7 @@ def mapping_csv(
     )
 
 
-def map_course(rt: Runtime, **kwargs: object) -> None:
+def map_course(rt: Wiring, **kwargs: object) -> None:
     import_course_mappings(
         rt.session_factory,
         mapping_csv(**kwargs),
@@ -65,20 +66,12 @@ def map_course(rt: Runtime, **kwargs: object) -> None:
     )
 
 
-def sync(rt: Runtime, app_user_id: str, *, cause: Cause = REQUEST) -> ReconcileOutcome:
+def sync(rt: Wiring, app_user_id: str, *, cause: Cause = REQUEST) -> ReconcileOutcome:
     """Reconcile one user from the provider (the simulator) now."""
-    return reconcile_user(
-        app_user_id,
-        provider=rt.provider,
-        unit_of_work=unit_of_work(rt.session_factory),
-        catalog=rt.catalog,
-        now_ms=wall_clock_ms(),
-        cause=cause,
-        policy=rt.policy,
-    )
+    return reconcile_now(rt, app_user_id, cause=cause)
 
 
-def drain(rt: Runtime, *, clock: Callable[[], int] = wall_clock_ms, customer_id: str | None = None) -> DrainResult:
+def drain(rt: Wiring, *, clock: Callable[[], int] = wall_clock_ms, customer_id: str | None = None) -> DrainResult:
     assert rt.course_sink is not None
     return drain_outbox(rt.session_factory, rt.course_sink, clock_ms=clock, customer_id=customer_id, jitter=lambda: 0.0)
 

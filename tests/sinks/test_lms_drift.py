@@ -9,8 +9,8 @@ from sqlalchemy import select, update
 
 from adapters.embedded_redis import redis_url
 from persistence.models import AuditEntry, SinkOutboxRow
+from services.clock import wall_clock_ms
 from services.outbox import repair_lms_drift
-from services.wiring import wall_clock_ms
 from tasks.celery_app import create_celery
 from tests.sinks.conftest import COURSE, drain, map_course, one_time_tx, sync
 
@@ -124,11 +124,11 @@ def test_the_task_repairs_counts_and_enqueues_a_drain(lms_settings, lms_runtime,
     enrolled(lms_runtime, simulator, lms)
     lms.state.set_enrollment("bob", COURSE, "honor")
     app = create_celery(lms_settings)
-    assert app.tasks["engine.repair_lms_drift"].apply(args=("bob",)).get() == {"lms_wrong_mode": 1}
+    assert app.tasks["lms.repair"].apply(args=(["bob"],)).get() == {"lms_wrong_mode": 1}
     queued = redis_lib.Redis.from_url(redis_url(lms_settings)).lrange("celery", 0, -1)
-    assert [(json.loads(m)["headers"]["task"], json.loads(m)["headers"]["argsrepr"]) for m in queued] == [
-        ("engine.drain_sink_outbox", "('bob',)")
+    assert [(json.loads(m)["headers"]["task"], json.loads(m)["headers"]["kwargsrepr"]) for m in queued] == [
+        ("lms.drain", "{'customer_id': 'bob'}")
     ]
     assert lms_runtime.metrics.counters().get('engine_drift_repaired_total{kind="lms_wrong_mode"}') == 1
-    assert app.tasks["engine.drain_sink_outbox"].apply(args=("bob",)).get() == 1
+    assert app.tasks["lms.drain"].apply(args=("bob",)).get() == 1
     assert lms.state.enrollment("bob", COURSE) == ("professional", True)

@@ -14,8 +14,8 @@ from persistence.course_mappings import set_lms_username
 from persistence.models import AuditEntry, Grant, SinkOutboxRow
 from persistence.outbox import enqueue_expired_mappings, outbox_counts
 from persistence.unit_of_work import unit_of_work
+from services.clock import wall_clock_ms
 from services.outbox import drain_outbox
-from services.wiring import wall_clock_ms
 from tests.sinks.conftest import COURSE, drain, map_course, one_time_tx, sync
 
 
@@ -53,9 +53,9 @@ def test_the_outbox_row_rolls_back_with_the_grant(lms_runtime):
     map_course(lms_runtime)
     grant = Action("grant", "course:H01ENB", None, Access("course:H01ENB", "paid", None, ("t1",)))
     try:
-        with unit_of_work(lms_runtime.session_factory)() as store:
-            store.lock_customer("bob")
-            store.apply("bob", [grant], Cause("request"), wall_clock_ms())
+        with unit_of_work(lms_runtime.session_factory)() as uow:
+            uow.ledger.lock_customer("bob")
+            uow.ledger.apply("bob", [grant], Cause("request"), wall_clock_ms())
             raise RuntimeError("the transaction fails after apply")
     except RuntimeError:
         pass
@@ -246,10 +246,11 @@ def test_an_extension_sends_nothing_new(lms_runtime):
     map_course(lms_runtime)
     start = Access("course:H01ENB", "paid", wall_clock_ms() + 10_000, ("t1",))
     longer = Access("course:H01ENB", "paid", wall_clock_ms() + 99_000, ("t1", "t2"))
-    with unit_of_work(lms_runtime.session_factory)() as store:
-        store.lock_customer("bob")
-        store.apply("bob", [Action("grant", "course:H01ENB", None, start)], Cause("event"), wall_clock_ms())
-        store.apply("bob", [Action("extend", "course:H01ENB", start, longer)], Cause("event"), wall_clock_ms())
+    with unit_of_work(lms_runtime.session_factory)() as uow:
+        uow.ledger.lock_customer("bob")
+        for action in (Action("grant", "course:H01ENB", None, start), Action("extend", "course:H01ENB", start, longer)):
+            uow.ledger.apply("bob", [action], Cause("event"), wall_clock_ms())
+            uow.outbox.record("bob", [action], Cause("event"), wall_clock_ms())
     assert desired(lms_runtime, "bob") == [("professional", True)]
 
 
@@ -292,6 +293,6 @@ def test_the_beat_drain_task_sends_everything_due_and_is_idle_when_disabled(
     for user in ("alice", "bob"):
         simulator.state.purchase_non_renewing(user, "h01enb")
         sync(lms_runtime, user)
-    assert create_celery(settings).tasks["engine.drain_sink_outbox"].apply().get() == 0  # no LMS configured
-    assert create_celery(lms_settings).tasks["engine.drain_sink_outbox"].apply().get() == 2
+    assert create_celery(settings).tasks["lms.drain"].apply().get() == 0  # no LMS configured
+    assert create_celery(lms_settings).tasks["lms.drain"].apply().get() == 2
     assert lms.state.enrollment("alice", COURSE) == lms.state.enrollment("bob", COURSE) == ("professional", True)

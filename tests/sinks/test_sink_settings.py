@@ -29,5 +29,5 @@ def test_environment_round_trip():
     assert settings.openedx_enabled and (settings.sink_drain_interval_s, settings.sink_retry_backoff_max_s) == (3, 120)
     assert Settings.from_env(settings.to_env()) == settings
     entry = beat_schedule(settings)["drain-sink-outbox"]
-    assert entry["task"] == "engine.drain_sink_outbox" and entry["schedule"] == 3.0
+    assert entry["task"] == "lms.drain" and entry["schedule"] == 3.0
     assert Settings.from_env({"OPENEDX_LMS_URL": "https://lms.example", "OPENEDX_API_KEY": "k"}).openedx_enabled

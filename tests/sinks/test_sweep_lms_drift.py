@@ -1,18 +1,29 @@
-"""The sweep repairs LMS drift (a learner downgraded by hand) and counts it like provider drift."""
+"""The sweep has LMS drift (a learner downgraded by hand) read back and repaired by its own task,
+and counts it like provider drift."""
 
-from services.sweep import reconcile_customers
+import json
+
+import redis as redis_lib
+
+from adapters.embedded_redis import redis_url
+from tasks.celery_app import create_celery
 from tests.sinks.conftest import COURSE, drain, map_course, sync
 
 
-def test_sweep_repairs_a_hand_downgraded_enrollment(lms_runtime, lms, simulator):
+def test_sweep_repairs_a_hand_downgraded_enrollment(lms_settings, lms_runtime, lms, simulator):
     map_course(lms_runtime)
     simulator.state.purchase_non_renewing("alice", "h01enb")
     sync(lms_runtime, "alice")
     drain(lms_runtime)
     assert lms.state.enrollment("alice", COURSE) == ("professional", True)
     lms.state.set_enrollment("alice", COURSE, "audit")  # someone downgraded the learner by hand
-    result = reconcile_customers(["alice"], runtime=lms_runtime)
-    assert result.drift == {"lms_wrong_mode": 1} and result.lms_repairs == ["alice"]
+    app = create_celery(lms_settings)
+    assert app.tasks["sweep.reconcile_batch"].apply(args=(["alice"],)).get()["reconciled"] == 1
+    queued = [
+        json.loads(m)["headers"] for m in redis_lib.Redis.from_url(redis_url(lms_settings)).lrange("celery", 0, -1)
+    ]
+    assert [(h["task"], h["argsrepr"]) for h in queued] == [("lms.repair", "(['alice'],)")]
+    assert app.tasks["lms.repair"].apply(args=(["alice"],)).get() == {"lms_wrong_mode": 1}
     drain(lms_runtime, customer_id="alice")
     assert lms.state.enrollment("alice", COURSE) == ("professional", True)
     assert lms_runtime.metrics.counters()['engine_drift_repaired_total{kind="lms_wrong_mode"}'] == 1

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from sqlalchemy import func, select
 
-from engine.errors import TransientError
 from persistence.models import AuditEntry, Grant, InboxEvent, Subscriber, UnknownProduct
 from services.inbox import process_inbox_event
 from tests.conftest import API_TOKEN, WEBHOOK_AUTH
@@ -19,8 +20,11 @@ def intake(client, body: dict) -> int:
     return response.json["inbox_id"]
 
 
-def process(runtime, inbox_id: int, *, final: bool = False) -> str:
-    return process_inbox_event(inbox_id, runtime.event_processing(), final_attempt=final).status
+def process(runtime, inbox_id: int, *, max_attempts: int | None = None) -> str:
+    ctx = runtime.event_processing
+    if max_attempts is not None:
+        ctx = replace(ctx, max_attempts=max_attempts)
+    return process_inbox_event(inbox_id, ctx).status
 
 
 def access(client, app_user_id: str) -> dict:
@@ -101,11 +105,12 @@ def test_transient_provider_error_degrades_then_retries(client, runtime, simulat
     body = simulator.state.purchase_subscription("alice", "premium_monthly")
     inbox_id = intake(client, body)
     simulator.state.fail_next(1, status=status, retry_after_s=retry_after)
-    with pytest.raises(TransientError) as raised:
-        process(runtime, inbox_id)
-    assert raised.value.retry_after_s == retry_after
+    result = process_inbox_event(inbox_id, runtime.event_processing)
+    assert result.status == "retrying"
+    assert result.retry_in_ms is not None and result.retry_in_ms >= (retry_after or 0) * 1000
     failed = row(runtime, inbox_id)
     assert (failed.status, failed.attempts) == ("retrying", 1) and str(status) in failed.last_error
+    assert failed.next_attempt_ms is not None and failed.error_kind == "transient"
     # Degraded mode: the event's own facts granted access, and the customer is dirty.
     assert "module:algebra" in access(client, "alice")
     with runtime.session_factory() as session:
@@ -124,19 +129,19 @@ def test_transient_provider_error_degrades_then_retries(client, runtime, simulat
 def test_provider_down_on_the_last_attempt_leaves_the_event_degraded(client, runtime, simulator):
     inbox_id = intake(client, simulator.state.purchase_subscription("alice", "premium_monthly"))
     simulator.state.fail_next(1, status=502)
-    assert process(runtime, inbox_id, final=True) == "degraded"
+    assert process(runtime, inbox_id, max_attempts=1) == "degraded"
     assert row(runtime, inbox_id).status == "degraded"
 
 
 def test_provider_timeout_is_transient(client, settings, simulator):
-    from services.wiring import Runtime
+    from services.wiring import Wiring
 
-    slow = Runtime(settings.with_(provider_read_timeout_s=0.2))
+    slow = Wiring(settings.with_(provider_read_timeout_s=0.2))
     inbox_id = intake(client, simulator.state.purchase_subscription("alice", "premium_monthly"))
     simulator.state.latency_ms = 1000
     try:
-        with pytest.raises(TransientError, match="unreachable"):
-            process(slow, inbox_id)
+        assert process(slow, inbox_id) == "retrying"
+        assert "unreachable" in row(slow, inbox_id).last_error
     finally:
         simulator.state.latency_ms = 0
         slow.close()

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import redis as redis_lib
 from sqlalchemy import event, func, select, update
@@ -15,16 +16,14 @@ from sqlalchemy import event, func, select, update
 from adapters.embedded_redis import redis_url
 from config.settings import PROJECT_ROOT
 from engine.ports import Cause
-from engine.reconcile import reconcile_user
 from persistence.models import AuditEntry, Grant, LedgerTransaction, ProviderSnapshot, Subscriber
 from persistence.subscribers import select_due
-from persistence.unit_of_work import unit_of_work
+from services.clock import wall_clock_ms
 from services.inbox import process_inbox_event
 from services.sweep import reconcile_customers
-from services.wiring import wall_clock_ms
 from tasks.celery_app import create_celery
 from tests.conftest import WEBHOOK_AUTH
-from tests.support import settings_env, wait_for
+from tests.support import reconcile_now, settings_env, wait_for
 
 
 def known_customer(client, runtime, simulator, user: str, product: str = "premium_monthly") -> dict:
@@ -35,7 +34,7 @@ def known_customer(client, runtime, simulator, user: str, product: str = "premiu
         else simulator.state.purchase_subscription(user, product)
     )
     response = client.post("/webhooks/revenuecat", json=body, headers={"Authorization": WEBHOOK_AUTH})
-    process_inbox_event(response.json["inbox_id"], runtime.event_processing(), final_attempt=False)
+    process_inbox_event(response.json["inbox_id"], runtime.event_processing)
     return body
 
 
@@ -66,7 +65,7 @@ def test_sweep_heals_lost_webhooks_and_counts_reports_and_audits_the_drift(clien
     # Lost webhooks: alice's course is refunded, bob buys a second product; nobody tells us.
     simulator.state.refund("alice", course["event"]["transaction_id"])
     simulator.state.purchase_non_renewing("bob", "geometry_pack_30")
-    result = reconcile_customers(["alice", "bob"], runtime=runtime)
+    result = reconcile_customers(["alice", "bob"], runtime.sweep_reads)
     assert (result.reconciled, result.changed) == (2, 2)
     assert result.drift == {"missed_revocation": 1, "missed_grant": 1}
     with runtime.session_factory() as session:
@@ -79,12 +78,13 @@ def test_sweep_heals_lost_webhooks_and_counts_reports_and_audits_the_drift(clien
     counters = runtime.metrics.counters()
     assert counters['engine_drift_repaired_total{kind="missed_revocation"}'] == 1
     assert counters['engine_drift_repaired_total{kind="missed_grant"}'] == 1
-    events = {e["tags"]["app_user_id"]: e for e in sentry_events.items("event")}
-    assert events["alice"]["tags"]["drift_kind"] == "missed_revocation"
-    assert events["alice"]["fingerprint"] == ["entitlement-drift", "missed_revocation"]
-    assert events["bob"]["fingerprint"] == ["entitlement-drift", "missed_grant"]
+    # One Sentry event per kind of drift the batch repaired, with its count (not one per repair).
+    events = {e["tags"]["drift_kind"]: e for e in sentry_events.items("event")}
+    assert set(events) == {"missed_revocation", "missed_grant"}
+    assert events["missed_revocation"]["fingerprint"] == ["entitlement-drift", "missed_revocation"]
+    assert events["missed_grant"]["contexts"]["drift"]["repairs"] == 1
     # A second sweep finds nothing left to repair.
-    again = reconcile_customers(["alice", "bob"], runtime=runtime)
+    again = reconcile_customers(["alice", "bob"], runtime.sweep_reads)
     assert (again.changed, again.drift) == (0, {})
 
 
@@ -102,15 +102,7 @@ def test_an_unchanged_snapshot_costs_no_writes_beyond_the_check_time(client, run
 
     event.listen(runtime.db, "before_cursor_execute", record)
     try:
-        reconcile_user(
-            "alice",
-            provider=runtime.provider,
-            unit_of_work=unit_of_work(runtime.session_factory),
-            catalog=runtime.catalog,
-            now_ms=wall_clock_ms(),
-            cause=Cause("sweep"),
-            policy=runtime.policy,
-        )
+        reconcile_now(runtime, "alice", cause=Cause("sweep"))
     finally:
         event.remove(runtime.db, "before_cursor_execute", record)
     assert writes == ["UPDATE subscribers"]
@@ -124,7 +116,7 @@ def test_expired_grants_are_revoked_at_expiry_without_a_provider_call(client, ru
         session.execute(update(LedgerTransaction).values(expires_ms=wall_clock_ms() - 1))
     before = simulator.state.request_count
     app = create_celery(settings)
-    assert app.tasks["engine.expire_grants"].apply().get() == 1
+    assert app.tasks["grants.expire"].apply().get() == 1
     assert count(runtime, Grant) == 0 and simulator.state.request_count == before
     with runtime.session_factory() as session:
         assert session.scalar(select(AuditEntry.cause_kind).where(AuditEntry.action == "revoke")) == "expiry"
@@ -132,10 +124,10 @@ def test_expired_grants_are_revoked_at_expiry_without_a_provider_call(client, ru
 
 def test_beat_jobs_send_cron_check_ins(settings, runtime, sentry_events):
     app = create_celery(settings)
-    for name in ["engine.sweep", "engine.redrive_inbox", "engine.expire_grants"]:
+    for name in ["sweep.run", "inbox.redrive", "grants.expire"]:
         app.tasks[name].apply().get()
     check_ins = [(c["monitor_slug"], c["status"]) for c in sentry_events.items("check_in")]
-    for slug in ["engine-sweep", "engine-redrive-inbox", "engine-expire-grants"]:
+    for slug in ["sweep", "inbox-redrive", "grants-expire"]:
         assert (slug, "in_progress") in check_ins and (slug, "ok") in check_ins
 
 
@@ -145,9 +137,9 @@ def test_sweep_task_fans_out_due_customers_within_the_budget(client, runtime, si
     set_next_check(runtime, {"a": 0, "b": 0, "c": 0})
     small = settings.with_(provider_rate_per_minute=3)  # sweep share: 2 per minute
     app = create_celery(small)
-    assert app.tasks["engine.sweep"].apply().get() == 2
+    assert app.tasks["sweep.run"].apply().get() == 2
     queued = redis_lib.Redis.from_url(redis_url(settings)).lrange("sweep", 0, -1)
-    assert [json.loads(m)["headers"]["task"] for m in queued] == ["engine.reconcile_batch"]
+    assert [json.loads(m)["headers"]["task"] for m in queued] == ["sweep.reconcile_batch"]
 
 
 def test_only_one_of_two_beats_schedules(settings, runtime, tmp_path):
@@ -179,7 +171,7 @@ def test_only_one_of_two_beats_schedules(settings, runtime, tmp_path):
         )
 
     def sweeps() -> int:
-        return sum(1 for m in client.lrange("celery", 0, -1) if json.loads(m)["headers"]["task"] == "engine.sweep")
+        return sum(1 for m in client.lrange("celery", 0, -1) if json.loads(m)["headers"]["task"] == "sweep.run")
 
     first, second = beat(1), beat(2)
     try:
@@ -238,7 +230,7 @@ def test_operator_commands_dry_run_reconcile_all_and_drift_report(client, runtim
 def test_metrics_expose_drift_counters_and_gauges(client, runtime, simulator):
     course = known_customer(client, runtime, simulator, "alice", "h01enb")
     simulator.state.refund("alice", course["event"]["transaction_id"])
-    reconcile_customers(["alice"], runtime=runtime)
+    reconcile_customers(["alice"], runtime.sweep_reads)
     text = client.get("/metrics").data.decode()
     assert 'engine_drift_repaired_total{kind="missed_revocation"} 1' in text
     assert 'engine_inbox_events{status="processed"} 1' in text
@@ -246,7 +238,6 @@ def test_metrics_expose_drift_counters_and_gauges(client, runtime, simulator):
 
 
 def test_fast_path_recomputes_once_an_expiry_falls_due_or_the_catalog_changes(client, runtime, simulator):
-    from dataclasses import replace
 
     from engine.catalog import GrantRule
 
@@ -255,15 +246,7 @@ def test_fast_path_recomputes_once_an_expiry_falls_due_or_the_catalog_changes(cl
         [grant] = session.scalars(select(Grant)).all()
 
     def reconcile(now_ms, catalog=runtime.catalog):
-        return reconcile_user(
-            "alice",
-            provider=runtime.provider,
-            unit_of_work=unit_of_work(runtime.session_factory),
-            catalog=catalog,
-            now_ms=now_ms,
-            cause=Cause("sweep"),
-            policy=runtime.policy,
-        )
+        return reconcile_now(runtime, "alice", cause=Cause("sweep"), now_ms=now_ms, catalog=catalog)
 
     assert reconcile(wall_clock_ms()).actions == ()  # fast path: nothing moved
     product = runtime.catalog.products["premium_monthly"]
@@ -297,7 +280,7 @@ def test_a_sweep_batch_settles_unchanged_customers_together_and_reconciles_the_r
 
     event.listen(runtime.db, "before_cursor_execute", record)
     try:
-        result = reconcile_customers(["alice", "bob", "carol", "dave"], runtime=runtime)
+        result = reconcile_customers(["alice", "bob", "carol", "dave"], runtime.sweep_reads)
     finally:
         event.remove(runtime.db, "before_cursor_execute", record)
     assert (result.reconciled, result.changed, result.failed, result.drift) == (4, 1, 0, {"missed_grant": 1})
@@ -316,23 +299,25 @@ def test_a_failed_read_in_a_batch_defers_only_that_customer(client, runtime, sim
         known_customer(client, runtime, simulator, user)
     simulator.state.fail_next(1, 503)
     now = wall_clock_ms()
-    result = reconcile_customers(["alice", "bob", "carol"], runtime=runtime)
+    result = reconcile_customers(["alice", "bob", "carol"], runtime.sweep_reads)
     assert (result.reconciled, result.failed) == (2, 1)
     with runtime.session_factory() as session:
         dirty = session.execute(select(Subscriber.customer_id, Subscriber.next_check_ms).where(Subscriber.dirty)).all()
-    assert len(dirty) == 1 and dirty[0].next_check_ms <= wall_clock_ms() and dirty[0].next_check_ms >= now
+    # Backed off, not due at once: every sweep would ask an unwell provider again.
+    assert len(dirty) == 1 and now + 15_000 <= dirty[0].next_check_ms <= wall_clock_ms() + 30_000
     assert runtime.metrics.counters()['engine_reconcile_failures_total{kind="transient"}'] == 1
 
 
 def test_a_batch_larger_than_the_budget_is_deferred_not_failed(client, runtime, simulator, settings):
-    from services.wiring import Runtime
+    from services.wiring import Wiring
 
     for user in ["alice", "bob", "carol"]:
         known_customer(client, runtime, simulator, user)
-    small = Runtime(settings.with_(provider_rate_per_minute=3))  # the sweep may use 2 of 3
+    small = Wiring(settings.with_(provider_rate_per_minute=3))  # the sweep may use 2 of 3
     small.budget.client.delete(*small.budget._keys)
     try:
-        result = reconcile_customers(["alice", "bob", "carol"], runtime=small, max_wait_s=0)
+        impatient = replace(small.sweep_reads, provider=small.budgeted_provider("sweep", max_wait_s=0))
+        result = reconcile_customers(["alice", "bob", "carol"], impatient)
     finally:
         small.close()
     assert (result.reconciled, result.failed, result.deferred) == (2, 0, ["carol"])
@@ -344,30 +329,30 @@ def test_a_batch_larger_than_the_budget_is_deferred_not_failed(client, runtime, 
 def test_an_unexpected_error_in_one_reconcile_costs_the_others_nothing(client, runtime, simulator, monkeypatch):
     from sqlalchemy import text
 
-    import services.sweep as sweep
     from persistence.models import Grant as GrantRow
+    from services.convergence import Convergence
 
     for user in ["alice", "bob", "carol", "dave"]:
         known_customer(client, runtime, simulator, user)
         simulator.state.purchase_non_renewing(user, "geometry_pack_30")  # all four changed: full reconciles
-    real = sweep.reconcile_user
+    real = Convergence.reconcile
 
-    def broken_for_bob(customer_id, **kwargs):
-        if customer_id == "bob":  # fails inside its transaction, leaving that connection aborted
-            with kwargs["unit_of_work"]() as store:
-                store.session.execute(text("SELECT * FROM no_such_table"))
-        return real(customer_id, **kwargs)
+    def broken_for_bob(self, reading, cause):
+        if reading.app_user_id == "bob":  # fails inside its transaction, leaving that connection aborted
+            with self.unit_of_work() as uow:
+                uow.session.execute(text("SELECT * FROM no_such_table"))
+        return real(self, reading, cause)
 
-    monkeypatch.setattr(sweep, "reconcile_user", broken_for_bob)
-    result = reconcile_customers(["alice", "bob", "carol", "dave"], runtime=runtime)
+    monkeypatch.setattr(Convergence, "reconcile", broken_for_bob)
+    result = reconcile_customers(["alice", "bob", "carol", "dave"], runtime.sweep_reads)
     assert (result.reconciled, result.changed, result.failed) == (3, 3, 1)
     assert runtime.metrics.counters()['engine_reconcile_failures_total{kind="error"}'] == 1
     with runtime.session_factory() as session:
         dirty = session.scalars(select(Subscriber.customer_id).where(Subscriber.dirty)).all()
         granted = set(session.scalars(select(GrantRow.customer_id).where(GrantRow.resource == "module:geometry")))
     assert dirty == ["bob"] and granted >= {"alice", "carol", "dave"}
-    monkeypatch.setattr(sweep, "reconcile_user", real)
-    again = reconcile_customers(["bob"], runtime=runtime)  # the pool holds no broken connection
+    monkeypatch.setattr(Convergence, "reconcile", real)
+    again = reconcile_customers(["bob"], runtime.sweep_reads)  # the pool holds no broken connection
     assert (again.reconciled, again.failed) == (1, 0)
 
 
@@ -377,7 +362,7 @@ def test_two_customers_with_the_same_new_unknown_product_in_one_batch(client, ru
     for user in ["alice", "bob", "carol", "dave"]:
         known_customer(client, runtime, simulator, user)
         simulator.state.purchase_non_renewing(user, "not.in.the.catalog")
-    result = reconcile_customers(["alice", "bob", "carol", "dave"], runtime=runtime)
+    result = reconcile_customers(["alice", "bob", "carol", "dave"], runtime.sweep_reads)
     assert (result.reconciled, result.failed) == (4, 0)
     with runtime.session_factory() as session:
         row = session.get(UnknownProduct, "not.in.the.catalog")

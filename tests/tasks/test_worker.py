@@ -61,7 +61,7 @@ def test_broker_down_at_intake_loses_nothing(settings, runtime, simulator):
     # The broker is back: the beat redrive job re-enqueues the waiting row and a worker runs it.
     app = create_celery(settings.with_(redrive_after_s=0))
     with celery_worker(settings):
-        assert app.tasks["engine.redrive_inbox"].apply().get() == 1
+        assert app.tasks["inbox.redrive"].apply().get() == 1
         wait_for(lambda: inbox_row(runtime, inbox_id).status == "processed", what="the redriven event")
     assert counts(runtime)[0] == 1
 

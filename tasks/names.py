@@ -1,0 +1,11 @@
+"""Task names, by area: what the beat schedule, the intake's publisher and the tasks agree on."""
+
+INBOX_PROCESS = "inbox.process"
+INBOX_REDRIVE = "inbox.redrive"
+SWEEP_RUN = "sweep.run"
+SWEEP_RECONCILE_BATCH = "sweep.reconcile_batch"
+GRANTS_EXPIRE = "grants.expire"
+LMS_DRAIN = "lms.drain"
+LMS_REPAIR = "lms.repair"
+
+SWEEP_QUEUE = "sweep"

@@ -1,0 +1,49 @@
+"""Sweep tasks: select the customers due for a provider read (within the budget) and fan out
+batches; reconcile one batch."""
+
+from __future__ import annotations
+
+import sentry_sdk
+from celery import Task
+
+from persistence.subscribers import select_due
+from services.clock import wall_clock_ms
+from services.sweep import reconcile_customers
+from tasks.declare import task, wiring_of
+from tasks.names import LMS_REPAIR, SWEEP_QUEUE, SWEEP_RECONCILE_BATCH, SWEEP_RUN
+
+SWEEP_CHUNK = 50
+# A selected customer is leased: selected again only if its batch has not run within this time.
+SWEEP_LEASE_MS = 15 * 60 * 1000
+
+
+@task(SWEEP_RUN, bind=True)
+@sentry_sdk.monitor(monitor_slug="sweep")
+def run(self: Task) -> int:
+    """Select the customers due for a provider read, as many as the budget allows until the
+    next sweep, and fan them out in batches."""
+    wiring = wiring_of(self)
+    interval_s = wiring.settings.sweep_interval_s
+    allowance = wiring.budget.limit_for("sweep") * interval_s // 60
+    ids = select_due(wiring.session_factory, now_ms=wall_clock_ms(), limit=allowance, lease_ms=SWEEP_LEASE_MS)
+    for start in range(0, len(ids), SWEEP_CHUNK):
+        self.app.send_task(SWEEP_RECONCILE_BATCH, args=(ids[start : start + SWEEP_CHUNK],), queue=SWEEP_QUEUE)
+    wiring.metrics.incr("engine_sweep_selected_total", amount=len(ids))
+    return len(ids)
+
+
+@task(SWEEP_RECONCILE_BATCH, bind=True, time_limit=1800, soft_time_limit=1700)
+def reconcile_batch(self: Task, customer_ids: list[str]) -> dict[str, object]:
+    """Reconcile a chunk of customers for the sweep (drift is counted and reported), then have
+    their LMS enrollments read back."""
+    wiring = wiring_of(self)
+    result = reconcile_customers(list(customer_ids), wiring.sweep_reads)
+    if wiring.course_sink is not None and result.reconciled_ids:
+        self.app.send_task(LMS_REPAIR, args=(result.reconciled_ids,))
+    return {
+        "reconciled": result.reconciled,
+        "changed": result.changed,
+        "drift": result.drift,
+        "failed": result.failed,
+        "deferred": len(result.deferred),
+    }
