@@ -57,7 +57,9 @@ class InboxEvent(Base):
     next_attempt_ms: Mapped[int | None] = mapped_column(BigInteger)
     error_kind: Mapped[str | None] = mapped_column(String(16))  # transient | terminal | bug
     progress: Mapped[str | None] = mapped_column(Text)  # JSON: users already read (resumable)
-    replays: Mapped[int] = mapped_column(Integer, server_default="0")  # no Python default: the intake's INSERT names its columns
+    replays: Mapped[int] = mapped_column(
+        Integer, server_default="0"
+    )  # no Python default: the intake's INSERT names its columns
 
 
 class InboxEventUser(Base):
