@@ -15,7 +15,8 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     # Bodies over the limit are refused with 413 while being read, before any parsing.
     app.config["MAX_CONTENT_LENGTH"] = settings.webhook_max_bytes
     app.config["ENGINE_SETTINGS"] = settings
-    app.extensions["engine_wiring"] = wiring_for(settings)
+    # Built here, in each gunicorn worker after its fork (the app is not preloaded).
+    app.extensions["engine_wiring"] = wiring_for(settings).build()
     if celery is None:
         from tasks.celery_app import create_celery
 
