@@ -69,3 +69,28 @@ def report_unknown_products(customer_id: str, product_ids: tuple[str, ...]) -> N
             tags={"product_id": product_id, "app_user_id": customer_id},
             fingerprint=["unknown-product", product_id],
         )
+
+
+def report_lms_refusal(customer_id: str, resource: str, kind: str, message: str) -> None:
+    """One Sentry event per change the LMS refused for good, grouped by kind."""
+    import sentry_sdk
+
+    sentry_sdk.capture_message(
+        f"LMS refused a change: {kind}",
+        level="error",
+        tags={"lms_refusal": kind, "app_user_id": customer_id, "resource": resource},
+        fingerprint=["lms-refusal", kind],
+        contexts={"lms_refusal": {"kind": kind, "message": message[:500]}},
+    )
+
+
+def report_sink_paused(sink: str, message: str) -> None:
+    """The sink stopped sending: credentials refused or the LMS URL/path wrong (one alert per cause)."""
+    import sentry_sdk
+
+    sentry_sdk.capture_message(
+        f"{sink} sink paused: {message[:200]}",
+        level="error",
+        tags={"sink": sink},
+        fingerprint=["sink-paused", sink],
+    )

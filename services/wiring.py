@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from adapters.access_notifications import AccessNotifier, AccessWatch
 from adapters.embedded_redis import redis_url
 from adapters.metrics import Metrics
+from adapters.openedx import OpenEdxClient, OpenEdxSink
 from adapters.rate_budget import BudgetedProvider, Priority, RateBudget
 from adapters.revenuecat import RevenueCatClient
 from config.settings import Settings
@@ -110,12 +111,15 @@ class Runtime:
         return BudgetedProvider(self.provider, self.budget, priority, max_wait_s=max_wait_s)
 
     @cached_property
+    def lms_budget(self) -> RateBudget:
+        """The LMS's own request budget for JWT calls (its staff throttle), apart from the provider's."""
+        return RateBudget(self.redis, self.settings.openedx_jwt_rate_per_minute, name="openedx")
+
+    @cached_property
     def course_sink(self) -> CourseSink | None:
         """The LMS that course grants land in (Open edX), or None when it is not configured."""
         if not self.settings.openedx_enabled:
             return None
-        from adapters.openedx import OpenEdxClient, OpenEdxSink
-
         s = self.settings
         return OpenEdxSink(
             OpenEdxClient(
@@ -123,6 +127,8 @@ class Runtime:
                 client_id=s.openedx_client_id,
                 client_secret=s.openedx_client_secret,
                 api_key=s.openedx_api_key,
+                budget=self.lms_budget,
+                budget_wait_s=s.openedx_budget_wait_s,
                 connect_timeout_s=s.provider_connect_timeout_s,
                 read_timeout_s=s.provider_read_timeout_s,
             )
@@ -142,6 +148,8 @@ class Runtime:
     def close(self) -> None:
         if "provider" in self.__dict__:
             self.provider.close()
+        if isinstance(self.__dict__.get("course_sink"), OpenEdxSink):
+            self.__dict__["course_sink"].client.close()
         for pool in ("fetch_pool", "reconcile_pool"):
             if pool in self.__dict__:
                 self.__dict__[pool].shutdown(wait=True)

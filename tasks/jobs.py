@@ -164,6 +164,7 @@ def register(app: Celery) -> None:
             clock_ms=wall_clock_ms,
             customer_id=customer_id,
             backoff_cap_ms=settings.sink_retry_backoff_max_s * 1000,
+            metrics=rt.metrics,
         )
         if (
             customer_id is not None

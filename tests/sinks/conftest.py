@@ -18,6 +18,7 @@ from simulators.openedx_lms import LmsServer, LmsState
 
 COURSE = "course-v1:HypnoElp+H01ENB+2024"
 CLIENT_ID, CLIENT_SECRET = "engine-sink", "s3cret"
+API_KEY = "edx-api-key"
 REQUEST = Cause("request")
 LEARNERS = ("alice", "bob", "carol")
 
@@ -46,12 +47,43 @@ def lms_runtime(lms_settings: Settings) -> Iterator[Runtime]:
     rt.close()
 
 
+@pytest.fixture
+def lms_runtime_for(settings: Settings, lms: LmsServer) -> Iterator[Callable[..., Runtime]]:
+    """Runtimes on the fake LMS with the credentials asked for: OAuth2 (``jwt``) and/or the
+    LMS's API key (``api_key``); other settings as keyword arguments."""
+    made: list[Runtime] = []
+
+    def make(*, jwt: bool = True, api_key: bool = False, **changes: object) -> Runtime:
+        if api_key:
+            lms.state.api_key = API_KEY
+        rt = runtime_for(
+            settings.with_(
+                openedx_lms_url=lms.url,
+                openedx_client_id=CLIENT_ID if jwt else "",
+                openedx_client_secret=CLIENT_SECRET if jwt else "",
+                openedx_api_key=API_KEY if api_key else "",
+                **changes,
+            )
+        )
+        made.append(rt)
+        return rt
+
+    yield make
+    for rt in made:
+        rt.close()
+
+
 def mapping_csv(
-    mode: str = "professional", on_revoke: str = "audit", *, active: bool = True, expires_at: str = ""
+    mode: str = "professional",
+    on_revoke: str = "audit",
+    *,
+    active: bool = True,
+    expires_at: str = "",
+    course: str = COURSE,
 ) -> str:
     return (
         "resource,course_run_id,mode,active,expires_at,on_revoke\n"
-        f"course:H01ENB,{COURSE},{mode},{'true' if active else 'false'},{expires_at},{on_revoke}\n"
+        f"course:H01ENB,{course},{mode},{'true' if active else 'false'},{expires_at},{on_revoke}\n"
     )
 
 
@@ -80,7 +112,14 @@ def sync(rt: Runtime, app_user_id: str, *, cause: Cause = REQUEST) -> ReconcileO
 
 def drain(rt: Runtime, *, clock: Callable[[], int] = wall_clock_ms, customer_id: str | None = None) -> DrainResult:
     assert rt.course_sink is not None
-    return drain_outbox(rt.session_factory, rt.course_sink, clock_ms=clock, customer_id=customer_id, jitter=lambda: 0.0)
+    return drain_outbox(
+        rt.session_factory,
+        rt.course_sink,
+        clock_ms=clock,
+        customer_id=customer_id,
+        jitter=lambda: 0.0,
+        metrics=rt.metrics,
+    )
 
 
 def one_time_tx(simulator, app_user_id: str, product: str = "h01enb") -> str:
