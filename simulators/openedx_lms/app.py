@@ -73,11 +73,17 @@ def create_lms_app(state: LmsState) -> Flask:
                 headers["Retry-After"] = str(seconds)
         return json_response({"detail": detail}, 429, headers)
 
-    def admit(*, anonymous_view: bool = False) -> Caller | Response:
+    def admit(*, body: dict[str, Any] | None = None, anonymous_view: bool = False) -> Caller | Response:
+        """Authentication and permission, then the throttle; a refusal is recorded here."""
         caller = authenticate(anonymous_view=anonymous_view)
         if isinstance(caller, Response):
+            record(caller.status_code, "anonymous", body)
             return caller
-        return throttled(caller) or caller
+        refused = throttled(caller)
+        if refused is not None:
+            record(refused.status_code, caller.describe(), body)
+            return refused
+        return caller
 
     @app.before_request
     def gate() -> Response | None:
@@ -118,7 +124,6 @@ def create_lms_app(state: LmsState) -> Flask:
             return _not_found()
         caller = admit()
         if isinstance(caller, Response):
-            record(caller.status_code, "anonymous", None)
             return caller
         username = username or caller.username or ""
         if username != caller.username and not caller.privileged:
@@ -142,7 +147,6 @@ def create_lms_app(state: LmsState) -> Flask:
             return _not_found()
         caller = admit(anonymous_view=True)
         if isinstance(caller, Response):
-            record(caller.status_code, "anonymous", None)
             return caller
         include_expired = bool(request.args.get("include_expired", ""))
         with state.lock:
@@ -188,13 +192,12 @@ def create_lms_app(state: LmsState) -> Flask:
 
     @app.post("/api/enrollment/v1/enrollment")
     def post_enrollment() -> Response:
-        caller = admit()
         body = request.get_json(silent=True)
-        if isinstance(caller, Response):
-            record(caller.status_code, "anonymous", body if isinstance(body, dict) else None)
-            return caller
         if not isinstance(body, dict):
             body = {}
+        caller = admit(body=body)
+        if isinstance(caller, Response):
+            return caller
         response = enrollment_post(state, caller, body)
         record(response.status_code, caller.describe(), body)
         return response

@@ -56,15 +56,13 @@ def lms_runtime_for(settings: Settings, lms: LmsServer) -> Iterator[Callable[...
     def make(*, jwt: bool = True, api_key: bool = False, **changes: object) -> Runtime:
         if api_key:
             lms.state.api_key = API_KEY
-        rt = runtime_for(
-            settings.with_(
-                openedx_lms_url=lms.url,
-                openedx_client_id=CLIENT_ID if jwt else "",
-                openedx_client_secret=CLIENT_SECRET if jwt else "",
-                openedx_api_key=API_KEY if api_key else "",
-                **changes,
-            )
-        )
+        sink_settings: dict[str, object] = {
+            "openedx_lms_url": lms.url,
+            "openedx_client_id": CLIENT_ID if jwt else "",
+            "openedx_client_secret": CLIENT_SECRET if jwt else "",
+            "openedx_api_key": API_KEY if api_key else "",
+        }
+        rt = runtime_for(settings.with_(**(sink_settings | changes)))
         made.append(rt)
         return rt
 
