@@ -4,6 +4,7 @@ it, the course mapping imported, and helpers to reconcile and drain."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -85,12 +86,12 @@ def mapping_csv(
     )
 
 
-def map_course(rt: Runtime, **kwargs: object) -> None:
+def map_course(rt: Runtime, **kwargs: Any) -> None:
     import_course_mappings(
         rt.session_factory,
         mapping_csv(**kwargs),
         known_resources=None,
-        replace=True,  # type: ignore[arg-type]
+        replace=True,
         now_ms=wall_clock_ms(),
     )
 

@@ -153,7 +153,7 @@ def test_bulk_enrollment_listing_for_staff(lms, jwt):
     for user in ("alice", "bob", "carol"):
         post(lms, jwt, user=user, mode="professional")
     url = f"{lms.url}/api/enrollment/v1/enrollments"
-    page = requests.get(url, params={"course_id": COURSE, "page_size": 2}, headers=jwt, timeout=5).json()
+    page = requests.get(url, params={"course_id": COURSE, "page_size": "2"}, headers=jwt, timeout=5).json()
     assert [r["user"] for r in page["results"]] == ["alice", "bob"] and page["next"]
     rest = requests.get(page["next"], headers=jwt, timeout=5).json()
     assert [r["user"] for r in rest["results"]] == ["carol"] and rest["next"] is None

@@ -44,7 +44,7 @@ def test_a_missing_course_refuses_its_changes_and_the_outbox_goes_on(lms_runtime
     bought(rt, simulator, "bob", "alice")
     result = drain(rt)
     assert result.auth_error is None and result.refused == {"lms_course_missing": 2}
-    assert [r.last_error.split(":")[0] for r in rows(rt)] == ["lms_course_missing"] * 2
+    assert [str(r.last_error).split(":")[0] for r in rows(rt)] == ["lms_course_missing"] * 2
     assert rt.metrics.counters()['engine_lms_refusals_total{kind="lms_course_missing"}'] == 2
     with rt.session_factory() as session:
         kinds = session.scalars(select(AuditEntry.drift_kind).where(AuditEntry.action == "lms_refused")).all()
@@ -59,4 +59,4 @@ def test_a_missing_user_refuses_that_change_only(lms_runtime_for, simulator, lms
     assert (result.sent, result.refused, result.auth_error) == (1, {"lms_user_missing": 1}, None)
     assert lms.state.enrollment("bob", COURSE) == ("professional", True)
     [refused] = [r for r in rows(rt) if r.status == "failed"]
-    assert refused.customer_id == "dave" and refused.last_error.startswith("lms_user_missing: ")
+    assert refused.customer_id == "dave" and str(refused.last_error).startswith("lms_user_missing: ")

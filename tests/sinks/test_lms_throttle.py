@@ -41,7 +41,7 @@ def test_jwt_calls_stay_within_the_lms_budget_and_the_rest_wait_without_loss(lms
     waiting = [r for r in rows(rt) if r.status == "pending"]
     assert len(waiting) == len(LEARNERS) - result.sent  # no row lost
     [held] = [r for r in waiting if r.next_attempt_ms > now]  # the run stopped at the first that had to wait
-    assert "budget" in held.last_error and held.next_attempt_ms >= now + 1000
+    assert "budget" in str(held.last_error) and held.next_attempt_ms >= now + 1000
     assert [r.attempts for r in waiting] == [0] * len(waiting)  # waiting for the budget is no failed try
     # The LMS does not throttle its API key: with it configured, the rest go out at once.
     keyed = lms_runtime_for(jwt=True, api_key=True, openedx_jwt_rate_per_minute=6, openedx_budget_wait_s=0.2)
@@ -62,7 +62,7 @@ def test_a_429_is_honoured_by_every_process_and_loses_nothing(lms_runtime_for, s
     assert throttled.caller == "user:engine_worker" and throttled.path.startswith("/api/enrollment/v1/enrollment/")
     assert result.throttled and result.sent == 1 and result.failed == 0
     retry_after_ms = 60_000  # the oldest of the 120 requests leaves the LMS's window in 60 s
-    [waiting_head] = [r for r in rows(rt) if r.status == "pending" and r.last_error and "429" in r.last_error]
+    [waiting_head] = [r for r in rows(rt) if r.status == "pending" and r.last_error and "429" in str(r.last_error)]
     assert waiting_head.next_attempt_ms >= now + retry_after_ms
     assert rt.lms_budget.paused_for_s() > 55  # every process holds its JWT calls, not just this drain
     assert drain(rt, clock=lambda: now + retry_after_ms).sent == 0  # still paused: no second 429

@@ -38,13 +38,14 @@ def test_environment_round_trip():
 
 
 def test_the_sink_spends_a_budget_of_its_own(settings):
+    from adapters.openedx import OpenEdxSink
     from services.wiring import runtime_for
 
     rt = runtime_for(
         settings.with_(openedx_lms_url="http://lms.invalid", openedx_api_key="k", openedx_jwt_rate_per_minute=90)
     )
     try:
-        assert rt.course_sink is not None and rt.course_sink.client.budget is rt.lms_budget
+        assert isinstance(rt.course_sink, OpenEdxSink) and rt.course_sink.client.budget is rt.lms_budget
         assert (rt.lms_budget.name, rt.lms_budget.per_minute) == ("openedx", 90)
         assert rt.lms_budget.name != rt.budget.name  # the provider's budget is another one
     finally:
