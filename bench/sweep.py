@@ -82,7 +82,7 @@ TARGET_UNCHANGED = 300.0  # reconciles/s per worker process
 TARGET_CHANGED = 100.0
 TARGET_UTIL_MIN = 95.0  # % of the budget
 SELECT_LIMIT = 500
-CHUNK = 50  # tasks.jobs.SWEEP_CHUNK
+CHUNK = 50  # tasks.sweep.SWEEP_CHUNK
 READY_KEY, START_KEY = "bench:sweep:rate:ready", "bench:sweep:rate:start"
 WINDOW_MS = 60_000
 DUE_SPAN_MS = 2 * 3600 * 1000  # generated rows: next check in [now - 2 h, now + 22 h)
@@ -1063,7 +1063,7 @@ def selection_phase(args: argparse.Namespace, settings, admin) -> dict[int, dict
 
     from persistence.database import make_engine, make_session_factory
     from persistence.subscribers import select_due
-    from tasks.jobs import SWEEP_LEASE_MS
+    from tasks.sweep import SWEEP_LEASE_MS
 
     say(f"== 3. select_due(limit={SELECT_LIMIT}) at {', '.join(f'{s:,}' for s in args.select_sizes)} subscribers ==")
     engine = make_engine(settings)

@@ -21,7 +21,7 @@ def init_sentry(settings: Settings, *, component: str, transport: object | None 
     sentry_sdk.init(
         dsn=settings.sentry_dsn or None,
         transport=transport,  # type: ignore[arg-type]
-        # Beat jobs send their own check-ins (tasks/jobs.py, sentry_sdk.monitor): one monitor per job.
+        # Beat jobs send their own check-ins (tasks/*.py, sentry_sdk.monitor): one monitor per job.
         integrations=[CeleryIntegration(monitor_beat_tasks=False)],
         server_name=component,
         send_default_pii=False,
@@ -72,4 +72,29 @@ def report_dead_letter(inbox_id: int, *, event_type: str | None, kind: str, erro
         tags={"inbox_id": str(inbox_id), "event_type": event_type or "unknown", "failure_kind": kind},
         fingerprint=["inbox-dead-letter", kind, event_type or "unknown"],
         contexts={"dead_letter": {"error": error[:500]}},
+    )
+
+
+def report_lms_refusal(customer_id: str, resource: str, kind: str, message: str) -> None:
+    """One Sentry event per change the LMS refused for good, grouped by kind."""
+    import sentry_sdk
+
+    sentry_sdk.capture_message(
+        f"LMS refused a change: {kind}",
+        level="error",
+        tags={"lms_refusal": kind, "app_user_id": customer_id, "resource": resource},
+        fingerprint=["lms-refusal", kind],
+        contexts={"lms_refusal": {"kind": kind, "message": message[:500]}},
+    )
+
+
+def report_sink_paused(sink: str, message: str) -> None:
+    """The sink stopped sending: credentials refused or the LMS URL/path wrong (one alert per cause)."""
+    import sentry_sdk
+
+    sentry_sdk.capture_message(
+        f"{sink} sink paused: {message[:200]}",
+        level="error",
+        tags={"sink": sink},
+        fingerprint=["sink-paused", sink],
     )

@@ -54,12 +54,17 @@ class Settings:
     max_staleness_s: int = 24 * 3600
     sweep_interval_s: int = 60
     beat_lock_ttl_s: int = 30
-    # Open edX sink (engine/adapters/openedx.py): off unless the LMS URL and either OAuth2
+    # Open edX sink (adapters/openedx.py): off unless the LMS URL and either OAuth2
     # client credentials (a global-staff service user) or an API key are set.
     openedx_lms_url: str = ""
     openedx_client_id: str = ""
     openedx_client_secret: str = ""
-    openedx_api_key: str = ""  # X-Edx-Api-Key (server-to-server); used instead of OAuth2 when set
+    openedx_api_key: str = ""  # X-Edx-Api-Key (server-to-server); preferred where the LMS accepts it
+    # The LMS throttles a staff JWT caller at 120 requests/min (EnrollmentUserThrottle; the API
+    # key is not throttled): JWT calls are paced within this budget, shared by every process,
+    # each waiting up to OPENEDX_BUDGET_WAIT_S for a slot before its outbox row is put back.
+    openedx_jwt_rate_per_minute: int = 120
+    openedx_budget_wait_s: float = 10.0
     sink_drain_interval_s: int = 10  # beat drains the sink outbox this often (and after each event)
     sink_retry_backoff_max_s: int = 300  # cap of the backoff between tries of one outbox row
 
@@ -129,6 +134,8 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], object]]] = {
     "openedx_client_id": ("OPENEDX_CLIENT_ID", str),
     "openedx_client_secret": ("OPENEDX_CLIENT_SECRET", str),
     "openedx_api_key": ("OPENEDX_API_KEY", str),
+    "openedx_jwt_rate_per_minute": ("OPENEDX_JWT_RATE_PER_MINUTE", lambda v: max(1, int(v))),
+    "openedx_budget_wait_s": ("OPENEDX_BUDGET_WAIT_S", float),
     "sink_drain_interval_s": ("SINK_DRAIN_INTERVAL_S", int),
     "sink_retry_backoff_max_s": ("SINK_RETRY_BACKOFF_MAX_S", int),
 }

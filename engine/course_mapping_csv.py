@@ -13,7 +13,8 @@ Columns (header row required, any order, names case-insensitive)::
 * ``active`` (optional, default true): false keeps the row but makes no LMS call for it.
 * ``expires_at`` (optional): ISO 8601 with a timezone (``2026-06-30T00:00:00Z``); paid access
   to the run ends then, even if the grant lasts longer.
-* ``on_revoke`` (optional, default ``audit``): ``audit`` downgrades, ``deactivate`` unenrolls.
+* ``on_revoke`` (optional, default ``audit``): ``audit`` downgrades to audit where the run offers
+  it (elsewhere deactivates), ``deactivate`` unenrolls.
 
 Every row is checked and every problem reported with its line number; the caller imports
 nothing unless there is no problem at all.

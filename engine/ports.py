@@ -126,10 +126,11 @@ class EnrollmentState:
     """An enrollment of one user in one course run: its mode and whether it is active.
 
     Used both for what the LMS holds and for what the engine wants it to hold (see
-    ``engine.enrollment.enrollment_calls`` for how a desired state is read).
+    ``engine.enrollment.plan_enrollment`` for how a desired state is read). ``mode`` is None only
+    in a desired deactivation: the enrollment keeps whatever mode it has.
     """
 
-    mode: str
+    mode: str | None
     is_active: bool
 
 

@@ -240,7 +240,7 @@ class SinkOutboxRow(Base):
     customer_id: Mapped[str] = mapped_column(String(255))
     resource: Mapped[str] = mapped_column(String(255))
     course_run_id: Mapped[str] = mapped_column(String(255))
-    mode: Mapped[str] = mapped_column(String(64))
+    mode: Mapped[str | None] = mapped_column(String(64))  # None: a deactivation, the mode left as it is
     is_active: Mapped[bool] = mapped_column(Boolean)
     status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | done | failed
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

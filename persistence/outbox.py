@@ -221,13 +221,19 @@ def finish_row(
         )
 
 
-def put_back(factory: sessionmaker[Session], claim: Claim, *, retry_at_ms: int, error: str) -> None:
-    """Release the row and hold its whole group until ``retry_at_ms`` (order is kept)."""
+def put_back(
+    factory: sessionmaker[Session], claim: Claim, *, retry_at_ms: int, error: str, count_attempt: bool = True
+) -> None:
+    """Release the row and hold its whole group until ``retry_at_ms`` (order is kept).
+
+    ``count_attempt`` False: the row was never tried (it waited for the LMS's rate budget), so
+    its backoff does not grow."""
+    attempts = SinkOutboxRow.attempts if count_attempt else SinkOutboxRow.attempts - 1
     with factory() as session, session.begin():
         session.execute(
             update(SinkOutboxRow)
             .where(SinkOutboxRow.id == claim.id)
-            .values(leased_until_ms=None, last_error=error[:2000], username=claim.username)
+            .values(leased_until_ms=None, last_error=error[:2000], username=claim.username, attempts=attempts)
         )
         session.execute(
             update(SinkOutboxRow)
@@ -239,6 +245,53 @@ def put_back(factory: sessionmaker[Session], claim: Claim, *, retry_at_ms: int, 
             )
             .values(next_attempt_ms=retry_at_ms)
         )
+
+
+def refuse_row(factory: sessionmaker[Session], claim: Claim, *, kind: str, error: str, now_ms: int) -> None:
+    """The LMS will not take this row's change: the row fails with ``kind`` first in its error,
+    and an audit row carries ``kind`` as its drift kind (the drift report shows it)."""
+    with factory() as session, session.begin():
+        session.execute(
+            update(SinkOutboxRow)
+            .where(SinkOutboxRow.id == claim.id)
+            .values(
+                status="failed",
+                done_ms=now_ms,
+                leased_until_ms=None,
+                last_error=f"{kind}: {error}"[:2000],
+                username=claim.username,
+            )
+        )
+        session.add(
+            AuditEntry(
+                at_ms=now_ms,
+                customer_id=claim.customer_id,
+                resource=claim.resource,
+                action="lms_refused",
+                before=None,
+                after=state_json(claim.desired),
+                cause_kind="sink",
+                cause_ref=f"outbox:{claim.id}",
+                drift_kind=kind,
+            )
+        )
+
+
+def recently_failed(session: Session, customer_id: str, *, since_ms: int) -> dict[str, EnrollmentState]:
+    """Resources of a customer whose latest outbox row failed since ``since_ms``, with the state
+    it asked for: a known, alerted failure, not new drift."""
+    latest = (
+        select(SinkOutboxRow.resource, func.max(SinkOutboxRow.id).label("last"))
+        .where(SinkOutboxRow.customer_id == customer_id)
+        .group_by(SinkOutboxRow.resource)
+        .subquery()
+    )
+    rows = session.execute(
+        select(SinkOutboxRow.resource, SinkOutboxRow.mode, SinkOutboxRow.is_active)
+        .join(latest, SinkOutboxRow.id == latest.c.last)
+        .where(SinkOutboxRow.status == "failed", SinkOutboxRow.done_ms >= since_ms)
+    )
+    return {resource: EnrollmentState(mode, is_active) for resource, mode, is_active in rows}
 
 
 def earliest_pending(factory: sessionmaker[Session], customer_id: str | None) -> int | None:

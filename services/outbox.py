@@ -4,6 +4,11 @@
   order, one row at a time, each claimed with a lease; no DB transaction is open during an LMS
   call. A transient failure puts the group back with exponential backoff and jitter, for as long
   as the LMS stays down; a terminal one marks the row failed (alerted) and the group moves on.
+  A change the LMS refuses for good (a deadline passed for every configured credential, no such
+  user or course) fails its row with the refusal kind, alerts, counts it and audits it, so the
+  drift report shows it. An LMS that throttles us (429, or our own budget for it spent) stops
+  the run: the row waits for the budget, its backoff unchanged. Refused credentials or a wrong
+  LMS URL pause the whole outbox (every row kept) and alert.
 * ``repair_lms_drift`` (called by the sweep per customer) reads enrollments back and enqueues
   a repair, with an audit row carrying the drift kind, where the LMS differs from the grants.
 """
@@ -17,13 +22,18 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine.enrollment import lms_drift_kind, retry_delay_ms
+from adapters.metrics import Metrics
+from adapters.rate_budget import BudgetExhausted
+from config.observability import report_lms_refusal, report_sink_paused
+from engine.backoff import backoff_ms
+from engine.enrollment import LmsRefusal, lms_drift_kind
 from engine.errors import EngineError, SinkAuthError, TerminalError, TransientError
 from engine.ports import CourseSink, EnrollmentState
 from persistence.course_mappings import lms_username
 from persistence.outbox import (
     LEASE_MS,
     MAX_CONSECUTIVE_FAILURES,
+    Claim,
     claim_head,
     course_targets,
     earliest_pending,
@@ -32,19 +42,29 @@ from persistence.outbox import (
     pending_groups,
     pending_resources,
     put_back,
+    recently_failed,
     record_lms_repair,
+    refuse_row,
 )
 
 log = logging.getLogger(__name__)
+
+RETRY_BASE_MS = 2_000  # the first retry of an outbox row after 1-2 s
+
+# A change the LMS failed for good is not enqueued again as drift before this long: it was
+# alerted once; a fix on the LMS side (a deadline moved, a credential added) is picked up then.
+FAILED_RECHECK_MS = 24 * 3600 * 1000
 
 
 @dataclass
 class DrainResult:
     sent: int = 0  # rows applied in the LMS
-    failed: int = 0  # rows given up (terminal error), alerted
+    failed: int = 0  # rows given up (terminal error, refusals included), alerted
+    refused: dict[str, int] = field(default_factory=dict)  # LMS refusal kind -> rows
     deferred: int = 0  # groups waiting for a retry after a transient failure
     next_attempt_ms: int | None = None  # earliest retry still pending (None: nothing waits)
-    auth_error: str | None = None  # the LMS refused our credentials: the run stopped
+    auth_error: str | None = None  # the LMS refused our credentials or is not at its URL: the run stopped
+    throttled: bool = False  # the LMS's rate budget is spent (or it answered 429): the run stopped
 
 
 def drain_outbox(
@@ -57,6 +77,7 @@ def drain_outbox(
     lease_ms: int = LEASE_MS,
     backoff_cap_ms: int = 300_000,
     jitter: Callable[[], float] = random.random,
+    metrics: Metrics | None = None,
 ) -> DrainResult:
     """Send due outbox rows (of one customer, or of everyone) to ``sink``, in order per group."""
     result = DrainResult()
@@ -78,19 +99,39 @@ def drain_outbox(
                 sink.apply(claim.username, claim.course_run_id, claim.desired)
             except SinkAuthError as exc:
                 put_back(factory, claim, retry_at_ms=clock_ms() + backoff_cap_ms, error=str(exc))
-                log.error("LMS refuses the engine's credentials; outbox paused: %s", exc)
+                log.error("the LMS sink is paused (every row kept): %s", exc)
+                report_sink_paused(sink.name, str(exc))
                 result.auth_error = str(exc)
                 result.next_attempt_ms = earliest_pending(factory, customer_id)
                 return result
+            except LmsRefusal as exc:
+                _refused(factory, claim, exc, result, metrics, now_ms=clock_ms())
+                continue
             except TransientError as exc:
-                delay = retry_delay_ms(claim.attempts, jitter=jitter(), cap_ms=backoff_cap_ms)
+                throttled = isinstance(exc, BudgetExhausted) or exc.status == 429
+                delay = (
+                    0
+                    if throttled
+                    else backoff_ms(claim.attempts, base_ms=RETRY_BASE_MS, cap_ms=backoff_cap_ms, jitter=jitter())
+                )
                 if exc.retry_after_s is not None:
                     delay = max(delay, int(exc.retry_after_s * 1000))
-                put_back(factory, claim, retry_at_ms=clock_ms() + delay, error=str(exc))
+                # Waiting for the budget is pacing, not a failure: the row keeps its backoff.
+                put_back(
+                    factory,
+                    claim,
+                    retry_at_ms=clock_ms() + max(delay, 1),
+                    error=str(exc),
+                    count_attempt=not isinstance(exc, BudgetExhausted),
+                )
                 log.warning(
                     "outbox row %s (attempt %d) will be retried in %d ms: %s", claim.id, claim.attempts, delay, exc
                 )
                 result.deferred += 1
+                if throttled:  # every other row would wait for the same budget
+                    result.throttled = True
+                    result.next_attempt_ms = earliest_pending(factory, customer_id)
+                    return result
                 consecutive_failures += 1
                 break
             except TerminalError as exc:
@@ -112,6 +153,26 @@ def drain_outbox(
             break
     result.next_attempt_ms = earliest_pending(factory, customer_id)
     return result
+
+
+def _refused(
+    factory: sessionmaker[Session],
+    claim: Claim,
+    exc: LmsRefusal,
+    result: DrainResult,
+    metrics: Metrics | None,
+    *,
+    now_ms: int,
+) -> None:
+    """A change the LMS will not take: a failed row saying why, an audit row with the kind, an
+    alert and a count. The group moves on (a later change may still go through)."""
+    refuse_row(factory, claim, kind=exc.kind, error=str(exc), now_ms=now_ms)
+    log.error("outbox row %s refused by the LMS (%s): %s", claim.id, exc.kind, exc)
+    report_lms_refusal(claim.customer_id, claim.resource, exc.kind, str(exc))
+    if metrics is not None:
+        metrics.incr("engine_lms_refusals_total", {"kind": exc.kind})
+    result.failed += 1
+    result.refused[exc.kind] = result.refused.get(exc.kind, 0) + 1
 
 
 @dataclass
@@ -156,10 +217,13 @@ def repair_lms_drift(
         lock_customer_row(session, customer_id)
         fresh = course_targets(session, customer_id, now_ms)
         in_flight = pending_resources(session, customer_id)
+        failed = recently_failed(session, customer_id, since_ms=now_ms - FAILED_RECHECK_MS)
         for resource, current in observed.items():
             if resource in in_flight or fresh.get(resource) != targets[resource]:
                 continue
             mapping, desired = targets[resource]
+            if failed.get(resource) == desired:
+                continue  # the LMS refused this very change lately: alerted already, not new drift
             kind = lms_drift_kind(current, desired)
             if kind is None:
                 continue

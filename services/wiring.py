@@ -128,10 +128,17 @@ class Wiring:
             client_id=s.openedx_client_id,
             client_secret=s.openedx_client_secret,
             api_key=s.openedx_api_key,
+            budget=self.lms_budget,
+            budget_wait_s=s.openedx_budget_wait_s,
             connect_timeout_s=s.provider_connect_timeout_s,
             read_timeout_s=s.provider_read_timeout_s,
         )
         return OpenEdxSink(client)
+
+    @cached_property
+    def lms_budget(self) -> RateBudget:
+        """The LMS's own request budget for JWT calls (its staff throttle), apart from the provider's."""
+        return RateBudget(self.redis, self.settings.openedx_jwt_rate_per_minute, name="openedx")
 
     # -- thread pools -----------------------------------------------------------------------
     @cached_property
@@ -182,6 +189,8 @@ class Wiring:
         built = self.__dict__
         if "provider" in built:
             self.provider.close()
+        if isinstance(built.get("course_sink"), OpenEdxSink):
+            built["course_sink"].client.close()
         for pool in ("fetch_pool", "reconcile_pool"):
             if pool in built:
                 built[pool].shutdown(wait=True)

@@ -45,6 +45,7 @@ def drain(self: Task, customer_id: str | None = None) -> int:
         clock_ms=wall_clock_ms,
         customer_id=customer_id,
         backoff_cap_ms=wiring.settings.sink_retry_backoff_max_s * 1000,
+        metrics=wiring.metrics,
     )
     retry = customer_id is not None and result.deferred and result.next_attempt_ms is not None
     if retry and result.next_attempt_ms is not None and self.request.retries < (self.max_retries or 0):

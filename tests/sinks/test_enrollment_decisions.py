@@ -1,69 +1,142 @@
-"""The pure decisions of the course sink: desired enrollment, LMS calls, drift kinds, backoff."""
+"""The pure decisions of the course sink: desired enrollment, LMS calls and their credential,
+refusals, drift kinds, backoff."""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 
 from engine.access import Access
+from engine.backoff import backoff_ms
 from engine.enrollment import (
+    API_KEY,
+    JWT,
+    LMS_ENROLLMENT_CLOSED,
+    LMS_MODE_NOT_OFFERED,
+    LMS_UPGRADE_DEADLINE_PASSED,
     CourseMapping,
+    CourseRun,
+    EnrollmentCall,
+    Refusal,
     desired_enrollment,
-    enrollment_calls,
+    in_sync,
     lms_drift_kind,
-    retry_delay_ms,
+    plan_enrollment,
 )
 from engine.ports import EnrollmentState as E
 
-PRO = E("professional", True)
-AUDIT = E("audit", True)
-DEACTIVATED = E("audit", False)  # the desired state of a "deactivate" revocation
+NOW = 1_700_000_000_000
+PRO, VERIFIED, AUDIT = E("professional", True), E("verified", True), E("audit", True)
+DEACTIVATED = E(None, False)  # the desired state of a "deactivate" revocation
+BOTH, KEY, TOKEN = frozenset({API_KEY, JWT}), frozenset({API_KEY}), frozenset({JWT})
 
-CALLS = [
-    # (case, current, desired, calls)
-    ("pay-to-enroll: no enrollment yet", None, PRO, [PRO]),
-    ("upgrade from audit", AUDIT, PRO, [PRO]),
-    ("upgrade from honor", E("honor", True), PRO, [PRO]),
-    ("already enrolled in the paid mode: idempotent", PRO, PRO, []),
-    ("reactivate a deactivated paid enrollment", E("professional", False), PRO, [PRO]),
-    ("reactivate and upgrade a deactivated audit enrollment", E("audit", False), PRO, [PRO]),
-    ("another paid mode is changed", E("verified", True), PRO, [PRO]),
-    ("revoke to audit", PRO, AUDIT, [AUDIT]),
-    ("revoke to audit: already audit", AUDIT, AUDIT, []),
-    ("revoke to audit: free honor is left alone", E("honor", True), AUDIT, []),
-    ("revoke to audit: never creates an enrollment", None, AUDIT, []),
-    ("revoke to audit: never reactivates", E("professional", False), AUDIT, []),
+OPEN = CourseRun({"audit": None, "honor": None, "verified": None, "professional": None}, complete=True)
+# What an enrollment's course_details show of a run whose verified deadline passed: no verified.
+PAST_DEADLINE_SEEN = CourseRun({"audit": None})
+PAST_DEADLINE = CourseRun({"audit": None, "verified": NOW - 1}, complete=True)
+CLOSED = CourseRun({"audit": None, "professional": None}, enrollment_end_ms=NOW - 1, complete=True)
+NO_AUDIT = CourseRun({"professional": None, "no-id-professional": None})
+
+
+def call(mode, is_active, credential, force=False):
+    return EnrollmentCall(mode, is_active, credential, force)
+
+
+PLANS = [
+    # (case, current, desired, run, credentials, plan)
+    ("pay-to-enroll with a JWT: forced", None, PRO, None, TOKEN, [call("professional", True, JWT, True)]),
+    ("pay-to-enroll with the API key", None, PRO, OPEN, KEY, [call("professional", True, API_KEY)]),
+    ("both credentials: the unthrottled API key", None, PRO, OPEN, BOTH, [call("professional", True, API_KEY)]),
+    ("enrollment closed: only staff may force", None, PRO, CLOSED, BOTH, [call("professional", True, JWT, True)]),
     (
-        "deactivate paid: downgrade first, then deactivate in audit (no refund path, guard passes)",
-        PRO,
-        DEACTIVATED,
-        [AUDIT, DEACTIVATED],
+        "new enrollment past the deadline: forced",
+        None,
+        VERIFIED,
+        PAST_DEADLINE,
+        BOTH,
+        [call("verified", True, JWT, True)],
     ),
-    ("deactivate audit: send the current mode", AUDIT, DEACTIVATED, [DEACTIVATED]),
+    ("upgrade from audit with a JWT", AUDIT, PRO, OPEN, TOKEN, [call("professional", True, JWT)]),
     (
-        "deactivate honor: send the current mode (the guard refuses another)",
-        E("honor", True),
-        DEACTIVATED,
-        [E("honor", False)],
+        "upgrade past the deadline: the API key",
+        AUDIT,
+        VERIFIED,
+        PAST_DEADLINE_SEEN,
+        BOTH,
+        [call("verified", True, API_KEY)],
     ),
-    ("deactivate: nothing to deactivate", None, DEACTIVATED, []),
-    ("deactivate: already inactive", E("professional", False), DEACTIVATED, []),
+    (
+        "reactivate in its own mode: no mode sent",
+        E("verified", False),
+        VERIFIED,
+        PAST_DEADLINE,
+        TOKEN,
+        [call(None, True, JWT)],
+    ),
+    ("another paid mode is changed", E("verified", True), PRO, OPEN, TOKEN, [call("professional", True, JWT)]),
+    ("already enrolled in the paid mode: idempotent", PRO, PRO, OPEN, BOTH, []),
+    ("revoke to audit where the run offers audit", PRO, AUDIT, OPEN, TOKEN, [call("audit", True, JWT)]),
+    ("revoke to audit on a run without audit: deactivate", PRO, AUDIT, NO_AUDIT, TOKEN, [call(None, False, JWT)]),
+    ("revoke by deactivation: one call, no mode", PRO, DEACTIVATED, NO_AUDIT, BOTH, [call(None, False, API_KEY)]),
+    ("deactivate an audit enrollment", AUDIT, DEACTIVATED, OPEN, TOKEN, [call(None, False, JWT)]),
+    ("revoke to audit: free honor is left alone", E("honor", True), AUDIT, OPEN, TOKEN, []),
+    ("revoke: never creates an enrollment", None, AUDIT, None, TOKEN, []),
+    ("revoke: never reactivates", E("professional", False), DEACTIVATED, OPEN, TOKEN, []),
 ]
 
 
-@pytest.mark.parametrize(("case", "current", "desired", "calls"), CALLS, ids=[c[0] for c in CALLS])
-def test_enrollment_calls(case, current, desired, calls):
-    assert list(enrollment_calls(current, desired)) == calls
+@pytest.mark.parametrize(("case", "current", "desired", "run", "creds", "plan"), PLANS, ids=[p[0] for p in PLANS])
+def test_plan_enrollment(case, current, desired, run, creds, plan):
+    planned = plan_enrollment(current, desired, run, credentials=creds, now_ms=NOW)
+    assert not isinstance(planned, Refusal) and list(planned) == plan
 
 
-@pytest.mark.parametrize(("case", "current", "desired", "calls"), CALLS, ids=[c[0] for c in CALLS])
-def test_no_call_ever_deactivates_a_paid_enrollment_or_trips_the_guard(case, current, desired, calls):
-    state = current
-    for call in enrollment_calls(current, desired):
-        if not call.is_active:
-            assert call.mode in {"audit", "honor"}, "deactivating a paid enrollment is the LMS refund path"
-            assert state is not None and state.mode == call.mode, "mode and activation changing together: the guard"
-        state = call
-    assert enrollment_calls(state, desired) == ()  # one pass converges: re-sending is harmless
+REFUSALS = [
+    ("JWT only: upgrade past the deadline", AUDIT, VERIFIED, PAST_DEADLINE, TOKEN, LMS_UPGRADE_DEADLINE_PASSED),
+    (
+        "JWT only: reactivate into another, expired mode",
+        E("audit", False),
+        VERIFIED,
+        PAST_DEADLINE,
+        TOKEN,
+        LMS_UPGRADE_DEADLINE_PASSED,
+    ),
+    ("API key only: new enrollment past the deadline", None, VERIFIED, PAST_DEADLINE, KEY, LMS_UPGRADE_DEADLINE_PASSED),
+    ("API key only: new enrollment after enrollment end", None, PRO, CLOSED, KEY, LMS_ENROLLMENT_CLOSED),
+    ("the run has no such mode at all", AUDIT, E("credit", True), OPEN, BOTH, LMS_MODE_NOT_OFFERED),
+]
+
+
+@pytest.mark.parametrize(("case", "current", "desired", "run", "creds", "kind"), REFUSALS, ids=[r[0] for r in REFUSALS])
+def test_refusals_name_their_kind(case, current, desired, run, creds, kind):
+    refusal = plan_enrollment(current, desired, run, credentials=creds, now_ms=NOW)
+    assert isinstance(refusal, Refusal) and refusal.kind == kind
+
+
+STATES = [None, *(E(m, a) for m, a in itertools.product(["audit", "honor", "verified", "professional"], [True, False]))]
+DESIRED_STATES = [PRO, VERIFIED, AUDIT, DEACTIVATED]
+RUNS = [None, OPEN, PAST_DEADLINE, PAST_DEADLINE_SEEN, CLOSED, NO_AUDIT]
+
+
+@pytest.mark.parametrize("creds", [BOTH, KEY, TOKEN], ids=["both", "api-key", "jwt"])
+def test_no_call_deactivates_paid_access_trips_the_guard_or_takes_a_detour(creds):
+    for current, desired, run in itertools.product(STATES, DESIRED_STATES, RUNS):
+        plan = plan_enrollment(current, desired, run, credentials=creds, now_ms=NOW)
+        if isinstance(plan, Refusal):
+            assert desired.is_active and desired.mode not in {"audit", None}, (current, desired, run)
+            continue
+        assert len(plan) <= 1, "one POST per change: no downgrade-first detour"
+        state = current
+        for c in plan:
+            if desired.mode not in {"audit", None}:
+                assert c.is_active, "a call never deactivates an enrollment the grant says is paid"
+            if not c.is_active:
+                assert c.mode is None, "a deactivation names no mode: neither the mode check nor the guard"
+            assert c.credential in creds and (not c.force or c.credential == JWT)
+            assert state is not None or c.mode is not None, "a new enrollment names its mode"
+            state = E(c.mode if c.mode is not None else state.mode, c.is_active)  # type: ignore[union-attr]
+        assert in_sync(state, desired), (current, desired, run, plan)
 
 
 DRIFT = [
@@ -74,6 +147,7 @@ DRIFT = [
     ("revoked but still paid in the LMS", PRO, AUDIT, "lms_wrong_mode"),
     ("revoked by deactivation, still paid", PRO, DEACTIVATED, "lms_wrong_mode"),
     ("revoked by deactivation, still active in audit", AUDIT, DEACTIVATED, "lms_not_deactivated"),
+    ("revoked to audit on a run without audit: deactivated", E("professional", False), AUDIT, None),
     ("revoked to audit, learner unenrolled themselves", E("audit", False), AUDIT, None),
     ("revoked, never enrolled", None, AUDIT, None),
 ]
@@ -84,7 +158,6 @@ def test_lms_drift_kind(case, current, desired, kind):
     assert lms_drift_kind(current, desired) == kind
 
 
-NOW = 1_700_000_000_000
 MAP = CourseMapping("course:H01ENB", "course-v1:Org+H01ENB+2024", "professional")
 GRANT = Access("course:H01ENB", "paid", None, ("tx1",))
 
@@ -92,7 +165,7 @@ DESIRED = [
     ("granted: the mapping's paid mode", GRANT, MAP, PRO),
     ("no grant, revoke to audit", None, MAP, AUDIT),
     (
-        "no grant, revoke by deactivation",
+        "no grant, revoke by deactivation: no mode named",
         None,
         CourseMapping(MAP.resource, MAP.course_run_id, "professional", on_revoke="deactivate"),
         DEACTIVATED,
@@ -125,6 +198,12 @@ def test_desired_enrollment(case, access, mapping, desired):
     assert desired_enrollment(access, mapping, NOW) == desired
 
 
+def test_a_run_offers_a_mode_until_its_deadline_and_enrollment_inside_its_window():
+    run = CourseRun({"verified": NOW}, enrollment_start_ms=NOW - 10, enrollment_end_ms=NOW + 10)
+    assert run.offers("verified", NOW) and not run.offers("verified", NOW + 1) and not run.offers("audit", NOW)
+    assert run.enrollment_open(NOW) and not run.enrollment_open(NOW - 10) and not run.enrollment_open(NOW + 10)
+
+
 @pytest.mark.parametrize(
     ("attempts", "jitter", "expected"),
     [
@@ -138,9 +217,9 @@ def test_desired_enrollment(case, access, mapping, desired):
     ],
 )
 def test_retry_delay_is_exponential_capped_and_jittered(attempts, jitter, expected):
-    assert retry_delay_ms(attempts, jitter=jitter, cap_ms=300_000) == expected
+    assert backoff_ms(attempts, base_ms=2_000, jitter=jitter, cap_ms=300_000) == expected
 
 
 def test_retry_delay_never_zero_and_grows_until_the_cap():
-    delays = [retry_delay_ms(n, jitter=0.0, cap_ms=300_000) for n in range(1, 20)]
+    delays = [backoff_ms(n, base_ms=2_000, jitter=0.0, cap_ms=300_000) for n in range(1, 20)]
     assert delays[0] > 0 and delays == sorted(delays) and max(delays) == 150_000

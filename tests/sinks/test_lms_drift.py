@@ -90,7 +90,7 @@ def test_deactivation_policy_drift_kind(lms_runtime, simulator, lms):
     simulator.state.refund("bob", one_time_tx(simulator, "bob"))
     sync(lms_runtime, "bob")
     drain(lms_runtime)
-    assert lms.state.enrollment("bob", COURSE) == ("audit", False)
+    assert lms.state.enrollment("bob", COURSE) == ("professional", False)
     lms.state.set_enrollment("bob", COURSE, "audit", is_active=True)  # the learner re-enrolled in audit
     assert repair(lms_runtime, "bob").drift == {"lms_not_deactivated": 1}
 

@@ -1,18 +1,20 @@
 """The Open edX client and sink against the fake LMS over HTTP: OAuth2 token fetch, cache and
-refresh, the Enrollment API's semantics (guard, refund path, idempotence), error mapping."""
+refresh, API-key use, revocation as the real LMS allows it, error mapping."""
 
 from __future__ import annotations
 
 import pytest
-import requests
 
 from adapters.openedx import OpenEdxClient, OpenEdxSink
+from engine.enrollment import API_KEY as KEY
+from engine.enrollment import JWT, EnrollmentCall, LmsRefusal
 from engine.errors import SinkAuthError, TerminalError, TransientError
 from engine.ports import EnrollmentState as E
 from simulators.openedx_lms import LmsServer, LmsState
-from tests.sinks.conftest import CLIENT_ID, CLIENT_SECRET, COURSE
+from tests.sinks.conftest import API_KEY, CLIENT_ID, CLIENT_SECRET, COURSE
 
-PRO, AUDIT = E("professional", True), E("audit", True)
+PRO, AUDIT, DEACTIVATED = E("professional", True), E("audit", True), E(None, False)
+ENROLL_PRO = EnrollmentCall("professional", True, JWT)
 
 
 class FakeClock:
@@ -41,14 +43,13 @@ def sink(client: OpenEdxClient) -> OpenEdxSink:
 def test_token_is_fetched_once_cached_and_refreshed_before_it_expires(lms, client, clock):
     lms.state.token_lifetime_s = 600
     assert client.get_enrollment("bob", COURSE) is None
-    client.post_enrollment("bob", COURSE, PRO)
+    client.post_enrollment("bob", COURSE, ENROLL_PRO)
     assert client.get_enrollment("bob", COURSE) == PRO
     assert lms.state.token_requests == 1
     clock.now += 600 - 60  # the margin before the LMS's expiry: fetch a new one
     client.get_enrollment("bob", COURSE)
     assert lms.state.token_requests == 2
-    callers = {c.caller for c in lms.state.calls}
-    assert callers == {"user:engine_worker"}  # a JWT of the global-staff service user
+    assert {c.caller for c in lms.state.calls} == {"user:engine_worker"}  # the global-staff service user
 
 
 def test_a_rejected_token_is_refreshed_once_on_401(lms, client):
@@ -68,18 +69,18 @@ def test_bad_client_credentials_pause_the_sink_rather_than_fail_a_row(lms):
 def test_a_service_user_without_staff_rights_is_an_auth_problem(lms):
     lms.state.add_client("weak", "pw", service_user="not_staff", staff=False)
     weak = OpenEdxClient(lms.url, client_id="weak", client_secret="pw")
+    with pytest.raises(SinkAuthError, match="act for other users"):
+        weak.get_enrollment("bob", COURSE)  # the view's own empty 404: other users' enrollments are hidden
     with pytest.raises(SinkAuthError):
-        weak.get_enrollment("bob", COURSE)  # 404: other users' enrollments are hidden
-    with pytest.raises(SinkAuthError):
-        weak.post_enrollment("bob", COURSE, PRO)  # 403: paid modes need staff
+        weak.post_enrollment("bob", COURSE, ENROLL_PRO)  # 404 as well: acting for another user
 
 
-def test_api_key_authentication_is_supported_and_anonymous(lms):
-    lms.state.api_key = "edx-key"
-    keyed = OpenEdxSink(OpenEdxClient(lms.url, api_key="edx-key"))
-    assert keyed.apply("bob", COURSE, PRO) == PRO
+def test_the_api_key_is_preferred_and_the_lms_audit_logs_it(lms):
+    lms.state.api_key = API_KEY
+    both = OpenEdxSink(OpenEdxClient(lms.url, api_key=API_KEY, client_id=CLIENT_ID, client_secret=CLIENT_SECRET))
+    assert both.apply("bob", COURSE, PRO) == PRO
     assert lms.state.token_requests == 0 and {c.caller for c in lms.state.calls} == {"api_key"}
-    assert lms.state.audit_log[-1]["requested_mode"] == "professional"  # the LMS audit-logs API-key use
+    assert lms.state.audit_log[-1]["requested_mode"] == "professional"
     with pytest.raises(SinkAuthError):
         OpenEdxClient(lms.url, api_key="wrong").get_enrollment("bob", COURSE)
 
@@ -89,6 +90,7 @@ def test_pay_to_enroll_then_upgrade_from_audit(lms, sink):
     lms.state.set_enrollment("bob", COURSE, "audit")  # bob audited first
     assert sink.apply("bob", COURSE, PRO) == PRO
     assert lms.state.enrollment("alice", COURSE) == lms.state.enrollment("bob", COURSE) == ("professional", True)
+    assert [b.get("force_enrollment") for b in lms.state.posts()] == [True, None]  # forced only where it counts
 
 
 def test_resending_the_same_state_makes_no_call(lms, sink):
@@ -96,110 +98,69 @@ def test_resending_the_same_state_makes_no_call(lms, sink):
     posts = len(lms.state.posts())
     assert sink.apply("bob", COURSE, PRO) == PRO
     assert len(lms.state.posts()) == posts  # read, found in sync, nothing sent
-    # And the LMS itself treats a duplicate enrollment as a no-op (CourseEnrollmentExistsError).
-    OpenEdxClient(lms.url, client_id=CLIENT_ID, client_secret=CLIENT_SECRET).post_enrollment("bob", COURSE, PRO)
-    assert lms.state.enrollment("bob", COURSE) == ("professional", True)
 
 
-def test_revoke_to_audit_and_restore(lms, sink):
+def test_revoke_to_audit_where_the_run_offers_it_and_restore(lms, sink):
     sink.apply("bob", COURSE, PRO)
     assert sink.apply("bob", COURSE, AUDIT) == AUDIT
     assert sink.apply("bob", COURSE, PRO) == PRO  # refund reversed / bought again
-    assert lms.state.refund_requests == []
+    assert [s[0] for s in lms.state.signals] == ["ENROLLMENT_TRACK_UPDATED"] * 3  # enroll, downgrade, upgrade
 
 
-def test_deactivation_never_takes_the_lms_refund_path(lms, sink):
+def test_revocation_by_deactivation_is_one_post_without_a_mode(lms, sink):
     sink.apply("bob", COURSE, PRO)
-    assert sink.apply("bob", COURSE, E("audit", False)) == E("audit", False)
-    assert lms.state.enrollment("bob", COURSE) == ("audit", False)
-    assert [(b["mode"], b["is_active"]) for b in lms.state.posts("bob")] == [
-        ("professional", True),
-        ("audit", True),
-        ("audit", False),
-    ]
-    assert lms.state.refund_requests == []
-    assert sink.apply("bob", COURSE, PRO) == PRO  # re-purchase reactivates in the paid mode
+    assert sink.apply("bob", COURSE, DEACTIVATED) == E("professional", False)
+    revocation = lms.state.posts("bob")[-1]
+    assert "mode" not in revocation and revocation["is_active"] is False and len(lms.state.posts("bob")) == 2
+    # The LMS records the learner in the mode paid for, inactive: no detour through audit, no
+    # mode change (no grade recalculation), one UNENROLL_DONE.
+    assert lms.state.signals[-1] == ("UNENROLL_DONE", "bob", COURSE, "professional")
+    assert sink.apply("bob", COURSE, PRO) == PRO  # re-purchase reactivates, in its own mode
+    assert "mode" not in lms.state.posts("bob")[-1]
 
 
-def test_the_fake_lms_refund_path_is_real(lms, client):
-    """What the sink avoids: deactivating a paid enrollment as a JWT user asks for a refund."""
-    client.post_enrollment("bob", COURSE, PRO)
-    client.post_enrollment("bob", COURSE, E("professional", False))
-    assert lms.state.refund_requests == [
-        {"user": "bob", "course_id": COURSE, "mode": "professional", "by": "engine_worker"}
-    ]
+def test_revocation_on_a_run_without_audit(lms, sink):
+    pro_only = "course-v1:HypnoElp+H02PRO+2024"
+    lms.state.add_course(pro_only, modes=("no-id-professional",))
+    sink.apply("bob", pro_only, E("no-id-professional", True))
+    # Mapped to "downgrade to audit", but the run has no audit: deactivated instead, in one call.
+    assert sink.apply("bob", pro_only, AUDIT) == E("no-id-professional", False)
+    assert sink.apply("bob", pro_only, DEACTIVATED) == E("no-id-professional", False)  # nothing more to do
+    assert [("mode" in b, b["is_active"]) for b in lms.state.posts("bob")] == [(True, True), (False, False)]
 
 
-def test_the_mode_mismatch_guard(lms, client):
-    client.post_enrollment("bob", COURSE, PRO)
-    token = client._auth_headers(refresh=False)
-    response = requests.post(
-        f"{lms.url}/api/enrollment/v1/enrollment",
-        headers=token,
-        timeout=5,
-        json={"user": "bob", "mode": "audit", "is_active": False, "course_details": {"course_id": COURSE}},
-    )
-    assert response.status_code == 400
-    assert response.json()["message"] == (
-        "Enrollment mode mismatch: active mode=professional, requested mode=audit. Won't deactivate."
-    )
-    assert lms.state.enrollment("bob", COURSE) == ("professional", True)
-
-
-def test_the_sink_reads_again_when_the_guard_says_its_read_was_stale(lms, sink, monkeypatch):
+def test_a_stale_read_cannot_trip_the_guard(lms, sink, monkeypatch):
     sink.apply("bob", COURSE, PRO)
-    sink.apply("bob", COURSE, AUDIT)  # bob was revoked to audit
-    real_get = sink.client.get_enrollment
-    reads = []
+    real_read = sink.client.read_enrollment
 
-    def stale_once(username, course):
-        reads.append(1)
-        if len(reads) == 1:
-            lms.state.set_enrollment("bob", COURSE, "honor")  # changed by hand between read and write
-            return AUDIT
-        return real_get(username, course)
+    def stale(username, course, **kwargs):
+        current, run = real_read(username, course, **kwargs)
+        lms.state.set_enrollment("bob", COURSE, "honor")  # changed by hand between read and write
+        return current, run
 
-    monkeypatch.setattr(sink.client, "get_enrollment", stale_once)
-    assert sink.apply("bob", COURSE, E("audit", False)) == E("honor", False)
-    assert len(reads) == 2
+    monkeypatch.setattr(sink.client, "read_enrollment", stale)
+    assert sink.apply("bob", COURSE, DEACTIVATED) == E("honor", False)  # no mode sent: the guard has nothing to compare
 
 
-def test_non_staff_callers_get_the_documented_refusals(lms):
-    lms.state.add_client("learner-app", "pw", service_user="alice", staff=False)
-    token = requests.post(
-        f"{lms.url}/oauth2/access_token",
-        timeout=5,
-        data={"grant_type": "client_credentials", "client_id": "learner-app", "client_secret": "pw"},
-    ).json()
-    assert token["token_type"] == "Bearer"
-    auth = {"Authorization": f"Bearer {token['access_token']}"}
-    url = f"{lms.url}/api/enrollment/v1/enrollment"
-    body = {"user": "alice", "mode": "professional", "course_details": {"course_id": COURSE}}
-    assert requests.post(url, json=body, headers=auth, timeout=5).status_code == 403
-    assert requests.post(url, json={**body, "user": "bob", "mode": "audit"}, headers=auth, timeout=5).status_code == 404
-    assert requests.post(url, json={**body, "mode": "audit"}, headers=auth, timeout=5).json()["mode"] == "audit"
-    assert requests.get(f"{lms.url}/api/enrollment/v1/enrollments", headers=auth, timeout=5).status_code == 403
-    assert requests.get(f"{url}/alice,{COURSE}", timeout=5).status_code == 401
-
-
-def test_errors_map_to_transient_or_terminal(lms, client):
-    with pytest.raises(TerminalError, match="406"):
-        client.post_enrollment("nobody", COURSE, PRO)  # the user does not exist
+def test_errors_map_to_transient_refusal_or_terminal(lms, client):
+    with pytest.raises(LmsRefusal) as info:
+        client.post_enrollment("nobody", COURSE, ENROLL_PRO)  # 406: the user does not exist
+    assert info.value.kind == "lms_user_missing"
+    with pytest.raises(LmsRefusal) as info:
+        client.post_enrollment("bob", "course-v1:Nope+X+Y", ENROLL_PRO)
+    assert info.value.kind == "lms_course_missing"
     with pytest.raises(TerminalError, match="unavailable"):
-        client.post_enrollment("bob", COURSE, E("credit", True))  # mode not offered by the run
-    with pytest.raises(TerminalError, match="No course"):
-        client.post_enrollment("bob", "course-v1:Nope+X+Y", PRO)
+        client.post_enrollment("bob", COURSE, EnrollmentCall("credit", True, JWT))  # not offered by the run
     lms.state.fail_next(1, 503)
-    with pytest.raises(TransientError) as info:
+    with pytest.raises(TransientError) as transient:
         client.get_enrollment("bob", COURSE)
-    assert info.value.status == 503
-    lms.state.fail_next(1, 429)
-    with pytest.raises(TransientError):
-        client.get_enrollment("bob", COURSE)
+    assert transient.value.status == 503
+    with pytest.raises(LmsRefusal, match="not a username"):
+        OpenEdxSink(client).apply("$RCAnonymousID:abc", COURSE, PRO)  # no such name in any LMS
 
 
 def test_down_then_back_on_the_same_port(lms, client):
-    client.post_enrollment("bob", COURSE, PRO)
+    client.post_enrollment("bob", COURSE, ENROLL_PRO)
     lms.stop()
     with pytest.raises(TransientError, match="unreachable"):
         client.get_enrollment("bob", COURSE)
@@ -210,30 +171,14 @@ def test_down_then_back_on_the_same_port(lms, client):
         client.get_enrollment("bob", COURSE)
 
 
-def test_closed_enrollment_is_forced_for_paid_access(lms, client):
+def test_closed_enrollment_is_forced_for_paid_access_by_staff_only(lms, client):
     closed = "course-v1:HypnoElp+H01ENB+2019"
-    lms.state.add_course(closed, enrollment_closed=True)
-    assert client.post_enrollment("bob", closed, PRO) == PRO  # force_enrollment, global staff
-    lms.state.add_client("weak", "pw", service_user="ops", staff=False)
-    lms.state.api_key = "k"
-    keyed = OpenEdxClient(lms.url, api_key="k")
-    with pytest.raises(TerminalError):
-        keyed.post_enrollment("alice", closed, PRO)  # the API key cannot force
-
-
-def test_bulk_enrollment_listing_for_staff(lms, client):
-    for user in ("alice", "bob", "carol"):
-        client.post_enrollment(user, COURSE, PRO)
-    headers = client._auth_headers(refresh=False)
-    page = requests.get(
-        f"{lms.url}/api/enrollment/v1/enrollments",
-        params={"course_id": COURSE, "page_size": 2},
-        headers=headers,
-        timeout=5,
-    ).json()
-    assert [r["user"] for r in page["results"]] == ["alice", "bob"] and page["next"]
-    rest = requests.get(page["next"], headers=headers, timeout=5).json()
-    assert [r["user"] for r in rest["results"]] == ["carol"] and rest["next"] is None
+    lms.state.add_course(closed, enrollment_end=lms.state.clock() - 3600)
+    assert client.post_enrollment("bob", closed, EnrollmentCall("professional", True, JWT, force=True)) == PRO
+    lms.state.api_key = API_KEY
+    keyed = OpenEdxClient(lms.url, api_key=API_KEY)
+    with pytest.raises(TerminalError, match="error occurred while creating"):
+        keyed.post_enrollment("alice", closed, EnrollmentCall("professional", True, KEY, force=True))
 
 
 def test_a_fresh_lms_state_has_no_users():
