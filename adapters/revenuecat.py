@@ -107,6 +107,10 @@ class RevenueCatClient:
         for session in sessions:
             session.close()
 
+    def _redacted(self, text: str) -> str:
+        """``text`` without our API key, should the provider ever echo it."""
+        return text.replace(self.api_key, "[api key]") if self.api_key else text
+
     def get_subscriber(self, app_user_id: str) -> Mapping[str, Any]:
         """The subscriber's v1 body (200 or 201: v1 is get-or-create)."""
         return self._call("GET", f"{self.base_url}/v1/subscribers/{path_segment(app_user_id)}")
@@ -135,14 +139,19 @@ class RevenueCatClient:
                 status=response.status_code,
             )
         if response.status_code >= 400:
+            # For the operator's log: callers never pass a provider's body on to a client.
             raise TerminalError(
-                f"provider refused {method} {response.request.path_url}: {response.status_code} {response.text[:300]}",
+                self._redacted(
+                    f"provider refused {method} {response.request.path_url}: {response.status_code} {response.text[:300]}"
+                ),
                 status=response.status_code,
             )
         try:
             body = response.json()
         except ValueError as exc:
             raise TransientError(f"provider answered non-JSON with {response.status_code}") from exc
+        except RecursionError:
+            raise TerminalError(f"provider answered JSON nested too deep to read ({response.status_code})") from None
         if not isinstance(body, dict):
             raise TerminalError("provider answered a JSON value that is not an object")
         return body

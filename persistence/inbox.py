@@ -222,6 +222,12 @@ class ClaimedRow:
     inbox_id: int
     body: bytes
     attempts: int
+    received_ms: int | None = None  # when the intake stored it: bounds the event's own time
+
+
+def _epoch_ms(at: datetime | None) -> int | None:
+    """A stored timestamp as epoch ms (SQLite hands back naive datetimes, in UTC)."""
+    return None if at is None else int((at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp() * 1000)
 
 
 def claim_row(factory: sessionmaker[Session], inbox_id: int) -> ClaimedRow | None:
@@ -235,7 +241,7 @@ def claim_row(factory: sessionmaker[Session], inbox_id: int) -> ClaimedRow | Non
         if row.status in FINAL_STATUSES:
             return None
         row.status, row.attempts = "processing", row.attempts + 1
-        return ClaimedRow(inbox_id, row.body, row.attempts)
+        return ClaimedRow(inbox_id, row.body, row.attempts, _epoch_ms(row.received_at))
 
 
 def mark_row(factory: sessionmaker[Session], inbox_id: int, **values: object) -> None:

@@ -56,7 +56,7 @@ def process_inbox_event(inbox_id: int, ctx: EventProcessing, *, final_attempt: b
     if claimed is None:
         return EventResult("skipped")
     try:
-        event = parse_event(json.loads(claimed.body))
+        event = parse_event(json.loads(claimed.body), received_ms=claimed.received_ms)
     except (MalformedEvent, ValueError) as exc:
         mark_row(factory, inbox_id, status="failed", last_error=f"unparseable: {exc}", processed_at=utcnow())
         raise TerminalError(f"inbox row {inbox_id}: {exc}") from exc
