@@ -266,7 +266,9 @@ def parse_event(body: Any, *, received_ms: int | None = None) -> WebhookEvent:
     if customer_id is not None:  # without it the event does not say whose customer this is
         identities = dict.fromkeys(aliases, customer_id)
         identities.update({app_user_id: customer_id, customer_id: customer_id})
-    observation = _event_observation(event, event_type, timestamp_ms, customer_id, environment, store)
+    observation = _event_observation(
+        event, event_type=event_type, ts=timestamp_ms, customer_id=customer_id, environment=environment, store=store
+    )
     return WebhookEvent(
         key.event_id,
         event_type,
@@ -280,6 +282,7 @@ def parse_event(body: Any, *, received_ms: int | None = None) -> WebhookEvent:
 
 def _event_observation(
     event: Mapping[str, Any],
+    *,
     event_type: str,
     ts: int,
     customer_id: str | None,
