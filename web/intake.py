@@ -26,7 +26,7 @@ from persistence.database import make_engine
 from persistence.inbox import store_webhook
 from services.group_commit import GroupCommitter, StoreTimeout
 from web.greenlets import serve_requests, wait_until_idle
-from web.openapi import api
+from web.openapi import documented_only
 from web.payloads import load_json, read_body
 from web.schemas import ErrorAnswer, WebhookBody, WebhookMalformed, WebhookStored
 
@@ -35,7 +35,7 @@ bp = Blueprint("intake", __name__)
 
 
 @bp.post("/webhooks/revenuecat")
-@api.validate(
+@documented_only(
     json=WebhookBody,
     resp=Documented(
         HTTP_200=(WebhookStored, "Stored (duplicates too)."),
@@ -45,7 +45,6 @@ bp = Blueprint("intake", __name__)
         HTTP_503=(ErrorAnswer, "Cannot store now (or REVENUECAT_WEBHOOK_AUTH unset): RevenueCat retries."),
     ),
     security={"webhookAuth": []},
-    skip_validation=True,
     operation_id="revenuecatWebhook",
 )
 def revenuecat_webhook():

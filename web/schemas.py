@@ -182,8 +182,7 @@ class IosPurchase(_Purchase):
 
 
 class ValidationPayload(RootModel[Annotated[AndroidPurchase | IosPurchase, Field(discriminator="platform")]]):
-    """A client app's purchase (design.md, "Validation payloads"): Android sends `purchase_token`,
-    iOS `receipt_data`."""
+    """A client app's store purchase: Android sends `purchase_token`, iOS `receipt_data`."""
 
 
 class PurchasedCourse(BaseModel):
