@@ -20,6 +20,16 @@ from engine.errors import TerminalError, TransientError
 TRANSIENT_STATUSES = frozenset({408, 423, 425, 429, 500, 502, 503, 504, 529})
 
 
+def path_segment(value: str) -> str:
+    """``value`` as one URL path segment that every client and server keeps as it is.
+
+    App user ids contain '$' and ':' and may contain anything else, so every byte outside the
+    unreserved set is percent-encoded; dots are encoded too (``%2E``), or an id ``.`` or ``..``
+    would be read as a dot segment and removed on the way (RFC 3986 §5.2.4).
+    """
+    return quote(value, safe="").replace(".", "%2E")
+
+
 def _retry_after_s(response: requests.Response) -> float | None:
     header = response.headers.get("Retry-After")
     if header:
@@ -97,11 +107,13 @@ class RevenueCatClient:
         for session in sessions:
             session.close()
 
+    def _redacted(self, text: str) -> str:
+        """``text`` without our API key, should the provider ever echo it."""
+        return text.replace(self.api_key, "[api key]") if self.api_key else text
+
     def get_subscriber(self, app_user_id: str) -> Mapping[str, Any]:
         """The subscriber's v1 body (200 or 201: v1 is get-or-create)."""
-        # App user ids contain '$' and ':' and may contain anything else: encode every byte.
-        url = f"{self.base_url}/v1/subscribers/{quote(app_user_id, safe='')}"
-        return self._call("GET", url)
+        return self._call("GET", f"{self.base_url}/v1/subscribers/{path_segment(app_user_id)}")
 
     def post_receipt(self, platform: str, payload: Mapping[str, Any]) -> Mapping[str, Any]:
         """Send a store receipt/token to the provider (``X-Platform`` is required)."""
@@ -110,7 +122,12 @@ class RevenueCatClient:
     def _call(self, method: str, url: str, **kwargs: Any) -> Mapping[str, Any]:
         try:
             with self._session() as session:
-                response = session.request(method, url, timeout=self.timeout, **kwargs)
+                prepared = session.prepare_request(requests.Request(method, url, **kwargs))
+                # requests re-quotes a URL as it prepares it, decoding %2E back to '.', and then
+                # urllib3 removes the dot segments ('/v1/subscribers/..' becomes '/v1/'): send
+                # the URL exactly as path_segment() encoded it.
+                prepared.url = url
+                response = session.send(prepared, timeout=self.timeout)
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise TransientError(f"provider unreachable: {exc.__class__.__name__}: {exc}") from exc
         except requests.RequestException as exc:
@@ -122,14 +139,19 @@ class RevenueCatClient:
                 status=response.status_code,
             )
         if response.status_code >= 400:
+            # For the operator's log: callers never pass a provider's body on to a client.
             raise TerminalError(
-                f"provider refused {method} {response.request.path_url}: {response.status_code} {response.text[:300]}",
+                self._redacted(
+                    f"provider refused {method} {response.request.path_url}: {response.status_code} {response.text[:300]}"
+                ),
                 status=response.status_code,
             )
         try:
             body = response.json()
         except ValueError as exc:
             raise TransientError(f"provider answered non-JSON with {response.status_code}") from exc
+        except RecursionError:
+            raise TerminalError(f"provider answered JSON nested too deep to read ({response.status_code})") from None
         if not isinstance(body, dict):
             raise TerminalError("provider answered a JSON value that is not an object")
         return body

@@ -33,7 +33,9 @@ class Settings:
     api_token: str = ""
     # Signs the short-lived bearer tokens minted for one app_user_id (POST /v1/users/<id>/token);
     # empty: user tokens are refused and only API_TOKEN is accepted.
-    user_token_secret: str = ""
+    user_token_secret: str = ""  # one secret or several, comma-separated: the first signs, all verify
+    # Validate and sync calls one app_user_id may make per minute (all web processes together).
+    user_calls_per_minute: int = 10
     sentry_dsn: str = ""
     instance_path: Path = PROJECT_ROOT / "instance"
     # Operator choices.
@@ -117,6 +119,7 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], object]]] = {
     "revenuecat_webhook_auth": ("REVENUECAT_WEBHOOK_AUTH", str),
     "api_token": ("API_TOKEN", str),
     "user_token_secret": ("USER_TOKEN_SECRET", str),
+    "user_calls_per_minute": ("USER_CALLS_PER_MINUTE", int),
     "sentry_dsn": ("SENTRY_DSN", str),
     "grant_sandbox": ("GRANT_SANDBOX", lambda v: _bool(v, False)),
     "provider_connect_timeout_s": ("PROVIDER_CONNECT_TIMEOUT_S", float),

@@ -15,7 +15,13 @@ idempotent and order-independent. The rules, field by field:
   same fact twice sets the same values (a no-op). Equal timestamps go to the later-processed.
 * Ownership by omission: a snapshot of customer C that no longer lists a transaction C owned
   (transferred away, or a refunded one-time purchase, which RevenueCat stops listing) clears
-  its owner, if that snapshot is newer than what set the owner.
+  its owner, if that snapshot is newer than what set the owner. Never on the absence of an id:
+  a one-time purchase listed without ``id`` or ``store_transaction_id`` (its id synthesized
+  from customer, product and purchase time) is first matched to a transaction of the same
+  product that C owns and the snapshot does not list by id, preferring the same purchase time;
+  it then counts as listing that transaction (whose id and fields it leaves as they are), so
+  nothing is revoked and nothing is credited twice. Only an unmatched one becomes a
+  transaction of its own.
 """
 
 from __future__ import annotations
@@ -162,6 +168,8 @@ class SubscriberSnapshot:
     subscription_products: frozenset[str]  # products listed under ``subscriptions``
     digest: str  # hash of the customer's purchase state, without volatile fields
     entitlements: Mapping[str, object] = field(default_factory=dict)
+    # Synthesized ids of the one-time purchases listed without an id (matched in observe_snapshot).
+    unidentified: frozenset[str] = frozenset()
 
     def lists(self, tx: Transaction) -> bool:
         """Whether this snapshot still accounts for ``tx``.
@@ -182,7 +190,11 @@ def observe_snapshot(known: Mapping[str, Transaction], snapshot: SubscriberSnaps
     """
     changed: dict[str, Transaction] = {}
     listed: set[str] = set()
-    for obs in snapshot.observations:
+    matched = match_unidentified(known, snapshot)
+    for listed_obs in snapshot.observations:
+        obs = listed_obs
+        if obs.transaction_id in matched:
+            obs = replace(obs, transaction_id=matched[obs.transaction_id])
         listed.add(obs.transaction_id)
         merged = merge_observation(changed.get(obs.transaction_id) or known.get(obs.transaction_id), obs)
         if merged is not None:
@@ -197,6 +209,38 @@ def observe_snapshot(known: Mapping[str, Transaction], snapshot: SubscriberSnaps
         if merged is not None:
             changed[tx_id] = merged
     return sorted(changed.values(), key=lambda t: t.transaction_id)
+
+
+def match_unidentified(known: Mapping[str, Transaction], snapshot: SubscriberSnapshot) -> dict[str, str]:
+    """Synthesized id of each one-time purchase listed without an id -> the known transaction it is.
+
+    Candidates: one-time purchases of the same product owned by the snapshot's customer and not
+    listed by id; the same purchase time first, then the earliest; each matched once.
+    """
+    if not snapshot.unidentified:
+        return {}
+    by_id = {o.transaction_id: o for o in snapshot.observations}
+    candidates = sorted(
+        (
+            tx
+            for tx in known.values()
+            if tx.owner == snapshot.customer_id and tx.kind == "non_subscription" and tx.transaction_id not in by_id
+        ),
+        key=lambda tx: (tx.purchased_ms is None, tx.purchased_ms or 0, tx.transaction_id),
+    )
+    matched: dict[str, str] = {}
+    for synthesized in sorted(snapshot.unidentified):
+        obs = by_id.get(synthesized)
+        if obs is None or synthesized in known:  # seen without an id before: that is its id
+            continue
+        same_product = [tx for tx in candidates if tx.product_id == obs.product_id]
+        if not same_product:
+            continue
+        exact = [tx for tx in same_product if tx.purchased_ms == obs.purchased_ms]
+        chosen = (exact or same_product)[0]
+        matched[synthesized] = chosen.transaction_id
+        candidates.remove(chosen)
+    return matched
 
 
 def observe_all(known: Mapping[str, Transaction], observations: Iterable[TransactionObservation]) -> list[Transaction]:

@@ -76,9 +76,13 @@ def claim_row(
         row.lease_holder = holder
         row.next_attempt_ms = None
         done = tuple(json.loads(row.progress)) if row.progress else ()
-        received = row.received_at
-        received_ms = int(received.timestamp() * 1000) if received is not None else now_ms
+        received_ms = _epoch_ms(row.received_at) or now_ms
         return Claim("claimed", ClaimedRow(inbox_id, row.body, row.attempts, done, received_ms))
+
+
+def _epoch_ms(at: datetime | None) -> int | None:
+    """A stored timestamp as epoch ms (SQLite hands back naive datetimes, in UTC)."""
+    return None if at is None else int((at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp() * 1000)
 
 
 def mark_row(factory: sessionmaker[Session], inbox_id: int, **values: object) -> None:

@@ -27,18 +27,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from adapters.rate_budget import BudgetedProvider
 from engine.access import Access
 from engine.client_flows import (
+    Refusal,
+    Validated,
     ValidationRequest,
     client_status_refusal,
     grants_purchase,
-    http_status_of,
     moved_from,
     not_granted_refusal,
-    parse_validation,
     purchase_observation,
     receipt_body,
     receipt_refusal,
-    refusal_answer,
-    success_answer,
 )
 from engine.errors import TerminalError, TransientError
 from engine.facts import SubscriberSnapshot
@@ -136,25 +134,20 @@ def sync_user(flows: ClientFlows, app_user_id: str) -> SyncResult:
     return reconcile_from_body(flows, app_user_id, body, cause=Cause("request", "sync"))
 
 
-def validate_purchase(flows: ClientFlows, payload: Any) -> tuple[int, dict[str, Any]]:
-    """``POST /v1/purchases/validate``: (HTTP status, answer).
+def validate_purchase(flows: ClientFlows, req: ValidationRequest) -> Validated | Refusal:
+    """``POST /v1/purchases/validate``: Validated once access is granted, else why not.
 
-    Raises InvalidRequest (a malformed payload: 400) and TransientError (budget, provider or a
-    reconcile that could not finish: 503, retryable). Refusals are answers, not exceptions.
+    Raises TransientError (budget, provider or a reconcile that could not finish: retryable)
+    and TerminalError (the provider's answer cannot be read). Refusals are answers, not exceptions.
     """
     catalog = flows.convergence.catalog
-    parsed = parse_validation(payload, catalog)
-    if not isinstance(parsed, ValidationRequest):
-        return http_status_of(parsed), refusal_answer(parsed)
-    req = parsed
     refusal = client_status_refusal(req)
     if refusal is not None:
-        return http_status_of(refusal), refusal_answer(refusal)
+        return refusal
     try:
         body = flows.provider.post_receipt(req.platform, receipt_body(req))
     except TerminalError as exc:
-        refusal = receipt_refusal(exc.status, str(exc))
-        return http_status_of(refusal), refusal_answer(refusal)
+        return receipt_refusal(exc.status, str(exc))
     if not isinstance(body.get("subscriber"), dict):  # not the documented Subscriber answer
         body = flows.provider.get_subscriber(req.app_user_id)
     cause = Cause("request", f"validate:{req.platform}:{req.purchase_id}"[:255])
@@ -163,9 +156,8 @@ def validate_purchase(flows: ClientFlows, payload: Any) -> tuple[int, dict[str, 
     granted = current_access(flows.session_factory, req.app_user_id, now_ms).accesses
     obs = purchase_observation(result.snapshot, req, catalog)
     if obs is not None and grants_purchase(granted, req.product, obs.transaction_id, now_ms):
-        return 200, success_answer(req, obs, granted)
-    refusal = not_granted_refusal(obs, grant_sandbox=flows.convergence.policy.grant_sandbox)
-    return http_status_of(refusal), refusal_answer(refusal)
+        return Validated(req, obs, granted)
+    return not_granted_refusal(obs, grant_sandbox=flows.convergence.policy.grant_sandbox)
 
 
 class SyncBusy(TransientError):

@@ -139,7 +139,7 @@ def process_inbox_event(inbox_id: int, ctx: EventProcessing) -> EventResult:
         return EventResult("skipped")
     row = claim.row
     try:
-        event = parse_event(json.loads(row.body))
+        event = parse_event(json.loads(row.body), received_ms=row.received_ms)
     except RecursionError:
         return _dead(ctx, row, "terminal", "the body nests too deeply to be an event")
     except (ValueError, TerminalError) as exc:

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 from celery import Celery
-from flask import Flask, jsonify
+from flask import Flask
 
 from config.settings import Settings
 from services.wiring import wiring_for
+from web.client_limits import ClientLimits
+from web.errors import register_error_handlers
+from web.tokens import UserTokens
+
+
+def register_routes(app: Flask) -> None:
+    """Every route of the API (their OpenAPI document is built from these alone)."""
+    from web import api, health, intake, openapi, purchases, sync
+
+    for blueprint in (intake.bp, api.bp, health.bp, purchases.bp, sync.bp, openapi.bp):
+        app.register_blueprint(blueprint)
 
 
 def create_app(settings: Settings | None = None, *, celery: Celery | None = None) -> Flask:
@@ -27,38 +38,19 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
 
     init_sentry(settings, component="web")
 
-    from web import api, cli, cli_inbox, health, intake
+    app.extensions["user_tokens"] = UserTokens.from_setting(settings.user_token_secret)
+    wiring = app.extensions["engine_wiring"]
+    app.extensions["client_limits"] = ClientLimits(lambda: wiring.redis, per_minute=settings.user_calls_per_minute)
 
-    app.register_blueprint(intake.bp)
-    app.register_blueprint(api.bp)
-    app.register_blueprint(health.bp)
-    from web import openapi, purchases, sync
+    register_routes(app)
+    register_error_handlers(app, max_body_bytes=settings.webhook_max_bytes)
 
-    app.register_blueprint(purchases.bp)
-    app.register_blueprint(sync.bp)
-    app.register_blueprint(openapi.bp)
+    from web import cli, cli_inbox, intake
+
     cli.register(app)
     app.cli.add_command(cli_inbox.inbox_cli)
     # The intake's storage engine now, not on the first webhook: that one would also pay for
     # importing the database driver (about 0.25 s per gunicorn worker after each deploy).
     intake.intake_engine(app.extensions["engine_wiring"])
-
-    @app.errorhandler(413)
-    def too_large(_exc):
-        return jsonify(error="payload_too_large", message=f"body exceeds {settings.webhook_max_bytes} bytes"), 413
-
-    @app.errorhandler(400)
-    def bad_request(exc):
-        return jsonify(error="bad_request", message=getattr(exc, "description", None) or "bad request"), 400
-
-    @app.errorhandler(404)
-    def not_found(_exc):
-        return jsonify(error="not_found", message="no such route"), 404
-
-    @app.errorhandler(405)
-    def not_allowed(exc):
-        # RFC 9110: a 405 lists the methods the route supports.
-        allow = ", ".join(sorted(getattr(exc, "valid_methods", None) or []))
-        return jsonify(error="method_not_allowed", message="method not allowed on this route"), 405, {"Allow": allow}
 
     return app

@@ -3,9 +3,10 @@
 Two kinds of bearer token:
 
 * ``API_TOKEN``: the operator's backend. May do anything the API offers, for any user.
-* a user token (``ut1.…``, engine/client_flows.py): minted by the operator's backend through
-  ``POST /v1/users/<id>/token`` for one app_user_id, signed with ``USER_TOKEN_SECRET`` and
-  short-lived, so that a mobile app can validate, sync and read access for its own user only.
+* a user token (``ut2.…``, web/tokens.py): minted by the operator's backend through
+  ``POST /v1/users/<id>/token`` for one app_user_id, signed with ``USER_TOKEN_SECRET`` (one
+  secret or several for rotation) and short-lived, so that a mobile app can validate, sync and
+  read access for its own user only.
 
 Refusals: 401 when no acceptable token is presented (missing, wrong, malformed, expired, or the
 kind of token is not configured); 403 when a valid user token asks for another user, or for
@@ -20,10 +21,11 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 
-from flask import current_app, g, jsonify, request
+from flask import Response, current_app, g, request
 
-from engine.client_flows import TokenRefused, is_user_token, verify_user_token
 from services.clock import wall_clock_ms
+from web.errors import error_response
+from web.tokens import TokenRefused, UserTokens, is_user_token
 
 
 @dataclass(frozen=True)
@@ -45,9 +47,8 @@ class Refused(Exception):
         super().__init__(message)
         self.status, self.error, self.message = status, error, message
 
-    def response(self):
-        response = jsonify(error=self.error, message=self.message)
-        response.status_code = self.status
+    def response(self) -> Response:
+        response = error_response(self.status, self.error, self.message)
         if self.status == 401:
             response.headers["WWW-Authenticate"] = f'Bearer realm="engine", error="{self.error}"'
         return response
@@ -61,13 +62,19 @@ def _bearer() -> str | None:
     return provided.strip()
 
 
+def user_tokens() -> UserTokens:
+    """This app's user tokens (USER_TOKEN_SECRET)."""
+    tokens: UserTokens = current_app.extensions["user_tokens"]
+    return tokens
+
+
 def authenticate(*, allow_user_token: bool) -> Caller:
     """The caller of this request, or Refused (401)."""
     settings = current_app.config["ENGINE_SETTINGS"]
     provided = _bearer()
     if provided is not None and allow_user_token and is_user_token(provided):
         try:
-            return Caller(verify_user_token(settings.user_token_secret, provided, now_s=wall_clock_ms() // 1000))
+            return Caller(user_tokens().verify(provided, now_s=wall_clock_ms() // 1000))
         except TokenRefused as exc:
             raise Refused(401, exc.reason, str(exc)) from None
     token = settings.api_token

@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
+from spectree import Response as Documented
 from sqlalchemy import text
 
 from persistence.inbox_rows import inbox_counts
+from web.openapi import PUBLIC, api
+from web.schemas import Health, Readiness
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@api.validate(
+    resp=Documented(HTTP_200=(Health, "Alive.")), security=PUBLIC, skip_validation=True, operation_id="healthz"
+)
 def healthz():
+    """Liveness."""
     return jsonify(status="ok")
 
 
 @bp.get("/readyz")
+@api.validate(
+    resp=Documented(HTTP_200=(Readiness, "Ready."), HTTP_503=(Readiness, "Not ready.")),
+    security=PUBLIC,
+    skip_validation=True,
+    operation_id="readyz",
+)
 def readyz():
+    """Readiness: database and broker."""
     wiring = current_app.extensions["engine_wiring"]
     checks: dict[str, str] = {}
     try:
@@ -36,8 +50,11 @@ def readyz():
 
 
 @bp.get("/metrics")
+@api.validate(resp=Documented("HTTP_200"), security=PUBLIC, skip_validation=True, operation_id="metrics")
 def metrics():
-    """Prometheus text: counters shared by every process (drift repaired by kind, reconciles,
+    """Prometheus metrics (text format).
+
+    Counters shared by every process (drift repaired by kind, reconciles,
     sweep selections) and gauges read from the database (inbox by status, subscribers due)."""
     from adapters.metrics import render
     from persistence.subscribers import count_due

@@ -16,6 +16,7 @@ import os
 import threading
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from spectree import Response as Documented
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -26,13 +27,29 @@ from persistence.inbox import store_webhook
 from services.group_commit import GroupCommitter, StoreTimeout
 from tasks.names import INBOX_PROCESS
 from web.greenlets import serve_requests, wait_until_idle
+from web.openapi import documented_only
+from web.payloads import load_json, read_body
+from web.schemas import ErrorAnswer, WebhookBody, WebhookMalformed, WebhookStored
 
 log = logging.getLogger(__name__)
 bp = Blueprint("intake", __name__)
 
 
 @bp.post("/webhooks/revenuecat")
+@documented_only(
+    json=WebhookBody,
+    resp=Documented(
+        HTTP_200=(WebhookStored, "Stored (duplicates too)."),
+        HTTP_400=(WebhookMalformed, "Not a RevenueCat event (kept for inspection)."),
+        HTTP_401=(ErrorAnswer, "The Authorization header does not match REVENUECAT_WEBHOOK_AUTH."),
+        HTTP_413=(ErrorAnswer, "Body too large (over 256 KiB, whatever the transfer encoding)."),
+        HTTP_503=(ErrorAnswer, "Cannot store now (or REVENUECAT_WEBHOOK_AUTH unset): RevenueCat retries."),
+    ),
+    security={"webhookAuth": []},
+    operation_id="revenuecatWebhook",
+)
 def revenuecat_webhook():
+    """RevenueCat webhook intake: stored durably, then processed by a worker."""
     settings = current_app.config["ENGINE_SETTINGS"]
     expected = settings.revenuecat_webhook_auth
     if not expected:
@@ -44,13 +61,13 @@ def revenuecat_webhook():
     provided = request.headers.get("Authorization", "")
     if not hmac.compare_digest(provided.encode("utf-8", "surrogateescape"), expected.encode("utf-8")):
         return jsonify(error="unauthorized", message="Authorization header does not match"), 401
-    body = request.get_data(cache=False)  # 413 is raised here past MAX_CONTENT_LENGTH
+    body = read_body()  # 413 past MAX_CONTENT_LENGTH, chunked or not
     db = intake_engine(current_app.extensions["engine_wiring"])
     try:
-        parsed = json.loads(body)
+        parsed = load_json(body)  # ValueError too when nested deeper than the parser's stack
         key = envelope_key(parsed)
     except (ValueError, MalformedEvent) as exc:
-        reason = str(exc) if isinstance(exc, MalformedEvent) else "body is not valid JSON"
+        reason = str(exc) if isinstance(exc, MalformedEvent) else f"body is not valid JSON ({exc})"[:500]
         try:
             stored = store_webhook(db, body, None, None, malformed_reason=reason)
         except SQLAlchemyError:
