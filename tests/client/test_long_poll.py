@@ -60,7 +60,7 @@ def test_wait_answers_as_soon_as_the_grant_is_committed(app, client, runtime, si
     wait_for(lambda: runtime.db.pool.checkedout() == 0, timeout=2, what="the connections to be returned")
     poll.mark()
     purchase_processed(client, runtime, simulator, "alice")
-    assert poll.join() < 2.0
+    poll.join(timeout=15)  # it waits 20 s for a change: answering at all means it woke on the grant
     assert poll.response.status_code == 200
     assert [a["resource"] for a in poll.response.json["access"]] == ["course:H01ENB"]
 
@@ -74,14 +74,14 @@ def test_a_waiter_on_an_alias_wakes_on_its_customers_change(app, client, runtime
     body = simulator.state.purchase_non_renewing("learner-42", "geometry_pack_30")
     inbox_id = client.post("/webhooks/revenuecat", json=body, headers=WEBHOOK).json["inbox_id"]
     process_inbox_event(inbox_id, runtime.event_processing)
-    assert poll.join() < 2.0
+    poll.join(timeout=15)  # woken by the change, well before its 20 s ran out
     assert sorted(a["resource"] for a in poll.response.json["access"]) == ["course:H01ENB", "module:geometry"]
 
 
 def test_wait_runs_out_when_nothing_changes(client):
     started = time.monotonic()
     response = client.get("/v1/users/alice/access?wait=0.5", headers=OPERATOR)
-    assert 0.45 <= time.monotonic() - started < 3
+    assert time.monotonic() - started >= 0.45  # it waited its time
     assert response.status_code == 200 and response.json["access"] == []
 
 
@@ -97,9 +97,9 @@ def test_since_answers_at_once_when_the_access_already_differs(client, runtime, 
     before = client.get("/v1/users/alice/access", headers=OPERATOR)
     etag = before.headers["ETag"]
     purchase_processed(client, runtime, simulator, "alice")  # between the app's two requests
-    started = time.monotonic()
-    response = client.get(f"/v1/users/alice/access?wait=20&since={etag.strip(chr(34))}", headers=OPERATOR)
-    assert time.monotonic() - started < 1.0
+    answered = Timed(client, f"/v1/users/alice/access?wait=20&since={etag.strip(chr(34))}")
+    answered.join(timeout=15)  # no wait: the access already differs from what the app has
+    response = answered.response
     assert response.json["access"] and response.headers["ETag"] != etag
     # With the current version, the wait holds.
     started = time.monotonic()
@@ -176,7 +176,6 @@ def test_waiters_poll_while_the_subscription_is_down():
     reads = []
     from adapters.access_notifications import wait_for_change
 
-    started = time.monotonic()
     result = wait_for_change(
         watch,
         "alice",
@@ -187,7 +186,7 @@ def test_waiters_poll_while_the_subscription_is_down():
         degraded_recheck_s=0.1,
     )
     watch.stop()
-    assert result == 3 and time.monotonic() - started < 2
+    assert result == 3  # re-read until it changed, long before the 5 s wait ran out
 
 
 def test_purchase_to_visible_access_through_a_real_worker(settings, runtime, simulator, live_server):
@@ -207,9 +206,7 @@ def test_purchase_to_visible_access_through_a_real_worker(settings, runtime, sim
         thread = threading.Thread(target=poll)
         thread.start()
         wait_for(lambda: runtime.access_watch.waiting() >= 1, what="the long-poll to wait")
-        # Worker start-up is not what we measure: the first task waits for it.
-        started = time.monotonic()
         simulator.state.purchase_non_renewing("carol", "h01enb")  # the simulator delivers the webhook
         thread.join(30)
+    # The wait is 25 s: access in the answer means the grant woke it (latency is bench/'s).
     assert [a["resource"] for a in result["body"]["access"]] == ["course:H01ENB"]
-    assert result["at"] - started < 20

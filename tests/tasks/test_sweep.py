@@ -3,50 +3,18 @@ expiry without provider calls, beat check-ins, a single beat, and the operator c
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
-import time
 from dataclasses import replace
 
-import redis as redis_lib
-from sqlalchemy import event, func, select, update
+from sqlalchemy import event, select, update
 
-from adapters.embedded_redis import redis_url
-from config.settings import PROJECT_ROOT
 from engine.ports import Cause
-from persistence.models import AuditEntry, Grant, LedgerTransaction, ProviderSnapshot, Subscriber
+from persistence.models import AuditEntry, Grant, ProviderSnapshot, Subscriber
 from persistence.subscribers import select_due
 from services.clock import wall_clock_ms
-from services.inbox import process_inbox_event
 from services.sweep import reconcile_customers
-from tasks.celery_app import create_celery
-from tests.conftest import WEBHOOK_AUTH
-from tests.support import reconcile_now, settings_env, wait_for
-
-
-def known_customer(client, runtime, simulator, user: str, product: str = "premium_monthly") -> dict:
-    """A customer whose purchase webhook arrived and was processed."""
-    body = (
-        simulator.state.purchase_non_renewing(user, product)
-        if product == "h01enb"
-        else simulator.state.purchase_subscription(user, product)
-    )
-    response = client.post("/webhooks/revenuecat", json=body, headers={"Authorization": WEBHOOK_AUTH})
-    process_inbox_event(response.json["inbox_id"], runtime.event_processing)
-    return body
-
-
-def count(runtime, model) -> int:
-    with runtime.session_factory() as session:
-        return session.scalar(select(func.count()).select_from(model))
-
-
-def set_next_check(runtime, values: dict[str, int]) -> None:
-    with runtime.session_factory() as session, session.begin():
-        for customer_id, at in values.items():
-            session.execute(update(Subscriber).where(Subscriber.customer_id == customer_id).values(next_check_ms=at))
+from tests.support import reconcile_now
+from tests.tasks.sweep_support import count, known_customer, set_next_check
 
 
 def test_selection_takes_the_most_overdue_first_and_leases_them(client, runtime, simulator):
@@ -107,134 +75,6 @@ def test_an_unchanged_snapshot_costs_no_writes_beyond_the_check_time(client, run
         event.remove(runtime.db, "before_cursor_execute", record)
     assert writes == ["UPDATE subscribers"]
     assert count(runtime, ProviderSnapshot) == 1 and count(runtime, AuditEntry) == 1
-
-
-def test_expired_grants_are_revoked_at_expiry_without_a_provider_call(client, runtime, simulator, settings):
-    known_customer(client, runtime, simulator, "alice")
-    with runtime.session_factory() as session, session.begin():
-        session.execute(update(Grant).values(expires_ms=wall_clock_ms() - 1))
-        session.execute(update(LedgerTransaction).values(expires_ms=wall_clock_ms() - 1))
-    before = simulator.state.request_count
-    app = create_celery(settings)
-    assert app.tasks["grants.expire"].apply().get() == 1
-    assert count(runtime, Grant) == 0 and simulator.state.request_count == before
-    with runtime.session_factory() as session:
-        assert session.scalar(select(AuditEntry.cause_kind).where(AuditEntry.action == "revoke")) == "expiry"
-
-
-def test_beat_jobs_send_cron_check_ins(settings, runtime, sentry_events):
-    app = create_celery(settings)
-    for name in ["sweep.run", "inbox.redrive", "grants.expire"]:
-        app.tasks[name].apply().get()
-    check_ins = [(c["monitor_slug"], c["status"]) for c in sentry_events.items("check_in")]
-    for slug in ["sweep", "inbox-redrive", "grants-expire"]:
-        assert (slug, "in_progress") in check_ins and (slug, "ok") in check_ins
-
-
-def test_sweep_task_fans_out_due_customers_within_the_budget(client, runtime, simulator, settings):
-    for user in ["a", "b", "c"]:
-        known_customer(client, runtime, simulator, user)
-    set_next_check(runtime, {"a": 0, "b": 0, "c": 0})
-    small = settings.with_(provider_rate_per_minute=3)  # sweep share: 2 per minute
-    app = create_celery(small)
-    assert app.tasks["sweep.run"].apply().get() == 2
-    queued = redis_lib.Redis.from_url(redis_url(settings)).lrange("sweep", 0, -1)
-    assert [json.loads(m)["headers"]["task"] for m in queued] == ["sweep.reconcile_batch"]
-
-
-def test_only_one_of_two_beats_schedules(settings, runtime, tmp_path):
-    fast = settings.with_(sweep_interval_s=1, beat_lock_ttl_s=3)
-    env = settings_env(fast)
-    env.update({"SWEEP_INTERVAL_S": "1", "BEAT_LOCK_TTL_S": "3"})
-    client = redis_lib.Redis.from_url(redis_url(settings))
-    client.delete("sweep", "celery")
-
-    logs = []
-
-    def beat(n: int) -> subprocess.Popen:
-        logs.append(open(tmp_path / f"beat{n}.log", "wb"))  # noqa: SIM115 - closed at the end of the test
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "tasks.worker",
-                "beat",
-                "--loglevel=INFO",
-                f"--schedule={tmp_path / f'beat{n}'}",
-            ],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=logs[-1],
-            stderr=subprocess.STDOUT,
-        )
-
-    def sweeps() -> int:
-        return sum(1 for m in client.lrange("celery", 0, -1) if json.loads(m)["headers"]["task"] == "sweep.run")
-
-    first, second = beat(1), beat(2)
-    try:
-        wait_for(lambda: sweeps() >= 1, timeout=20, what="a first scheduled sweep")
-        start, t0 = sweeps(), time.monotonic()
-        time.sleep(4)
-        rate = (sweeps() - start) / (time.monotonic() - t0)
-        assert rate < 1.6, f"{rate:.2f} sweeps/s: both beats are scheduling"
-        owners = [n for n in (1, 2) if "acquired" in (tmp_path / f"beat{n}.log").read_text()]
-        assert len(owners) == 1
-        # The owner dies: the other takes over within the lock's time to live.
-        (first if owners == [1] else second).kill()
-        before = sweeps()
-        wait_for(lambda: sweeps() > before + 1, timeout=15, what="the standby beat to take over")
-    finally:
-        for proc in (first, second):
-            proc.kill()
-            proc.wait()
-        for log in logs:
-            log.close()
-
-
-def run_cli(settings, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(  # noqa: PLW1510 - the tests read the exit status
-        [sys.executable, "-m", "flask", "--app", "web.app:create_app", *args],
-        cwd=PROJECT_ROOT,
-        env=settings_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def test_operator_commands_dry_run_reconcile_all_and_drift_report(client, runtime, simulator, settings):
-    course = known_customer(client, runtime, simulator, "alice", "h01enb")
-    known_customer(client, runtime, simulator, "bob")
-    simulator.state.refund("alice", course["event"]["transaction_id"])
-    set_next_check(runtime, {"alice": 0, "bob": 0})
-
-    dry = run_cli(settings, "sweep", "--dry-run")
-    assert dry.returncode == 0, dry.stderr
-    assert "alice: revoke" in dry.stdout and "course:H01ENB" in dry.stdout and "1 changes would be made" in dry.stdout
-    assert count(runtime, Grant) == 2  # nothing changed
-
-    full = run_cli(settings, "reconcile-all")
-    assert full.returncode == 0, full.stderr
-    assert "2 reconciled, 1 changed, 0 failed; drift repaired: missed_revocation=1" in full.stdout
-    assert count(runtime, Grant) == 1
-
-    report = run_cli(settings, "drift-report", "--since", "1h", "--json")
-    assert json.loads(report.stdout)["kinds"] == [{"drift_kind": "missed_revocation", "repairs": 1, "customers": 1}]
-    one = run_cli(settings, "reconcile-user", "bob")
-    assert json.loads(one.stdout)["changes"] == []
-
-
-def test_metrics_expose_drift_counters_and_gauges(client, runtime, simulator):
-    course = known_customer(client, runtime, simulator, "alice", "h01enb")
-    simulator.state.refund("alice", course["event"]["transaction_id"])
-    reconcile_customers(["alice"], runtime.sweep_reads)
-    text = client.get("/metrics").data.decode()
-    assert 'engine_drift_repaired_total{kind="missed_revocation"} 1' in text
-    assert 'engine_inbox_events{status="processed"} 1' in text
-    assert "# TYPE engine_subscribers_due gauge" in text
 
 
 def test_fast_path_recomputes_once_an_expiry_falls_due_or_the_catalog_changes(client, runtime, simulator):
