@@ -99,7 +99,7 @@ class Subscriber(Base):
     last_checked_ms: Mapped[int | None] = mapped_column(BigInteger)
     # The last projection: when it next changes by itself (an expiry) and what it was computed
     # under (catalog and policy). While neither moved and the snapshot is unchanged, a
-    # reconcile has nothing to compute (the fast path of reconcile_user).
+    # reconcile has nothing to compute (the fast path of engine.reconcile).
     next_change_ms: Mapped[int | None] = mapped_column(BigInteger)
     projection_key: Mapped[str | None] = mapped_column(String(64))
     # Provider reads that failed in a row: each one pushes the next read further out.

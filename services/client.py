@@ -3,7 +3,7 @@
 The service layer between the web blueprints (web/purchases.py, web/sync.py, web/api.py) and
 the pure decisions (engine/client_flows.py). Provider calls draw on the shared rate budget at
 ``sync`` priority (before the sweep) and happen outside any database transaction; the reconcile
-itself is engine.reconcile.reconcile_user, as for webhooks and the sweep.
+itself is engine.reconcile.reconcile (through Convergence), as for webhooks and the sweep.
 
 A restore moves purchases between users: the provider's answer for the restoring user lists
 transactions that the ledger still gives to someone else. After reconciling the restoring user,

@@ -5,8 +5,11 @@ from __future__ import annotations
 from celery import Celery
 from flask import Flask
 
+from config.observability import init_sentry
 from config.settings import Settings
 from services.wiring import wiring_for
+from tasks.celery_app import create_celery
+from web import api, cli, cli_inbox, health, intake, openapi, purchases, sync
 from web.client_limits import ClientLimits
 from web.errors import register_error_handlers
 from web.tokens import UserTokens
@@ -14,8 +17,6 @@ from web.tokens import UserTokens
 
 def register_routes(app: Flask) -> None:
     """Every route of the API (their OpenAPI document is built from these alone)."""
-    from web import api, health, intake, openapi, purchases, sync
-
     for blueprint in (intake.bp, api.bp, health.bp, purchases.bp, sync.bp, openapi.bp):
         app.register_blueprint(blueprint)
 
@@ -28,14 +29,7 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     app.config["ENGINE_SETTINGS"] = settings
     # Built here, in each gunicorn worker after its fork (the app is not preloaded).
     app.extensions["engine_wiring"] = wiring_for(settings).build()
-    if celery is None:
-        from tasks.celery_app import create_celery
-
-        celery = create_celery(settings)
-    app.extensions["celery"] = celery
-
-    from config.observability import init_sentry
-
+    app.extensions["celery"] = celery if celery is not None else create_celery(settings)
     init_sentry(settings, component="web")
 
     app.extensions["user_tokens"] = UserTokens.from_setting(settings.user_token_secret)
@@ -44,8 +38,6 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
 
     register_routes(app)
     register_error_handlers(app, max_body_bytes=settings.webhook_max_bytes)
-
-    from web import cli, cli_inbox, intake
 
     cli.register(app)
     app.cli.add_command(cli_inbox.inbox_cli)

@@ -7,11 +7,20 @@ from dataclasses import replace
 
 import click
 from flask import Flask, current_app
+from sqlalchemy import select
 
+from engine.course_mapping_csv import MappingCsvError
 from engine.ports import Cause
 from engine.reconcile import Reading
+from persistence.audit import drift_examples, drift_report
+from persistence.course_mappings import lms_username, set_lms_username
 from persistence.database import upgrade_database
+from persistence.models import Identity
+from persistence.subscribers import all_customer_ids, count_customers, peek_due, select_due
 from services.clock import wall_clock_ms
+from services.course_mappings import export_course_mappings, import_course_mappings
+from services.sweep import reconcile_customers
+from web.api import iso_ms
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -30,7 +39,6 @@ def _describe(action) -> str:
     def side(access) -> str:
         if access is None:
             return "-"
-        from web.api import iso_ms
 
         return f"{access.mode} until {iso_ms(access.expires_ms) or 'forever'}"
 
@@ -67,8 +75,6 @@ def register(app: Flask) -> None:
     @click.option("--chunk", default=100, show_default=True, help="customers per database page")
     def reconcile_all(chunk: int) -> None:
         """Re-read every known customer from the provider (within the budget) and converge."""
-        from persistence.subscribers import all_customer_ids, count_customers
-        from services.sweep import reconcile_customers
 
         rt = current_app.extensions["engine_wiring"]
         operator_reads = replace(rt.sweep_reads, provider=rt.budgeted_provider("sweep", max_wait_s=120))
@@ -99,7 +105,6 @@ def register(app: Flask) -> None:
     @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
     def drift_report_command(since: str, until: str, as_json: bool) -> None:
         """Drift the sweep found and repaired in a time window, by kind, with recent examples."""
-        from persistence.audit import drift_examples, drift_report
 
         rt = current_app.extensions["engine_wiring"]
         now = wall_clock_ms()
@@ -143,8 +148,6 @@ def register(app: Flask) -> None:
     @click.option("--limit", default=100, show_default=True)
     def sweep_command(dry_run: bool, limit: int) -> None:
         """Run one sweep now: the customers due for a check (dry run: report only)."""
-        from persistence.subscribers import peek_due, select_due
-        from services.sweep import reconcile_customers
 
         rt = current_app.extensions["engine_wiring"]
         now = wall_clock_ms()
@@ -175,8 +178,6 @@ def register(app: Flask) -> None:
     @click.option("--dry-run", is_flag=True, help="validate and report, write nothing")
     def import_mappings(csv_file, replace: bool, dry_run: bool) -> None:
         """Validate every row, then import all of them in one transaction (or none)."""
-        from engine.course_mapping_csv import MappingCsvError
-        from services.course_mappings import import_course_mappings
 
         rt = current_app.extensions["engine_wiring"]
         known = {g.resource for product in rt.catalog.products.values() for g in product.grants}
@@ -204,7 +205,6 @@ def register(app: Flask) -> None:
     @click.argument("csv_file", type=click.File("w", encoding="utf-8"), default="-")
     def export_mappings(csv_file) -> None:
         """Write every mapping as CSV (to stdout by default); importing it back changes nothing."""
-        from services.course_mappings import export_course_mappings
 
         csv_file.write(export_course_mappings(current_app.extensions["engine_wiring"].session_factory))
 
@@ -214,10 +214,6 @@ def register(app: Flask) -> None:
     @click.option("--clear", is_flag=True, help="forget the mapping: the username is the app_user_id again")
     def lms_username_command(app_user_id: str, username: str | None, clear: bool) -> None:
         """Show or set the LMS username of an app_user_id (by default they are equal)."""
-        from sqlalchemy import select
-
-        from persistence.course_mappings import lms_username, set_lms_username
-        from persistence.models import Identity
 
         rt = current_app.extensions["engine_wiring"]
         with rt.session_factory() as session, session.begin():

@@ -6,7 +6,10 @@ from flask import Blueprint, Response, current_app, jsonify
 from spectree import Response as Documented
 from sqlalchemy import text
 
+from adapters.metrics import render
 from persistence.inbox_rows import inbox_counts
+from persistence.subscribers import count_due
+from services.clock import wall_clock_ms
 from web.openapi import PUBLIC, api
 from web.schemas import Health, Readiness
 
@@ -56,9 +59,6 @@ def metrics():
 
     Counters shared by every process (drift repaired by kind, reconciles,
     sweep selections) and gauges read from the database (inbox by status, subscribers due)."""
-    from adapters.metrics import render
-    from persistence.subscribers import count_due
-    from services.clock import wall_clock_ms
 
     wiring = current_app.extensions["engine_wiring"]
     gauges = {

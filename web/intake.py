@@ -3,7 +3,7 @@
 Nothing here decides anything about access: the row is the contract, the task does the work.
 
 This is the service's hot path (bench/intake.py measures it): the row is stored with one
-precompiled statement in autocommit mode (engine/adapters/inbox.py store_webhook) on an engine
+precompiled statement in autocommit mode (persistence/inbox.py store_webhook) on an engine
 without checkout pings, and the task is published with a message template (tasks/publisher.py).
 """
 
@@ -152,7 +152,7 @@ SETTLE_MAX_S = 0.001
 
 
 def _settle_greenlets() -> None:
-    """The group-commit writer's wait under load (engine/adapters/group_commit.py): until every
+    """The group-commit writer's wait under load (services/group_commit.py): until every
     request that has arrived has been read, parsed and handed to the writer and every answer
     sent, SETTLE_MAX_S at most."""
     wait_until_idle(SETTLE_MAX_S)
