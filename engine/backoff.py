@@ -12,6 +12,6 @@ def backoff_ms(attempts: int, *, base_ms: int, cap_ms: int, jitter: float, floor
     instant, and a retry never comes at once. Never below ``floor_ms`` (a provider's own
     Retry-After), even past the cap: the provider knows better.
     """
-    ceiling = min(cap_ms, base_ms * 2 ** max(0, min(attempts - 1, 40)))
+    ceiling = min(cap_ms, base_ms * (1 << max(0, min(attempts - 1, 40))))
     half = ceiling // 2
     return max(floor_ms, half + int(jitter * (ceiling - half)))

@@ -9,18 +9,21 @@ then the customer's first non-anonymous alias. No username: the change cannot be
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any, cast
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Row, Table, bindparam, select
 from sqlalchemy.orm import Session
 
-from engine.enrollment import CourseMapping
+from engine.enrollment import CourseMapping, RevokePolicy
 from persistence.models import CourseMappingRow, Grant, Identity, LmsUser
 
 ANONYMOUS_PREFIX = "$RCAnonymousID:"
 
 
-def to_mapping(row: CourseMappingRow) -> CourseMapping:
-    return CourseMapping(row.resource, row.course_run_id, row.mode, row.active, row.expires_ms, row.on_revoke)  # type: ignore[arg-type]
+def to_mapping(row: CourseMappingRow | Row[Any]) -> CourseMapping:
+    """A stored mapping (an ORM row or a Core row of the same columns) as the engine's."""
+    on_revoke = cast(RevokePolicy, row.on_revoke)  # checked on import (engine/course_mapping_csv.py)
+    return CourseMapping(row.resource, row.course_run_id, row.mode, row.active, row.expires_ms, on_revoke)
 
 
 def mappings_for(session: Session, resources: Iterable[str]) -> dict[str, CourseMapping]:
@@ -34,9 +37,8 @@ def mappings_for(session: Session, resources: Iterable[str]) -> dict[str, Course
 
 # Core rows from a statement built once, not ORM objects: this runs in every reconcile that
 # changes a grant.
-_MAPPINGS_OF = select(*CourseMappingRow.__table__.c).where(
-    CourseMappingRow.__table__.c.resource.in_(bindparam("names", expanding=True))
-)
+_MAPPINGS_TABLE = cast(Table, CourseMappingRow.__table__)
+_MAPPINGS_OF = select(*_MAPPINGS_TABLE.c).where(_MAPPINGS_TABLE.c.resource.in_(bindparam("names", expanding=True)))
 
 
 def all_mappings(session: Session) -> list[CourseMapping]:
@@ -48,9 +50,8 @@ def lms_username(session: Session, customer_id: str) -> str | None:
     aliases = sorted(
         set(session.scalars(select(Identity.app_user_id).where(Identity.customer_id == customer_id))) | {customer_id}
     )
-    mapped = dict(
-        session.execute(select(LmsUser.app_user_id, LmsUser.username).where(LmsUser.app_user_id.in_(aliases))).all()
-    )
+    rows = session.execute(select(LmsUser.app_user_id, LmsUser.username).where(LmsUser.app_user_id.in_(aliases)))
+    mapped: dict[str, str] = {str(app_user_id): str(username) for app_user_id, username in rows}
     if customer_id in mapped:
         return mapped[customer_id]
     for alias in aliases:

@@ -20,7 +20,7 @@ def make_engine(settings: Settings, **overrides: object) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30}, **overrides)  # type: ignore[arg-type]
+        engine = create_engine(url, connect_args={"timeout": 30}, **overrides)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):
@@ -39,7 +39,7 @@ def make_engine(settings: Settings, **overrides: object) -> Engine:
         return engine
     options: dict[str, object] = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10}
     options.update(overrides)
-    return create_engine(url, **options)  # type: ignore[arg-type]
+    return create_engine(url, **options)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

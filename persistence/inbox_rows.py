@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from persistence.models import InboxEvent, InboxEventUser
@@ -171,8 +171,8 @@ class RowFilter:
     ids: tuple[int, ...] | None = None
 
 
-def _where(f: RowFilter) -> list[object]:
-    clauses: list[object] = []
+def _where(f: RowFilter) -> list[ColumnElement[bool]]:
+    clauses: list[ColumnElement[bool]] = []
     if f.ids is not None:
         clauses.append(InboxEvent.id.in_(list(f.ids)))
     if f.status is not None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import TextClause, bindparam, delete, insert, or_, select, text, update
+from sqlalchemy import Table, TextClause, bindparam, delete, insert, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.access import Access
@@ -32,9 +32,9 @@ def grant_to_access(row: Grant) -> Access:
     return Access(row.resource, row.mode, row.expires_ms, tuple(json.loads(row.sources or "[]")))
 
 
-_LEDGER = LedgerTransaction.__table__
-_GRANTS = Grant.__table__
-_SUBSCRIBERS = Subscriber.__table__
+_LEDGER = cast(Table, LedgerTransaction.__table__)
+_GRANTS = cast(Table, Grant.__table__)
+_SUBSCRIBERS = cast(Table, Subscriber.__table__)
 _LEDGER_FIELDS = (
     "product_id",
     "kind",
@@ -133,8 +133,8 @@ _SIGHT_UNKNOWN_PRODUCT = text(
 _UPSERT_LEDGER = _upsert(_LEDGER, ["transaction_id"], [*_LEDGER_FIELDS, "observed"])
 _UPSERT_GRANT = _upsert(_GRANTS, ["customer_id", "resource"], ["mode", "expires_ms", "sources", "updated_ms"])
 _DELETE_GRANT = delete(_GRANTS).where(_GRANTS.c.customer_id == bindparam("cid"), _GRANTS.c.resource == bindparam("res"))
-_INSERT_AUDIT = insert(AuditEntry.__table__)
-_INSERT_SNAPSHOT = insert(ProviderSnapshot.__table__)
+_INSERT_AUDIT = insert(cast(Table, AuditEntry.__table__))
+_INSERT_SNAPSHOT = insert(cast(Table, ProviderSnapshot.__table__))
 
 
 def _to_domain(row: Any) -> Transaction:
@@ -302,7 +302,7 @@ class SqlLedgerStore:
         if not candidates:
             return set()
         stmt = _SETTLE_CANDIDATES_LOCKED if self._postgres else _SETTLE_CANDIDATES
-        checks = []
+        checks: list[dict[str, Any]] = []
         for row in self._conn.execute(stmt, {"ids": sorted(candidates)}):
             state = CustomerState(*row)
             check_at = rule(state, candidates[state.customer_id])
@@ -310,7 +310,7 @@ class SqlLedgerStore:
                 checks.append({"cid": state.customer_id, "checked": now_ms, "next_check": check_at})
         if checks:
             self._conn.execute(_SETTLE, checks)
-        return {c["cid"] for c in checks}
+        return {str(c["cid"]) for c in checks}
 
 
 _mark_checked_stmts: dict[tuple[str, ...], Any] = {}

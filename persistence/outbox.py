@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.access import Access
@@ -187,15 +188,18 @@ def claim_head(
             return None
         if row.leased_until_ms is not None and row.leased_until_ms > now_ms:
             return None  # another drainer is sending it
-        claimed = session.execute(
-            update(SinkOutboxRow)
-            .where(
-                SinkOutboxRow.id == row.id,
-                SinkOutboxRow.status == "pending",
-                (SinkOutboxRow.leased_until_ms.is_(None)) | (SinkOutboxRow.leased_until_ms <= now_ms),
-            )
-            .values(leased_until_ms=now_ms + lease_ms, attempts=SinkOutboxRow.attempts + 1)
-            .execution_options(synchronize_session=False)
+        claimed = cast(
+            CursorResult[Any],
+            session.execute(
+                update(SinkOutboxRow)
+                .where(
+                    SinkOutboxRow.id == row.id,
+                    SinkOutboxRow.status == "pending",
+                    (SinkOutboxRow.leased_until_ms.is_(None)) | (SinkOutboxRow.leased_until_ms <= now_ms),
+                )
+                .values(leased_until_ms=now_ms + lease_ms, attempts=SinkOutboxRow.attempts + 1)
+                .execution_options(synchronize_session=False)
+            ),
         ).rowcount
         if claimed != 1:
             return None

@@ -12,7 +12,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 
-import redis
+from redis import Redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -75,11 +75,11 @@ class Wiring:
 
     # -- Redis ------------------------------------------------------------------------------
     @cached_property
-    def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(redis_url(self.settings), socket_timeout=10, socket_connect_timeout=2)
+    def redis(self) -> Redis:
+        return Redis.from_url(redis_url(self.settings), socket_timeout=10, socket_connect_timeout=2)
 
-    def _redis_client(self, *, socket_timeout: float | None) -> redis.Redis:
-        return redis.Redis.from_url(redis_url(self.settings), socket_timeout=socket_timeout, socket_connect_timeout=2)
+    def _redis_client(self, *, socket_timeout: float | None) -> Redis:
+        return Redis.from_url(redis_url(self.settings), socket_timeout=socket_timeout, socket_connect_timeout=2)
 
     @cached_property
     def access_notifier(self) -> AccessNotifier:

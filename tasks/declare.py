@@ -28,7 +28,7 @@ def task(name: str, **options: Any) -> Callable[[Callable[..., Any]], Task]:
         raise TypeError(f"unknown task options for {name}: {sorted(unknown)}")
     options.setdefault("acks_late", True)
     options.setdefault("ignore_result", True)
-    return shared_task(name=name, **options)  # type: ignore[no-any-return]
+    return shared_task(name=name, **options)
 
 
 def wiring_of(t: Task) -> Wiring:

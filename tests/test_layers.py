@@ -25,7 +25,9 @@ def imports(path: Path) -> list[tuple[str, bool]]:
     """(first-party package imported, whether the import sits inside a function)."""
     found = []
     tree = ast.parse(path.read_text())
-    nested = {id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef) for n in ast.walk(f)}
+    nested = {
+        id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef) for n in ast.walk(f)
+    }
     for node in ast.walk(tree):
         names = []
         if isinstance(node, ast.Import):
