@@ -52,7 +52,14 @@ SUBSCRIPTION = {
     "country",
     "management_url",
 }
-TRANSACTION = {"object", "id", "purchased_at", "product_store_identifier", "expiration_date", "effective_expiration_date"}
+TRANSACTION = {
+    "object",
+    "id",
+    "purchased_at",
+    "product_store_identifier",
+    "expiration_date",
+    "effective_expiration_date",
+}
 PURCHASE = {
     "object",
     "id",
