@@ -195,8 +195,8 @@ class RateBudget:
     per_minute: int
     name: str = "revenuecat"
     discovery_share: float = 0.1
-    # Requests that may go out at once; None: ``default_burst(per_minute)``.
-    burst: int | None = None
+    # Requests that may go out at once; 0: ``default_burst(per_minute)``.
+    burst: int = 0
     # Arrival jitter absorbed: the paced minute is this much longer than 60 s.
     guard_ms: int = 500
     # Epoch ms; None: Redis's own clock (tests pass a fake one to drive the decision).
@@ -209,7 +209,7 @@ class RateBudget:
         self._note = self.client.register_script(_NOTE)
         if not self.shares:
             self.shares = default_shares(self.discovery_share)
-        if self.burst is None:
+        if self.burst <= 0:
             self.burst = default_burst(self.per_minute)
         prefix = f"budget:{self.name}"
         self._keys = [f"{prefix}:pace", f"{prefix}:paused", f"{prefix}:lanes", f"{prefix}:counts", f"{prefix}:provider"]
@@ -217,7 +217,7 @@ class RateBudget:
     @property
     def interval_ms(self) -> float:
         """Time between two paced slots at the configured rate (the provider's figures aside)."""
-        burst = min(self.burst or 1, self.per_minute)
+        burst = min(self.burst, self.per_minute)
         return (60_000 + self.guard_ms) / (self.per_minute - burst + 1)
 
     def limit_for(self, priority: Priority) -> int:
@@ -241,7 +241,7 @@ class RateBudget:
                 priority,
                 min(max(1, wanted), MAX_BATCH_TAKE),
                 self.per_minute,
-                self.burst or 1,
+                self.burst,
                 60_000 + self.guard_ms,
                 share.guaranteed,
                 share.level,
