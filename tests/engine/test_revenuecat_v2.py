@@ -11,8 +11,10 @@ import itertools
 
 import pytest
 
+from engine.catalog import parse_catalog
 from engine.errors import TerminalError
 from engine.facts import UNKNOWN, Transaction, TransactionObservation, merge_observation, observe_snapshot
+from engine.projection import project_access
 from engine.revenuecat_v2 import V2CustomerRead, parse_customer_history
 
 DAY = 86_400_000
@@ -199,3 +201,34 @@ def test_a_release_negates_only_its_customers_claims_in_any_order():
         for obs in order:
             tx = merge_observation(tx, obs) or tx
         assert tx is not None and tx.owner is None, order
+
+
+CREDIT = parse_catalog(
+    {
+        "products": {
+            "monthly": {
+                "store_ids": ["premium_monthly"],
+                "kind": "subscription",
+                "grants": [{"resource": "module:geometry", "mode": "full", "policy": "credit", "days": 30}],
+            }
+        }
+    }
+)
+
+
+def test_each_paid_renewal_is_credited_once_even_when_only_the_history_saw_it():
+    now = T0 + 25 * DAY
+    # Four paid weekly periods, no webhook seen; each credits 30 days, stacked.
+    renewals = [{**transaction(f"a{k}", 0), "purchased_at": T0 + 7 * k * DAY} for k in range(4)]
+    read = history_read(
+        subscriptions=[subscription("sub1", "prodA", "app_store", "a3")], purchases=[], transactions={"sub1": renewals}
+    )
+    ledger: dict[str, Transaction] = {}
+    for request_ms in (now, now + 1, now + 2):  # read three times: nothing is credited twice
+        snapshot = parse_customer_history(dataclasses.replace(read, request_ms=request_ms)).snapshot
+        for tx in observe_snapshot(ledger, snapshot):
+            ledger[tx.transaction_id] = tx
+    [access] = project_access(ledger.values(), CREDIT, now).accesses
+    assert access.expires_ms == T0 + 4 * 30 * DAY
+    [latest_only] = project_access([ledger["a3"]], CREDIT, now).accesses  # what v1 alone would credit
+    assert latest_only.expires_ms == T0 + (21 + 30) * DAY
