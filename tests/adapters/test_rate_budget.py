@@ -91,7 +91,9 @@ def test_acquire_waits_then_gives_up_with_a_retry_hint(redis_client):
     budget.acquire("event", max_wait_s=0.1)
     with pytest.raises(BudgetExhausted) as raised:
         budget.acquire("event", max_wait_s=0.1)
-    assert raised.value.retry_after_s is not None and 50 < raised.value.retry_after_s <= 60.5  # one paced interval: the minute plus its guard
+    assert (
+        raised.value.retry_after_s is not None and 50 < raised.value.retry_after_s <= 60.5
+    )  # one paced interval: the minute plus its guard
 
 
 class TooMany:
