@@ -26,5 +26,5 @@ def test_both_turn_v2_on_and_the_key_stays_out_of_repr_and_reaches_child_process
 
 @pytest.mark.parametrize("share", ["0.5", "-0.1", "lots"])
 def test_a_discovery_share_out_of_range_is_refused(share):
-    with pytest.raises(ValueError, match="DISCOVERY_BUDGET_SHARE must be between 0 and 0.3"):
+    with pytest.raises(ValueError, match=r"DISCOVERY_BUDGET_SHARE must be between 0 and 0\.3"):
         Settings.from_env({"DISCOVERY_BUDGET_SHARE": share})
