@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +29,13 @@ class Settings:
     revenuecat_api_url: str = "https://api.revenuecat.com"
     revenuecat_api_key: str = ""
     revenuecat_webhook_auth: str = ""
+    # REST API v2 (customer discovery, full transaction history): on when both are set, at
+    # ``revenuecat_api_url`` + /v2. The v2 key is a separate secret (v2 refuses v1 keys).
+    revenuecat_project_id: str = ""
+    revenuecat_v2_api_key: str = field(default="", repr=False)
+    # Guaranteed share of the provider budget for paging through the customer list.
+    discovery_budget_share: float = 0.1
+    discovery_interval_s: int = 0  # period of a discovery pass; 0: the engine chooses
     catalog_path: Path = PROJECT_ROOT / "config" / "catalog.toml"
     api_token: str = ""
     # Signs the short-lived bearer tokens minted for one app_user_id (POST /v1/users/<id>/token);
@@ -69,6 +76,11 @@ class Settings:
     openedx_budget_wait_s: float = 10.0
     sink_drain_interval_s: int = 10  # beat drains the sink outbox this often (and after each event)
     sink_retry_backoff_max_s: int = 300  # cap of the backoff between tries of one outbox row
+
+    @property
+    def revenuecat_v2_enabled(self) -> bool:
+        """REST API v2 reads are configured (without them the engine runs on v1 alone)."""
+        return bool(self.revenuecat_project_id and self.revenuecat_v2_api_key)
 
     @property
     def openedx_enabled(self) -> bool:
@@ -113,10 +125,24 @@ class Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
+def _budget_share(value: str) -> float:
+    try:
+        share = float(value)
+    except ValueError:
+        share = -1.0
+    if not 0.0 <= share <= 0.3:
+        raise ValueError(f"DISCOVERY_BUDGET_SHARE must be between 0 and 0.3, got {value!r}")
+    return share
+
+
 # Field -> (environment variable, parser) for every setting read the same simple way.
 ENV_VARS: dict[str, tuple[str, Callable[[str], object]]] = {
     "revenuecat_api_key": ("REVENUECAT_API_KEY", str),
     "revenuecat_webhook_auth": ("REVENUECAT_WEBHOOK_AUTH", str),
+    "revenuecat_project_id": ("REVENUECAT_PROJECT_ID", str),
+    "revenuecat_v2_api_key": ("REVENUECAT_V2_API_KEY", str),
+    "discovery_budget_share": ("DISCOVERY_BUDGET_SHARE", _budget_share),
+    "discovery_interval_s": ("DISCOVERY_INTERVAL_S", int),
     "api_token": ("API_TOKEN", str),
     "user_token_secret": ("USER_TOKEN_SECRET", str),
     "user_calls_per_minute": ("USER_CALLS_PER_MINUTE", int),

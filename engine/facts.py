@@ -13,11 +13,18 @@ idempotent and order-independent. The rules, field by field:
   ``observed_ms`` wins, field by field for the fields it knows; an observation older than the
   one recorded for a field changes nothing (an older fact after a newer one is a no-op), and the
   same fact twice sets the same values (a no-op). Equal timestamps go to the later-processed.
-* Ownership by omission: a snapshot of customer C that no longer lists a transaction C owned
-  (transferred away, or a refunded one-time purchase, which RevenueCat stops listing) clears
-  its owner, if that snapshot is newer than what set the owner. Never on the absence of an id:
-  a one-time purchase listed without ``id`` or ``store_transaction_id`` (its id synthesized
-  from customer, product and purchase time) is first matched to a transaction of the same
+* Ownership by omission: a snapshot of customer C that no longer accounts for a transaction C
+  owned (transferred away, or a refunded one-time purchase, which RevenueCat stops listing)
+  releases it from C: the owner is cleared, if that snapshot is newer than what set the owner.
+  A release names its customer and negates only that customer's claims (``released:<C>`` in
+  ``observed``): "no longer C's" says nothing against D's claim to it, so a transfer reaches
+  the same owner whichever side's snapshot is merged first. What a snapshot accounts for
+  depends on how much it lists (``SubscriberSnapshot.periods``): v1 lists the latest period of
+  each subscription, so the earlier periods of a listed product stay accounted for; a v2
+  history lists every period by transaction id.
+* Never a release on the absence of an id: a one-time purchase listed without ``id`` or
+  ``store_transaction_id`` (its id synthesized from customer, product and purchase time) is
+  first matched to a transaction of the same
   product that C owns and the snapshot does not list by id, preferring the same purchase time;
   it then counts as listing that transaction (whose id and fields it leaves as they are), so
   nothing is revoked and nothing is credited twice. Only an unmatched one becomes a
@@ -31,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 TxKind = Literal["subscription", "non_subscription"]
+Periods = Literal["latest", "all"]
 
 
 class _Unknown:
@@ -70,7 +78,8 @@ class TransactionObservation:
     """What one observation (snapshot entry or event) says about one store transaction.
 
     Fields left UNKNOWN are not asserted. ``owner`` is a customer id, or None for "owned by no
-    customer we know" (it left the customer that last held it).
+    customer we know". ``released_by`` names a customer the transaction left as of
+    ``observed_ms`` (a snapshot of that customer no longer accounts for it).
     """
 
     transaction_id: str
@@ -87,13 +96,16 @@ class TransactionObservation:
     grace_expires_ms: object = UNKNOWN
     refunded_ms: object = UNKNOWN
     owner: object = UNKNOWN
+    released_by: object = UNKNOWN
 
 
 @dataclass(frozen=True)
 class Transaction:
     """The ledger's merged view of one store transaction.
 
-    ``observed`` maps each state field to the ``observed_ms`` of the observation that set it.
+    ``observed`` maps each state field to the ``observed_ms`` of the observation that set it
+    (for ``owner``: of the newest claim to it), and ``released:<customer>`` to the newest
+    release from that customer.
     """
 
     transaction_id: str
@@ -151,11 +163,23 @@ def merge_observation(current: Transaction | None, obs: TransactionObservation) 
         # and the one processed last was fetched last when reads are serialized per customer.
         if obs.observed_ms >= observed.get(name, -1):
             observed[name] = obs.observed_ms
+            if name == "owner" and isinstance(value, str) and observed.get(_released(value), -1) >= obs.observed_ms:
+                value = None  # claimed, but that customer's newer snapshot no longer accounts for it
             if getattr(base, name) != value:
                 changes[name] = value
+    # Only a release newer than the owner's claim matters (an older one is already superseded).
+    releasing = isinstance(obs.released_by, str) and obs.observed_ms >= observed.get("owner", -1)
+    if releasing and obs.observed_ms > observed.get(_released(str(obs.released_by)), -1):
+        observed[_released(str(obs.released_by))] = obs.observed_ms
+        if changes.get("owner", base.owner) == obs.released_by:
+            changes["owner"] = None
     if current is not None and not changes and observed == dict(base.observed):
         return None
     return replace(base, observed=observed, **changes)  # type: ignore[arg-type]
+
+
+def _released(customer_id: str) -> str:
+    return f"released:{customer_id}"
 
 
 @dataclass(frozen=True)
@@ -170,16 +194,27 @@ class SubscriberSnapshot:
     entitlements: Mapping[str, object] = field(default_factory=dict)
     # Synthesized ids of the one-time purchases listed without an id (matched in observe_snapshot).
     unidentified: frozenset[str] = frozenset()
+    # How many periods of each subscription it lists: "latest" (v1) or "all" (a v2 history),
+    # except for ``latest_only_products`` (v2 lists no transactions for their store).
+    periods: Periods = "latest"
+    latest_only_products: frozenset[str] = frozenset()
+    # It lists subscriptions whose store product it cannot name (v2 promotional grants): a
+    # period of a product it does not name may be one of those.
+    unnamed_subscriptions: bool = False
 
     def lists(self, tx: Transaction) -> bool:
         """Whether this snapshot still accounts for ``tx``.
 
         v1 lists only the latest period of each subscription product, so earlier periods of a
-        listed product are still accounted for; a one-time purchase must be listed by id.
+        listed product are still accounted for; a v2 history lists every period by id (but for
+        products of stores without transaction history). A one-time purchase must be listed by id.
         """
-        if tx.kind == "subscription":
-            return tx.product_id in self.subscription_products
-        return any(o.transaction_id == tx.transaction_id for o in self.observations)
+        listed = any(o.transaction_id == tx.transaction_id for o in self.observations)
+        if tx.kind != "subscription" or listed:
+            return listed
+        if tx.product_id not in self.subscription_products:
+            return self.unnamed_subscriptions and self.periods == "all"
+        return self.periods == "latest" or tx.product_id in self.latest_only_products
 
 
 def observe_snapshot(known: Mapping[str, Transaction], snapshot: SubscriberSnapshot) -> list[Transaction]:
@@ -204,7 +239,7 @@ def observe_snapshot(known: Mapping[str, Transaction], snapshot: SubscriberSnaps
             continue
         merged = merge_observation(
             changed.get(tx_id) or tx,
-            TransactionObservation(transaction_id=tx_id, observed_ms=snapshot.request_ms, owner=None),
+            TransactionObservation(transaction_id=tx_id, observed_ms=snapshot.request_ms, released_by=tx.owner),
         )
         if merged is not None:
             changed[tx_id] = merged

@@ -23,6 +23,7 @@ from adapters.openedx import OpenEdxClient, OpenEdxSink
 from adapters.provider_health import ProviderHealth
 from adapters.rate_budget import BudgetedProvider, Priority, RateBudget
 from adapters.revenuecat import RevenueCatClient
+from adapters.revenuecat_v2 import RevenueCatV2Client
 from config.settings import Settings
 from engine.catalog import Catalog, load_catalog
 from engine.ports import CourseSink
@@ -93,7 +94,9 @@ class Wiring:
 
     @cached_property
     def budget(self) -> RateBudget:
-        return RateBudget(self.redis, self.settings.provider_rate_per_minute)
+        return RateBudget(
+            self.redis, self.settings.provider_rate_per_minute, discovery_share=self.settings.discovery_budget_share
+        )
 
     @cached_property
     def provider_health(self) -> ProviderHealth:
@@ -111,6 +114,20 @@ class Wiring:
             self.settings.revenuecat_api_key,
             connect_timeout_s=self.settings.provider_connect_timeout_s,
             read_timeout_s=self.settings.provider_read_timeout_s,
+        )
+
+    @cached_property
+    def provider_v2(self) -> RevenueCatV2Client | None:
+        """REST API v2 (discovery, full histories), when a project and a v2 key are configured."""
+        s = self.settings
+        if not s.revenuecat_v2_enabled:
+            return None
+        return RevenueCatV2Client(
+            s.revenuecat_api_url,
+            s.revenuecat_v2_api_key,
+            s.revenuecat_project_id,
+            connect_timeout_s=s.provider_connect_timeout_s,
+            read_timeout_s=s.provider_read_timeout_s,
         )
 
     def budgeted_provider(self, priority: Priority, *, max_wait_s: float) -> BudgetedProvider:
@@ -189,6 +206,8 @@ class Wiring:
         built = self.__dict__
         if "provider" in built:
             self.provider.close()
+        if built.get("provider_v2") is not None:
+            built["provider_v2"].close()
         if isinstance(built.get("course_sink"), OpenEdxSink):
             built["course_sink"].client.close()
         for pool in ("fetch_pool", "reconcile_pool"):

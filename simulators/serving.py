@@ -9,13 +9,22 @@ from __future__ import annotations
 import threading
 from typing import Any, Self
 
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 
 class ServedApp:
-    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0, name: str = "served-app"):
+    def __init__(
+        self,
+        app: Any,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        name: str = "served-app",
+        request_handler: type[WSGIRequestHandler] | None = None,
+    ):
         self.app, self.host, self.name = app, host, name
-        self._server: Any = make_server(host, port, app, threaded=True)
+        self.request_handler = request_handler  # werkzeug's own when None
+        self._server: Any = make_server(host, port, app, threaded=True, request_handler=request_handler)
         self.port: int = self._server.server_port
         self._thread: threading.Thread | None = None
 
@@ -28,7 +37,9 @@ class ServedApp:
         if self._thread is not None:
             return self
         if self._server is None:
-            self._server = make_server(self.host, self.port, self.app, threaded=True)
+            self._server = make_server(
+                self.host, self.port, self.app, threaded=True, request_handler=self.request_handler
+            )
         # A short poll interval keeps stop() fast (shutdown waits for the serve loop to notice).
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=self.name, daemon=True

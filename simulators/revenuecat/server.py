@@ -1,11 +1,15 @@
-"""HTTP face of the simulator: the RevenueCat v1 endpoints we use, an admin API, webhook sending.
+"""HTTP face of the simulator: the RevenueCat v1 and v2 endpoints we use, an admin API, webhook sending.
 
-Provider API (reference/revenuecat.md §3):
+Provider API v1 (reference/revenuecat.md §3):
     GET  /v1/subscribers/<app_user_id>   Bearer auth; 201 when created, 200 otherwise
     POST /v1/receipts                    Bearer auth; JSON body; X-Platform header required
+Provider API v2 (§4, read side: ``simulators.revenuecat.server_v2``): its own key, sent as
+``Authorization: Bearer <key>`` (a v1 key is refused there, and a v2 key on v1); v2 error
+objects; rate-limit headers on every answer, and 429 past an enforced limit (§5).
 Admin API (JSON in and out, no auth, never subject to faults or ``down``):
     POST /_sim/<operation>   keyword arguments of ``ProviderState.<operation>`` → its webhook body
     POST /_sim/faults        {"fail_next", "status", "retry_after_s", "latency_ms", "down", "clear"}
+    POST /_sim/rate_limit    {"domain", "per_minute" (null: count only), "burst"} → limits and refusals
     POST /_sim/clock         {"advance_ms"} or {"offset_ms"} → {"now_ms", "clock_offset_ms"}
     POST /_sim/deliver       {"event": body, "headers": {...}} → {"status"} (posts it to the webhook URL)
     GET  /_sim/stats         request counters, pending faults, clock
@@ -19,12 +23,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.utils import formatdate
 from typing import Any, Self
 
 import requests
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
+from werkzeug.serving import WSGIRequestHandler
 
+from simulators.revenuecat.rate_limit import DomainLimits
+from simulators.revenuecat.server_v2 import create_v2_blueprint, domain_of, v2_error
 from simulators.revenuecat.state import ERROR_BAD_REQUEST, ProviderState, SimulatorError
 from simulators.serving import ServedApp
 
@@ -60,30 +68,81 @@ class _DocumentOrderJSON(DefaultJSONProvider):
     sort_keys = False  # keep the documented field order in bodies
 
 
-def create_simulator_app(state: ProviderState, *, api_key: str, deliver: Deliver | None = None) -> Flask:
-    """A Flask app serving ``state`` over the provider and admin APIs.
+def create_simulator_app(
+    state: ProviderState,
+    *,
+    api_key: str,
+    deliver: Deliver | None = None,
+    v2_api_key: str = "sk_sim_v2",
+    project_id: str = "proj_sim",
+    limits: DomainLimits | None = None,
+) -> Flask:
+    """A Flask app serving ``state`` over the provider (v1 and v2) and admin APIs.
 
     ``deliver(body, headers=...)`` backs ``POST /_sim/deliver``; without it that route answers 409.
+    ``limits`` counts (and, where enforced, limits) the requests of each rate-limit domain;
+    v1, which documents no limit, is the domain ``v1`` (no headers), limited only if enforced.
     """
     app = Flask("simulators.revenuecat")
     app.json = _DocumentOrderJSON(app)
+    limits = limits if limits is not None else DomainLimits()
 
     @app.before_request
     def provider_gate() -> Response | None:
-        """Accounting, outage, latency, auth and injected faults for every non-admin request."""
+        """Accounting, outage, latency, auth, injected faults and rate limits for every non-admin request."""
         if request.path.startswith("/_sim/"):
             return None  # the admin API must stay reachable, e.g. to end an outage
         state.record_request(request.method, request.path)
+        v2 = request.path.startswith("/v2/")
         if state.down:
-            return _fault_response(503, None)
+            return v2_error(503) if v2 else _fault_response(503, None)
         if state.latency_ms > 0:
             time.sleep(state.latency_ms / 1000)
-        if request.headers.get("Authorization") != f"Bearer {api_key}":
-            return _json({"message": "Invalid API key"}, 401)
+        if request.headers.get("Authorization") != f"Bearer {v2_api_key if v2 else api_key}":
+            return v2_error(401) if v2 else _json({"message": "Invalid API key"}, 401)
         fault = state.take_fault()
         if fault is not None:
-            return _fault_response(fault.status, fault.retry_after_s)
+            return (
+                v2_error(fault.status, retry_after_s=fault.retry_after_s)
+                if v2
+                else _fault_response(fault.status, fault.retry_after_s)
+            )
+        admission = limits.admit(domain_of(request.path) if v2 else "v1")
+        if admission.retry_after_s is not None:
+            refused = (
+                v2_error(429, retry_after_s=admission.retry_after_s)
+                if v2
+                else _fault_response(429, admission.retry_after_s)
+            )
+            if v2:
+                _rate_limit_headers(refused, admission.usage, admission.limit)
+            return refused
+        if v2:
+            g.rate_limit = (admission.usage, admission.limit)
         return None
+
+    @app.after_request
+    def rate_limit_headers(response: Response) -> Response:
+        """Every v2 answer past the gate says how much of its domain's minute is used (§5)."""
+        reading = g.pop("rate_limit", None)
+        if reading is not None:
+            _rate_limit_headers(response, *reading)
+        return response
+
+    app.register_blueprint(create_v2_blueprint(state, project_id=project_id))
+
+    @app.post("/_sim/rate_limit")
+    def set_rate_limit() -> Response:
+        payload = _admin_payload()
+        domain = payload.get("domain")
+        if not isinstance(domain, str) or not domain:
+            return _admin_error(400, "body must name a 'domain'")
+        per_minute = payload.get("per_minute")
+        try:
+            limits.enforce(domain, None if per_minute is None else int(per_minute), payload.get("burst"))
+        except (TypeError, ValueError) as exc:
+            return _admin_error(400, str(exc))
+        return jsonify(limits.stats())
 
     @app.get("/v1/subscribers/<path:app_user_id>")
     def get_subscriber(app_user_id: str) -> Response:
@@ -142,7 +201,7 @@ def create_simulator_app(state: ProviderState, *, api_key: str, deliver: Deliver
 
     @app.get("/_sim/stats")
     def stats() -> Response:
-        return jsonify(state.stats(log_tail=int(request.args.get("log_tail", 100))))
+        return jsonify({**state.stats(log_tail=int(request.args.get("log_tail", 100))), "rate_limits": limits.stats()})
 
     @app.post("/_sim/<operation>")
     def run_operation(operation: str) -> Response:
@@ -158,6 +217,11 @@ def create_simulator_app(state: ProviderState, *, api_key: str, deliver: Deliver
         return jsonify(result)
 
     return app
+
+
+def _rate_limit_headers(response: Response, usage: int, limit: int) -> None:
+    response.headers["RevenueCat-Rate-Limit-Current-Usage"] = str(usage)
+    response.headers["RevenueCat-Rate-Limit-Current-Limit"] = str(limit)
 
 
 def _admin_payload() -> dict[str, Any]:
@@ -182,6 +246,17 @@ def _event_identity(body: Any) -> tuple[str | None, str | None]:
     return event.get("id"), event.get("type")
 
 
+def _dated_by(state: ProviderState) -> type[WSGIRequestHandler]:
+    """A request handler whose ``Date`` header is the simulator's clock: v2 bodies carry no
+    request date, so the header is the provider's only clock there (as v1's request_date is)."""
+
+    class ProviderDated(WSGIRequestHandler):
+        def date_time_string(self, timestamp: float | None = None) -> str:
+            return formatdate(state.now_ms() / 1000 if timestamp is None else timestamp, usegmt=True)
+
+    return ProviderDated
+
+
 @dataclass(frozen=True)
 class Delivery:
     """One attempted webhook POST: ``status`` None when it failed before any answer."""
@@ -199,7 +274,8 @@ class SimulatorServer(ServedApp):
     The port is bound at construction, so ``url`` is known before ``start()`` (the provider API
     lives under ``/v1``). With ``auto_deliver`` every operation's webhook is POSTed to
     ``webhook_url`` synchronously as the operation returns; failures are swallowed and recorded
-    in ``delivery_log``.
+    in ``delivery_log``. REST v2 lives under ``/v2/projects/<project_id>`` with ``v2_api_key``;
+    ``rate_limits`` (domain -> requests per minute) are enforced as token buckets from the start.
     """
 
     def __init__(
@@ -207,6 +283,9 @@ class SimulatorServer(ServedApp):
         state: ProviderState | None = None,
         *,
         api_key: str = "sk_sim",
+        v2_api_key: str = "sk_sim_v2",
+        project_id: str = "proj_sim",
+        rate_limits: dict[str, int] | None = None,
         webhook_url: str | None = None,
         webhook_auth: str | None = None,
         host: str = "127.0.0.1",
@@ -215,16 +294,29 @@ class SimulatorServer(ServedApp):
     ) -> None:
         self.state = state if state is not None else ProviderState()
         self.api_key = api_key
+        self.v2_api_key = v2_api_key
+        self.project_id = project_id
+        self.limits = DomainLimits()
+        for domain, per_minute in (rate_limits or {}).items():
+            self.limits.enforce(domain, per_minute)
         self.webhook_url = webhook_url
         self.webhook_auth = webhook_auth
         self.auto_deliver = auto_deliver
         self.delivery_log: list[Delivery] = []
         self._log_lock = threading.Lock()
         super().__init__(
-            create_simulator_app(self.state, api_key=api_key, deliver=self.deliver),
+            create_simulator_app(
+                self.state,
+                api_key=api_key,
+                deliver=self.deliver,
+                v2_api_key=v2_api_key,
+                project_id=project_id,
+                limits=self.limits,
+            ),
             host=host,
             port=port,
             name="revenuecat-simulator",
+            request_handler=_dated_by(self.state),
         )
 
     def start(self) -> Self:

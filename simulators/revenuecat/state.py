@@ -15,11 +15,13 @@ import hashlib
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
 from simulators.revenuecat.customer_info import subscriber_body
+from simulators.revenuecat.customers_v2 import CustomerDirectory
 from simulators.revenuecat.records import (
     APPLE_STORES,
     DAY_MS,
@@ -919,6 +921,17 @@ class ProviderState:
             body = self._event("NON_RENEWING_PURCHASE", customer, app_user_id, purchase, now, price=purchase.price)
         registration.owner = customer.original_app_user_id
         return body
+
+    # ----- REST v2 (read only) ----------------------------------------------------------
+
+    @contextmanager
+    def reading(self) -> Iterator[CustomerDirectory]:
+        """The customers, under the state's lock, while a v2 answer is rendered from them.
+
+        The same records the v1 body is rendered from; the caller must not change them.
+        """
+        with self._lock:
+            yield CustomerDirectory(self._customers, self._store_purchases)
 
     # ----- faults and accounting (used by the HTTP server) -------------------------------
 

@@ -120,10 +120,11 @@ def test_provider_down_is_503_with_retry_after_and_the_user_is_left_dirty(client
 
 
 def test_sync_draws_on_the_budget_before_the_sweep(client, runtime, simulator):
-    # The sweep may use 90% of the window; syncs the whole of it.
-    sweep_limit = runtime.budget.limit_for("sweep")
-    for _ in range(sweep_limit):
-        assert runtime.budget.try_take("sweep") == 0.0
+    # The sweep takes what the pace lets it have now, short of the headroom kept for others.
+    taken = 0
+    while runtime.budget.try_take("sweep") == 0.0 and taken < 100:
+        taken += 1
+    assert 1 <= taken < 100
     assert runtime.budget.try_take("sweep") > 0  # the sweep must wait now...
     assert sync(client, "alice").status_code == 200  # ...but a client sync still goes through
 
