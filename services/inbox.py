@@ -103,11 +103,5 @@ def process_inbox_event(inbox_id: int, ctx: EventProcessing, *, final_attempt: b
     mark_row(factory, inbox_id, status="processed", last_error=None, processed_at=utcnow())
     for outcome in outcomes:
         if outcome.unknown_products:
-            log.error(
-                "unknown products %s for %s (event %s): recorded, granting nothing",
-                outcome.unknown_products,
-                outcome.customer_id,
-                event.event_id,
-            )
-            report_unknown_products(outcome.customer_id, outcome.unknown_products)
+            report_unknown_products(outcome.customer_id, outcome.unknown_products, cause_ref=f"event {event.event_id}")
     return EventResult("processed", tuple(outcomes))

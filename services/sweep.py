@@ -39,6 +39,7 @@ class BatchResult:
     failed: int = 0
     deferred: list[str] | None = None  # budget ran out: looked at again soon
     lms_repairs: list[str] = field(default_factory=list)  # customers with LMS repairs queued
+    repairs: list[tuple[str, Any]] = field(default_factory=list)  # (customer, action): drift, reported per batch
 
 
 def reconcile_customers(
@@ -99,6 +100,7 @@ def reconcile_customers(
         # Reads already sent spent their slots: let them finish before anything else is sent
         # from this process (a later batch must not queue behind them past its slots' times).
         concurrent.futures.wait([future for _, future in in_flight])
+    report_drift(result.repairs, cause_ref=cause_kind)
     metrics.append(("engine_reconciles_total", {"cause": cause_kind}, result.reconciled))
     try:
         runtime.metrics.incr_many(metrics)
@@ -251,7 +253,7 @@ def _settle_group(
                 for action in outcome.actions:
                     result.drift[action.drift_kind] = result.drift.get(action.drift_kind, 0) + 1  # type: ignore[index]
                     metrics.append(("engine_drift_repaired_total", {"kind": action.drift_kind}, 1))
-                report_drift(outcome.customer_id, list(outcome.actions), cause_ref=cause.ref)
+                result.repairs.extend((outcome.customer_id, action) for action in outcome.actions)
         if outcome.unknown_products:
             report_unknown_products(outcome.customer_id, outcome.unknown_products)
         if runtime.course_sink is not None:

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import sentry_sdk
 from celery import Celery, Task
 
+from config.observability import beat_check_in, beat_monitor
 from engine.errors import TransientError
 from engine.ports import Cause
 from engine.reconcile import reproject_customer
@@ -75,6 +75,10 @@ def _drain_sinks_after_commit(app: Celery, settings: Any, outcomes: Any) -> None
 
 def register(app: Celery) -> None:
     settings = app.conf.engine_settings
+    schedule = app.conf.beat_schedule
+
+    def every_s(entry: str, default: float) -> float:  # the monitors follow the beat schedule
+        return float(schedule.get(entry, {}).get("schedule", default))
 
     @_task(app, "engine.process_event", bind=True, max_retries=settings.task_max_retries)
     def process_event(self: Task, inbox_id: int) -> str:
@@ -89,7 +93,7 @@ def register(app: Celery) -> None:
         return result.status
 
     @_task(app, "engine.redrive_inbox", bind=True)
-    @sentry_sdk.monitor(monitor_slug="engine-redrive-inbox")
+    @beat_monitor("engine-redrive-inbox", every_s("redrive-inbox", 30))
     def redrive_inbox(self: Task) -> int:
         rt = runtime_for(settings)
         ids = rows_to_redrive(
@@ -105,7 +109,7 @@ def register(app: Celery) -> None:
         return len(ids)
 
     @_task(app, "engine.sweep", bind=True)
-    @sentry_sdk.monitor(monitor_slug="engine-sweep")
+    @beat_monitor("engine-sweep", every_s("sweep", settings.sweep_interval_s))
     def sweep(self: Task) -> int:
         """Select the customers due for a provider read (within the budget) and fan out."""
         rt = runtime_for(settings)
@@ -132,7 +136,7 @@ def register(app: Celery) -> None:
         }
 
     @_task(app, "engine.expire_grants")
-    @sentry_sdk.monitor(monitor_slug="engine-expire-grants")
+    @beat_monitor("engine-expire-grants", every_s("expire-grants", 60))
     def expire_grants() -> int:
         """Revoke (or shorten) grants whose expiry passed, from the ledger: no provider call."""
         rt = runtime_for(settings)
@@ -156,15 +160,17 @@ def register(app: Celery) -> None:
         rt = runtime_for(settings)
         if rt.course_sink is None:
             return 0
-        if customer_id is None:
-            enqueue_expired_mappings(rt.session_factory, now_ms=wall_clock_ms())
-        result = drain_outbox(
-            rt.session_factory,
-            rt.course_sink,
-            clock_ms=wall_clock_ms,
-            customer_id=customer_id,
-            backoff_cap_ms=settings.sink_retry_backoff_max_s * 1000,
-        )
+        drain_every = every_s("drain-sink-outbox", settings.sink_drain_interval_s)
+        with beat_check_in("engine-drain-sink-outbox", drain_every, when=customer_id is None):
+            if customer_id is None:
+                enqueue_expired_mappings(rt.session_factory, now_ms=wall_clock_ms())
+            result = drain_outbox(
+                rt.session_factory,
+                rt.course_sink,
+                clock_ms=wall_clock_ms,
+                customer_id=customer_id,
+                backoff_cap_ms=settings.sink_retry_backoff_max_s * 1000,
+            )
         if (
             customer_id is not None
             and result.deferred

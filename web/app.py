@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from celery import Celery
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 
+from config.logs import bind_log_context, clear_log_context
 from config.settings import Settings
 from services.wiring import runtime_for
 
@@ -37,6 +38,14 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     app.register_blueprint(sync.bp)
     app.register_blueprint(openapi.bp)
     cli.register(app)
+
+    @app.before_request
+    def _log_context() -> None:
+        # Lines logged while serving /v1/users/<app_user_id>/... name the user.
+        clear_log_context()
+        bind_log_context(app_user_id=(request.view_args or {}).get("app_user_id"))
+
+    app.teardown_request(lambda _exc: clear_log_context())
     # The intake's storage engine now, not on the first webhook: that one would also pay for
     # importing the database driver (about 0.25 s per gunicorn worker after each deploy).
     intake.intake_engine(app.extensions["engine_runtime"])

@@ -5,7 +5,9 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, jsonify
 from sqlalchemy import text
 
+from engine.errors import CatalogError
 from persistence.inbox import inbox_counts
+from services.startup import catalog_problem
 
 bp = Blueprint("health", __name__)
 
@@ -31,6 +33,11 @@ def readyz():
         checks["broker"] = "ok"
     except Exception as exc:
         checks["broker"] = f"error: {exc.__class__.__name__}"
+    try:
+        runtime.catalog  # noqa: B018 - loaded (and validated) on first use
+        checks["catalog"] = "ok"
+    except CatalogError as exc:
+        checks["catalog"] = f"error: {catalog_problem(runtime.settings, exc)}"
     ready = all(v == "ok" for v in checks.values())
     return jsonify(status="ready" if ready else "not_ready", checks=checks), 200 if ready else 503
 
