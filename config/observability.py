@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, cast
 
 from config.redaction import register_secrets, scrub
@@ -96,12 +96,16 @@ def scrub_breadcrumb(crumb: dict[str, Any], _hint: object = None) -> dict[str, A
     return scrub(crumb)
 
 
-def tag_cli_command(command: str) -> None:
-    """Mark what this process reports as coming from an operator's CLI command."""
+@contextmanager
+def cli_command_scope(command: str) -> Iterator[None]:
+    """Inside the block, what is reported to Sentry is marked as coming from an operator's CLI
+    command (tags ``process=cli`` and ``cli_command``)."""
     import sentry_sdk
 
-    sentry_sdk.set_tag("process", "cli")
-    sentry_sdk.set_tag("cli_command", command)
+    with sentry_sdk.isolation_scope() as scope:
+        scope.set_tag("process", "cli")
+        scope.set_tag("cli_command", command)
+        yield
 
 
 def report_drift(repairs: Iterable[tuple[str, Any]], *, cause_ref: str = "") -> None:

@@ -156,8 +156,8 @@ def _tell_story(say, rt, network: LossyNetwork, learners: list[str], skipped: in
     )
     if skipped:
         say(
-            f"   ({skipped} restores onto a learner already subscribed to that product were left out: "
-            "v1 shows one period per product; REST v2's history is what sees both)"
+            f"   ({skipped} restores were left out: their result is invisible to v1, which lists one period per "
+            "subscription product; REST v2's history is what sees it)"
         )
     fate = network.fate
     say(f"2. the network lost {fate['lost']}, duplicated {fate['duplicated']}, delayed and reordered {fate['delayed']}")

@@ -32,10 +32,11 @@ def sell(state: ProviderState, users: list[str], rng: random.Random) -> dict[str
 def aftermath(state: ProviderState, users: list[str], bought: dict[str, str], rng: random.Random) -> int:
     """The weeks after: renewals, cancellations, expirations, refunds, reversals, restores.
 
-    Returns how many restores (transfers) were left out because the learner restoring already
-    held a subscription to a product being transferred: v1 shows one period per subscription
-    product, so the other subscription would be invisible to a v1 read (REST v2's full
-    history is what sees it), and the demo runs on v1.
+    Returns how many restores (transfers) were left out because v1, which the demo runs on,
+    could not show their result: v1 lists one period per subscription product, so a second
+    subscription to a product the restoring learner already holds, or the earlier periods of a
+    renewed subscription that moves (which credit days of their own), are invisible to a v1
+    read of the learner. REST v2's full history is what sees them.
     """
     skipped = 0
     for user in users:
@@ -62,18 +63,22 @@ def aftermath(state: ProviderState, users: list[str], bought: dict[str, str], rn
                     state.purchase_non_renewing(user, product)  # a top-up
             if rng.random() < 0.06:
                 target = rng.choice(users)  # restored on another account
-                if _subscription_products(state, user) & _subscription_products(state, target):
-                    skipped += 1
-                else:
+                if _visible_to_v1_after_transfer(state, user, target):
                     state.transfer(user, target)
+                else:
+                    skipped += 1
         except SimulatorError:
             pass  # e.g. a transfer to the same customer: not something a store would do
     return skipped
 
 
-def _subscription_products(state: ProviderState, app_user_id: str) -> set[str]:
-    periods, _ = state.purchase_history(app_user_id)
-    return {p.product_id for p in periods}
+def _visible_to_v1_after_transfer(state: ProviderState, source: str, target: str) -> bool:
+    """Whether a v1 read of ``target`` would show every period ``source`` hands over."""
+    moving, _ = state.purchase_history(source)
+    held, _ = state.purchase_history(target)
+    products = [p.product_id for p in moving]
+    renewed = len(products) != len(set(products))
+    return not renewed and not set(products) & {p.product_id for p in held}
 
 
 @dataclass

@@ -53,7 +53,6 @@ MAX_INSTANT_MS = (datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC) - _EPOC
 # Cell starts a spreadsheet evaluates (OWASP); the apostrophe is the escape itself.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 TEXT_MARK = "'"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TRUE = {"true", "1", "yes", "y"}
 _FALSE = {"false", "0", "no", "n"}
 
@@ -165,8 +164,6 @@ def _parse_row(
         problems.append("resource: required")
     elif len(resource) > MAX_RESOURCE_LENGTH:
         problems.append(f"resource: {len(resource)} characters, at most {MAX_RESOURCE_LENGTH}")
-    elif _CONTROL.search(resource):
-        problems.append("resource: control characters are not allowed")
     elif known_resources is not None and resource not in known_resources:
         problems.append(f"resource {resource!r} is not granted by any product in the catalog")
     if not course_run_id:
@@ -266,6 +263,9 @@ def format_mapping_csv(mappings: Iterable[CourseMapping]) -> str:
     be evaluated by a spreadsheet. ValueError names a stored row that cannot be written."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
+    # Lines end with "\n", so csv would leave a lone "\r" unquoted, and a reader would break the
+    # row there: rows holding one are written with every field quoted.
+    quoting_writer = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writerow(COLUMNS)
     for m in sorted(mappings, key=lambda m: m.resource):
         try:
@@ -273,5 +273,6 @@ def format_mapping_csv(mappings: Iterable[CourseMapping]) -> str:
         except ValueError as exc:
             raise ValueError(f"resource {m.resource!r}: expires_at {exc}; import a valid expiry for it") from None
         row = [m.resource, m.course_run_id, m.mode, "true" if m.active else "false", expires_at, m.on_revoke]
-        writer.writerow([_to_cell(cell) for cell in row])
+        cells = [_to_cell(cell) for cell in row]
+        (quoting_writer if any("\r" in cell for cell in cells) else writer).writerow(cells)
     return out.getvalue()

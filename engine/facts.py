@@ -15,7 +15,10 @@ idempotent and order-independent. The rules, field by field:
   same fact twice sets the same values (a no-op). Equal timestamps go to the later-processed.
 * Ownership by omission: a snapshot of customer C that no longer lists a transaction C owned
   (transferred away, or a refunded one-time purchase, which RevenueCat stops listing) clears
-  its owner, if that snapshot is newer than what set the owner.
+  its owner, if that snapshot is newer than what set the owner. The owner's time stays that of
+  the last snapshot that named an owner: an omission says where the transaction is not, so
+  another customer's snapshot naming it still wins even if it was read a moment before (two
+  customers read in the same sweep group are written in either order).
 """
 
 from __future__ import annotations
@@ -190,12 +193,9 @@ def observe_snapshot(known: Mapping[str, Transaction], snapshot: SubscriberSnaps
     for tx_id, tx in known.items():
         if tx_id in listed or tx.owner != snapshot.customer_id or snapshot.lists(tx):
             continue
-        merged = merge_observation(
-            changed.get(tx_id) or tx,
-            TransactionObservation(transaction_id=tx_id, observed_ms=snapshot.request_ms, owner=None),
-        )
-        if merged is not None:
-            changed[tx_id] = merged
+        current = changed.get(tx_id) or tx
+        if snapshot.request_ms >= current.observed.get("owner", -1):
+            changed[tx_id] = replace(current, owner=None)  # the owner's time unchanged: see above
     return sorted(changed.values(), key=lambda t: t.transaction_id)
 
 

@@ -20,7 +20,7 @@ from flask import current_app
 from sqlalchemy.exc import SQLAlchemyError
 
 from config.logs import configure_logging, log_context
-from config.observability import tag_cli_command
+from config.observability import cli_command_scope
 from config.redaction import redact
 from engine.client_flows import app_user_id_problem
 from engine.errors import EngineError
@@ -59,8 +59,7 @@ def operator_command(group: click.Group, name: str, *, needs_catalog: bool = Tru
         def run(*args: Any, **kwargs: Any) -> Any:
             settings = current_app.config["ENGINE_SETTINGS"]
             configure_logging(settings, process="cli", stream=_CurrentStderr())  # type: ignore[arg-type]
-            tag_cli_command(name)
-            with log_context(command=name):
+            with cli_command_scope(name), log_context(command=name):
                 try:
                     if needs_catalog:
                         check_catalog(settings)
