@@ -8,6 +8,12 @@ provider re-read), then the sweep polls every subscriber and heals the rest. The
 the drift it found and healed, and checks each learner's access against what their whole
 purchase history at the simulator pays for.
 
+v1 shows only the latest period of each subscription, so the engine sees every period because
+the sweep reads each subscriber at least once per MAX_STALENESS_S (a day) while a period lasts
+weeks. The demo compresses those weeks into seconds, so it runs that daily poll between day one
+and the weeks after; a period the engine was never given the chance to read is not drift it
+could heal (REST v2's history is what would show it).
+
 Runs on its own embedded defaults (SQLite and Redis under instance/demo). With DATABASE_URL /
 REDIS_URL set it runs there instead, and since it deletes every row and flushes Redis, it
 refuses unless they are empty or --force is given.
@@ -28,7 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from sqlalchemy import delete, func, select, update
 
 from adapters.embedded_redis import redis_url, stop_embedded_redis
-from config.settings import PROJECT_ROOT, Settings
+from config.settings import Settings
 from demo.safety import DemoRefused, ensure_disposable
 from demo.scenario import LossyNetwork, aftermath, sell
 from demo.truth import drifting
@@ -56,9 +62,9 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 
 
 def demo_settings(env_settings: Settings) -> Settings:
-    """The demo's settings: its own SQLite and Redis under instance/demo unless the
+    """The demo's settings: its own SQLite and Redis under <instance>/demo unless the
     environment names others; the simulator's credentials; a budget the simulator can take."""
-    instance = PROJECT_ROOT / "instance" / "demo"
+    instance = env_settings.instance_path / "demo"
     database_url = env_settings.database_url
     if database_url.startswith("sqlite"):
         database_url = f"sqlite:///{instance / 'engine.sqlite3'}"
@@ -110,6 +116,13 @@ def run_demo(
             sim.state.add_listener(network)
             bought = sell(sim.state, learners, rng)
             wait_until(lambda: _inbox_done(rt), 300, "the worker to process the inbox")
+            first = drifting(sim.state, rt, learners, wall_clock_ms())
+            # The daily poll between day one and the weeks after (see the module's docstring).
+            _sweep_everyone(rt, settings)
+            say(
+                f"0. day one: the webhooks that arrived left {len(first)} of {len(learners)} learners with access "
+                "that differs from what they paid for; the daily poll healed them before any renewal"
+            )
             skipped = aftermath(sim.state, learners, bought, rng)
             network.deliver_late()
             _tell_story(say, rt, network, learners, skipped)
