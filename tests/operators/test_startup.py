@@ -68,12 +68,13 @@ def test_a_bad_setting_stops_each_process_with_one_line(process, settings):
 
 
 def test_readyz_reports_an_invalid_catalog(settings, runtime, tmp_path):
-    assert create_app(settings).test_client().get("/readyz").json["checks"]["catalog"] == "ok"
+    assert create_app(settings).test_client().get("/readyz").get_json()["checks"]["catalog"] == "ok"
     catalog = tmp_path / "catalog.toml"
     catalog.write_text(TYPO_CATALOG)
     response = create_app(settings.with_(catalog_path=catalog)).test_client().get("/readyz")
-    assert response.status_code == 503 and response.json["status"] == "not_ready"
-    assert re.match(r"error: catalog .* is invalid: .*unknown key\(s\) 'polcy'", response.json["checks"]["catalog"])
+    body = response.get_json()
+    assert response.status_code == 503 and body["status"] == "not_ready"
+    assert re.match(r"error: catalog .* is invalid: .*unknown key\(s\) 'polcy'", body["checks"]["catalog"])
 
 
 GOOD = {"store_ids": ["p"], "kind": "subscription", "grants": [{"resource": "r", "mode": "full", "policy": "period"}]}
