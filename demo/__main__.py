@@ -92,6 +92,7 @@ def run_demo(
     """Sell, lose webhooks, sweep; return the learners whose access still differs from what they
     paid for. Deletes every row of ``base``'s database and flushes its Redis database first."""
     rng = random.Random(seed)
+    base.instance_path.mkdir(parents=True, exist_ok=True)  # the worker's log goes there
     upgrade_database(base)
     rt0 = runtime_for(base)
     with rt0.db.begin() as conn:
