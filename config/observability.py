@@ -1,58 +1,163 @@
-"""Logging and Sentry set-up, shared by the web, worker and beat processes."""
+"""Sentry for every process: errors, drift and unknown products, beat check-ins.
+
+Nothing secret and no request body leaves: local variables are not sent, request bodies
+never, and every event and breadcrumb passes ``scrub_event`` / ``scrub_breadcrumb`` (each
+configured secret value redacted wherever it occurs, SQL parameters dropped, the values of
+sensitive keys such as headers and parameters replaced).
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import TYPE_CHECKING, Any, cast
 
+from config.redaction import register_secrets, scrub
 from config.settings import Settings
 
+if TYPE_CHECKING:
+    from sentry_sdk._types import BreadcrumbProcessor, DataCollectionUserOptions, EventProcessor, MonitorConfig
+
+log = logging.getLogger(__name__)
+
 _initialised = False
+# What the integrations may collect: no user data, cookies, bodies, query strings, SQL or queue
+# data, and no local variables (they hold what the code was working on: Settings, the auth
+# header being compared, webhook bodies, SQL parameters; the stack trace finds the fault).
+DATA_COLLECTION: dict[str, Any] = {
+    "user_info": False,
+    "cookies": {"mode": "off"},
+    "http_headers": {"request": {"mode": "allowlist", "terms": ["user-agent", "content-type", "content-length"]}},
+    "http_bodies": [],
+    "url_query_params": {"mode": "off"},
+    "gen_ai": {"inputs": False, "outputs": False},
+    "database_query_data": False,
+    "queues": False,
+    "stack_frame_variables": False,
+}
+# Examples a drift event carries per kind: enough to look into, few enough to stay small.
+DRIFT_EXAMPLES = 5
 
 
-def init_sentry(settings: Settings, *, component: str, transport: object | None = None) -> bool:
-    """Initialise Sentry once per process when SENTRY_DSN is set (or a test transport is given)."""
+def init_sentry(
+    settings: Settings, *, component: str, transport: object | None = None, patch_celery: bool = True
+) -> bool:
+    """Initialise Sentry once per process when SENTRY_DSN is set (or a test transport is given);
+    later calls register their settings' secrets for scrubbing and tag the process.
+
+    ``patch_celery=False`` leaves Celery's integration out: it wraps ``Celery.send_task`` for the
+    whole process, which a test session shares with tests of the intake's lean publishing path.
+    """
     global _initialised  # noqa: PLW0603 - once per process
-    if _initialised or not (settings.sentry_dsn or transport is not None):
-        return _initialised
+    register_secrets(settings)
+    if not _initialised and (settings.sentry_dsn or transport is not None):
+        import sentry_sdk
+        from sentry_sdk.integrations.celery import CeleryIntegration
+        from sentry_sdk.integrations.logging import LoggingIntegration
+
+        sentry_sdk.init(
+            dsn=settings.sentry_dsn or None,
+            transport=transport,  # type: ignore[arg-type]
+            integrations=[
+                # Beat jobs send their own check-ins (beat_check_in): one monitor per job.
+                *([CeleryIntegration(monitor_beat_tasks=False)] if patch_celery else []),
+                LoggingIntegration(level=logging.INFO, event_level=logging.ERROR),
+            ],
+            disabled_integrations=[] if patch_celery else [CeleryIntegration],
+            data_collection=cast("DataCollectionUserOptions", DATA_COLLECTION),
+            before_send=cast("EventProcessor", scrub_event),
+            before_breadcrumb=cast("BreadcrumbProcessor", scrub_breadcrumb),
+            traces_sample_rate=0.0,
+        )
+        _initialised = True
+    if _initialised:
+        import sentry_sdk
+
+        sentry_sdk.set_tag("process", component)
+    return _initialised
+
+
+def scrub_event(event: dict[str, Any], _hint: object = None) -> dict[str, Any]:
+    """The event without secrets, SQL parameters, request bodies or cookies (Sentry's before_send)."""
+    request = event.get("request")
+    if isinstance(request, dict):
+        for key in ("data", "cookies", "query_string", "env"):
+            request.pop(key, None)
+    for exception in (event.get("exception") or {}).get("values") or []:
+        for frame in (exception.get("stacktrace") or {}).get("frames") or []:
+            frame.pop("vars", None)
+    return scrub(event)
+
+
+def scrub_breadcrumb(crumb: dict[str, Any], _hint: object = None) -> dict[str, Any]:
+    """The breadcrumb without secrets or SQL parameters (Sentry's before_breadcrumb)."""
+    return scrub(crumb)
+
+
+@contextmanager
+def cli_command_scope(command: str) -> Iterator[None]:
+    """Inside the block, what is reported to Sentry is marked as coming from an operator's CLI
+    command (tags ``process=cli`` and ``cli_command``)."""
     import sentry_sdk
-    from sentry_sdk.integrations.celery import CeleryIntegration
 
-    sentry_sdk.init(
-        dsn=settings.sentry_dsn or None,
-        transport=transport,  # type: ignore[arg-type]
-        # Beat jobs send their own check-ins (tasks/*.py, sentry_sdk.monitor): one monitor per job.
-        integrations=[CeleryIntegration(monitor_beat_tasks=False)],
-        server_name=component,
-        send_default_pii=False,
-        traces_sample_rate=0.0,
-    )
-    _initialised = True
-    return True
+    with sentry_sdk.isolation_scope() as scope:
+        scope.set_tag("process", "cli")
+        scope.set_tag("cli_command", command)
+        yield
 
 
-def configure_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def report_drift(drift: Mapping[str, int], *, cause_ref: str = "") -> None:
-    """One Sentry event per drift kind a sweep batch repaired, with the count (grouped by kind:
-    one alert per failure mode, not one event per repair)."""
+def report_drift(repairs: Iterable[tuple[str, Any]], *, cause_ref: str = "") -> None:
+    """One Sentry event per drift kind for a batch of repairs (``(customer_id, action)`` pairs):
+    how many, for how many customers, and a few examples. Sentry groups them by kind."""
     import sentry_sdk
 
-    for kind, count in sorted(drift.items()):
+    by_kind: dict[str, list[tuple[str, Any]]] = {}
+    for customer_id, action in repairs:
+        by_kind.setdefault(action.drift_kind, []).append((customer_id, action))
+    for kind, found in sorted(by_kind.items()):
+        customers = {customer_id for customer_id, _ in found}
         sentry_sdk.capture_message(
-            f"drift repaired: {kind}",
+            f"drift repaired: {kind} ({len(found)} in this batch)",
             level="warning",
-            tags={"drift_kind": kind, "cause": cause_ref or "sweep"},
+            tags={"drift_kind": kind, "cause": cause_ref},
             fingerprint=["entitlement-drift", kind],
-            contexts={"drift": {"kind": kind, "repairs": count, "cause": cause_ref}},
+            contexts={
+                "drift": {
+                    "kind": kind,
+                    "repairs": len(found),
+                    "customers": len(customers),
+                    "cause": cause_ref,
+                    "examples": [_drift_example(c, a) for c, a in found[:DRIFT_EXAMPLES]],
+                }
+            },
         )
 
 
-def report_unknown_products(customer_id: str, product_ids: tuple[str, ...]) -> None:
+def _drift_example(customer_id: str, action: Any) -> dict[str, Any]:
+    def side(access: Any) -> dict[str, Any] | None:
+        return None if access is None else {"mode": access.mode, "expires_ms": access.expires_ms}
+
+    return {
+        "customer_id": customer_id,
+        "action": action.kind,
+        "resource": action.resource,
+        "before": side(action.before),
+        "after": side(action.after),
+    }
+
+
+def report_unknown_products(customer_id: str, product_ids: Sequence[str], *, cause_ref: str = "") -> None:
+    """One log line (not an event of its own) and one Sentry event per unknown product id."""
     import sentry_sdk
 
+    log.warning(
+        "unknown products %s for %s%s: recorded, granting nothing",
+        list(product_ids),
+        customer_id,
+        f" ({cause_ref})" if cause_ref else "",
+    )
     for product_id in product_ids:
         sentry_sdk.capture_message(
             f"unknown product {product_id}",
@@ -60,6 +165,42 @@ def report_unknown_products(customer_id: str, product_ids: tuple[str, ...]) -> N
             tags={"product_id": product_id, "app_user_id": customer_id},
             fingerprint=["unknown-product", product_id],
         )
+
+
+def monitor_config(every_s: float, *, max_runtime_s: float) -> dict[str, Any]:
+    """Sentry cron monitor settings for a job beat runs every ``every_s`` seconds, sent with each
+    check-in so that the monitor creates (and updates) itself. Sentry counts in whole minutes:
+    jobs more frequent than that check in more often than the monitor expects, which it allows."""
+    return {
+        "schedule": {"type": "interval", "value": max(1, math.ceil(every_s / 60)), "unit": "minute"},
+        "checkin_margin": max(1, math.ceil(every_s / 60)),
+        "max_runtime": max(1, math.ceil(max_runtime_s / 60)),
+        "timezone": "UTC",
+        # One missed or failed run is noise after a deploy; two in a row is an alert.
+        "failure_issue_threshold": 2,
+        "recovery_threshold": 1,
+    }
+
+
+def beat_check_in(
+    slug: str, every_s: float, *, max_runtime_s: float = 120, when: bool = True
+) -> AbstractContextManager[Any]:
+    """A cron check-in around one run of a beat job (``when`` False: none, e.g. the same task
+    run on demand rather than by beat)."""
+    if not when:
+        return nullcontext()
+    import sentry_sdk
+
+    config = cast("MonitorConfig", monitor_config(every_s, max_runtime_s=max_runtime_s))
+    return sentry_sdk.monitor(monitor_slug=slug, monitor_config=config)
+
+
+def beat_monitor(slug: str, every_s: float, *, max_runtime_s: float = 120) -> Callable[[Callable], Callable]:
+    """Decorator form of beat_check_in for tasks only beat runs."""
+    import sentry_sdk
+
+    config = cast("MonitorConfig", monitor_config(every_s, max_runtime_s=max_runtime_s))
+    return sentry_sdk.monitor(monitor_slug=slug, monitor_config=config)
 
 
 def report_dead_letter(inbox_id: int, *, event_type: str | None, kind: str, error: str) -> None:

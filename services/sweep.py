@@ -30,6 +30,7 @@ from adapters.rate_budget import BudgetedProvider, BudgetExhausted
 from config.observability import report_drift, report_unknown_products
 from engine.backoff import backoff_ms
 from engine.errors import TerminalError, TransientError
+from engine.plan import Action
 from engine.ports import Cause, CauseKind
 from engine.reconcile import Reading, ReconcileOutcome
 from persistence.subscribers import defer_checks, record_read_failures
@@ -65,6 +66,7 @@ class BatchResult:
     failed: int = 0
     deferred: list[str] = field(default_factory=list)  # budget ran out or provider held: soon again
     reconciled_ids: list[str] = field(default_factory=list)  # for the LMS read-back (lms.repair)
+    repairs: list[tuple[str, Action]] = field(default_factory=list)  # (customer, action): reported per batch
 
 
 def reconcile_customers(customer_ids: list[str], sweep: SweepReads, *, cause_kind: CauseKind = "sweep") -> BatchResult:
@@ -121,8 +123,8 @@ def reconcile_customers(customer_ids: list[str], sweep: SweepReads, *, cause_kin
         sweep.metrics.incr_many(metrics)
     except Exception:
         log.warning("could not record metrics", exc_info=True)
-    if result.drift and cause_kind in {"sweep", "operator"}:
-        report_drift(result.drift, cause_ref=cause_kind)
+    if result.repairs:
+        report_drift(result.repairs, cause_ref=cause_kind)
     return result
 
 
@@ -198,6 +200,7 @@ def _settle_group(
                 for action in outcome.actions:
                     result.drift[action.drift_kind] = result.drift.get(action.drift_kind, 0) + 1
                     metrics.append(("engine_drift_repaired_total", {"kind": action.drift_kind}, 1))
+                result.repairs.extend((outcome.customer_id, action) for action in outcome.actions)
         if outcome.unknown_products:
             report_unknown_products(outcome.customer_id, outcome.unknown_products)
 

@@ -199,7 +199,7 @@ class Wiring:
     def build(self) -> Wiring:
         """Build what every process needs now instead of on first use (after a fork: the first
         request or task does not pay for it, and no two threads race to build one part)."""
-        _ = self.catalog, self.session_factory, self.convergence, self.redis, self.budget
+        _ = self.session_factory, self.redis, self.budget  # the catalog is checked at start-up, read on first use
         return self
 
     def close(self) -> None:

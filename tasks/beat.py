@@ -2,6 +2,10 @@
 
 A lock in Redis (SET NX PX, extended on every tick by its owner only) decides which beat
 publishes; the others wait and take over within ``beat_lock_ttl_s`` if the owner dies.
+
+The schedule is kept in memory, not in a file: beat needs no writable folder (a fresh clone
+has no instance/, some platforms have no writable disk at all). A beat that restarts runs
+each job once at start; every job is idempotent and runs every minute or so anyway.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import socket
 import uuid
 
 import redis
-from celery.beat import PersistentScheduler
+from celery.beat import Scheduler
 
 from adapters.embedded_redis import redis_url
 
@@ -44,8 +48,8 @@ class BeatLock:
             self.client.delete(self.key)
 
 
-class SingleBeatScheduler(PersistentScheduler):
-    """PersistentScheduler that ticks only while it holds the beat lock."""
+class SingleBeatScheduler(Scheduler):
+    """An in-memory Scheduler that ticks only while it holds the beat lock."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

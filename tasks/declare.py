@@ -34,3 +34,9 @@ def task(name: str, **options: Any) -> Callable[[Callable[..., Any]], Task]:
 def wiring_of(t: Task) -> Wiring:
     """The wiring of the process running ``t``, built from its app's Settings."""
     return wiring_for(t.app.conf.engine_settings)
+
+
+def every_s(t: Task, entry: str, default: float) -> float:
+    """How often beat runs ``entry`` (its schedule in the app's beat_schedule): the period its
+    cron monitor expects."""
+    return float(t.app.conf.beat_schedule.get(entry, {}).get("schedule", default))

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 
-import sentry_sdk
 from celery import Task
 
+from config.observability import beat_check_in
 from engine.backoff import backoff_ms
 from persistence.inbox_rows import rows_to_redrive
 from services.clock import wall_clock_ms
 from services.inbox import process_inbox_event
-from tasks.declare import task, wiring_of
+from tasks.declare import every_s, task, wiring_of
 from tasks.lms import drain_after_commit
 from tasks.names import INBOX_PROCESS, INBOX_REDRIVE
 
@@ -40,16 +40,16 @@ def process(self: Task, inbox_id: int) -> str:
 
 
 @task(INBOX_REDRIVE, bind=True)
-@sentry_sdk.monitor(monitor_slug="inbox-redrive")
 def redrive(self: Task) -> int:
     """Re-enqueue every row that is not final and whose message may be lost (the bounds are in
     persistence/inbox_rows.py rows_to_redrive)."""
     settings = self.app.conf.engine_settings
-    ids = rows_to_redrive(
-        wiring_of(self).session_factory, now_ms=wall_clock_ms(), older_than_s=settings.redrive_after_s
-    )
-    for inbox_id in ids:
-        self.app.send_task(INBOX_PROCESS, args=(inbox_id,))
+    with beat_check_in("inbox-redrive", every_s(self, "redrive-inbox", 30)):
+        ids = rows_to_redrive(
+            wiring_of(self).session_factory, now_ms=wall_clock_ms(), older_than_s=settings.redrive_after_s
+        )
+        for inbox_id in ids:
+            self.app.send_task(INBOX_PROCESS, args=(inbox_id,))
     if ids:
         log.info("re-enqueued %d inbox rows", len(ids))
     return len(ids)

@@ -8,12 +8,13 @@ from collections.abc import Iterable
 
 from celery import Celery, Task
 
+from config.observability import beat_check_in
 from engine.reconcile import ReconcileOutcome
 from persistence.outbox import enqueue_expired_mappings
 from services.clock import wall_clock_ms
 from services.outbox import drain_outbox, repair_lms_drift
 from services.wiring import Wiring
-from tasks.declare import task, wiring_of
+from tasks.declare import every_s, task, wiring_of
 from tasks.names import LMS_DRAIN, LMS_REPAIR
 
 log = logging.getLogger(__name__)
@@ -37,16 +38,19 @@ def drain(self: Task, customer_id: str | None = None) -> int:
     sink = wiring.course_sink
     if sink is None:
         return 0
-    if customer_id is None:
-        enqueue_expired_mappings(wiring.session_factory, now_ms=wall_clock_ms())
-    result = drain_outbox(
-        wiring.session_factory,
-        sink,
-        clock_ms=wall_clock_ms,
-        customer_id=customer_id,
-        backoff_cap_ms=wiring.settings.sink_retry_backoff_max_s * 1000,
-        metrics=wiring.metrics,
-    )
+    # Beat drains everyone (a cron monitor follows it); a drain for one learner is not beat's.
+    drain_every = every_s(self, "drain-sink-outbox", wiring.settings.sink_drain_interval_s)
+    with beat_check_in("lms-drain", drain_every, when=customer_id is None):
+        if customer_id is None:
+            enqueue_expired_mappings(wiring.session_factory, now_ms=wall_clock_ms())
+        result = drain_outbox(
+            wiring.session_factory,
+            sink,
+            clock_ms=wall_clock_ms,
+            customer_id=customer_id,
+            backoff_cap_ms=wiring.settings.sink_retry_backoff_max_s * 1000,
+            metrics=wiring.metrics,
+        )
     retry = customer_id is not None and result.deferred and result.next_attempt_ms is not None
     if retry and result.next_attempt_ms is not None and self.request.retries < (self.max_retries or 0):
         raise self.retry(countdown=max(1.0, (result.next_attempt_ms - wall_clock_ms()) / 1000))

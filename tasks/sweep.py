@@ -3,13 +3,13 @@ batches; reconcile one batch."""
 
 from __future__ import annotations
 
-import sentry_sdk
 from celery import Task
 
+from config.observability import beat_check_in
 from persistence.subscribers import select_due
 from services.clock import wall_clock_ms
 from services.sweep import reconcile_customers
-from tasks.declare import task, wiring_of
+from tasks.declare import every_s, task, wiring_of
 from tasks.names import LMS_REPAIR, SWEEP_QUEUE, SWEEP_RECONCILE_BATCH, SWEEP_RUN
 
 SWEEP_CHUNK = 50
@@ -18,17 +18,17 @@ SWEEP_LEASE_MS = 15 * 60 * 1000
 
 
 @task(SWEEP_RUN, bind=True)
-@sentry_sdk.monitor(monitor_slug="sweep")
 def run(self: Task) -> int:
     """Select the customers due for a provider read, as many as the budget allows until the
     next sweep, and fan them out in batches."""
     wiring = wiring_of(self)
     interval_s = wiring.settings.sweep_interval_s
-    allowance = wiring.budget.limit_for("sweep") * interval_s // 60
-    ids = select_due(wiring.session_factory, now_ms=wall_clock_ms(), limit=allowance, lease_ms=SWEEP_LEASE_MS)
-    for start in range(0, len(ids), SWEEP_CHUNK):
-        self.app.send_task(SWEEP_RECONCILE_BATCH, args=(ids[start : start + SWEEP_CHUNK],), queue=SWEEP_QUEUE)
-    wiring.metrics.incr("engine_sweep_selected_total", amount=len(ids))
+    with beat_check_in("sweep", every_s(self, "sweep", interval_s)):
+        allowance = wiring.budget.limit_for("sweep") * interval_s // 60
+        ids = select_due(wiring.session_factory, now_ms=wall_clock_ms(), limit=allowance, lease_ms=SWEEP_LEASE_MS)
+        for start in range(0, len(ids), SWEEP_CHUNK):
+            self.app.send_task(SWEEP_RECONCILE_BATCH, args=(ids[start : start + SWEEP_CHUNK],), queue=SWEEP_QUEUE)
+        wiring.metrics.incr("engine_sweep_selected_total", amount=len(ids))
     return len(ids)
 
 

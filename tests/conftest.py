@@ -39,6 +39,7 @@ def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings
         revenuecat_api_key=SIM_KEY,
         catalog_path=FIXTURES / "catalog.toml",
         sentry_dsn="",
+        allow_embedded=True,  # the workers and beats tests start may run on the embedded stand-ins
     )
     upgrade_database(settings)
     yield settings
@@ -140,11 +141,13 @@ _sentry_ready = False
 
 
 @pytest.fixture
-def sentry_events() -> CapturingTransport:
-    """Sentry initialised once per session with a local transport; emptied for each test."""
+def sentry_events(base_settings: Settings) -> CapturingTransport:
+    """Sentry initialised once per session as every process initialises it (config/observability.py:
+    the same integrations and scrubbing) but with a local transport; emptied for each test."""
     global _sentry_ready  # noqa: PLW0603 - once per process
-    import sentry_sdk
     from sentry_sdk.transport import Transport
+
+    from config.observability import init_sentry
 
     if not _sentry_ready:
 
@@ -153,11 +156,11 @@ def sentry_events() -> CapturingTransport:
                 _CAPTURED.envelopes.append(envelope)
 
         # A DSN on a reserved, unroutable name: the transport above never sends anything.
-        sentry_sdk.init(
-            dsn="https://public@sentry.invalid/1",
+        init_sentry(
+            base_settings.with_(sentry_dsn="https://public@sentry.invalid/1"),
+            component="tests",
             transport=LocalTransport(),
-            default_integrations=False,
-            traces_sample_rate=0.0,
+            patch_celery=False,  # worker paths are tested in real worker processes (tests/operators)
         )
         _sentry_ready = True
     _CAPTURED.envelopes.clear()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from celery import Celery
-from flask import Flask
+from flask import Flask, request
 
+from config.logs import bind_log_context, clear_log_context
 from config.observability import init_sentry
 from config.settings import Settings
 from services.wiring import wiring_for
@@ -41,6 +42,14 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
 
     cli.register(app)
     app.cli.add_command(cli_inbox.inbox_cli)
+
+    @app.before_request
+    def _log_context() -> None:
+        # Lines logged while serving /v1/users/<app_user_id>/... name the user.
+        clear_log_context()
+        bind_log_context(app_user_id=(request.view_args or {}).get("app_user_id"))
+
+    app.teardown_request(lambda _exc: clear_log_context())
     # The intake's storage engine now, not on the first webhook: that one would also pay for
     # importing the database driver (about 0.25 s per gunicorn worker after each deploy).
     intake.intake_engine(app.extensions["engine_wiring"])

@@ -1,4 +1,8 @@
-"""Operator commands (``flask --app web.app:create_app <command>``)."""
+"""Operator commands (``flask --app web.app:create_app <command>``).
+
+Every command runs inside web/cli_boundary.py: a bad input or a broken configuration is one
+line and exit status 2 with nothing written; a failed dependency one line and status 1.
+"""
 
 from __future__ import annotations
 
@@ -9,30 +13,44 @@ import click
 from flask import Flask, current_app
 from sqlalchemy import select
 
-from engine.course_mapping_csv import MappingCsvError
+from engine.course_mapping_csv import MappingCsvError, decode_mapping_file
 from engine.ports import Cause
 from engine.reconcile import Reading
 from persistence.audit import drift_examples, drift_report
 from persistence.course_mappings import lms_username, set_lms_username
 from persistence.database import upgrade_database
-from persistence.models import Identity
+from persistence.models import Identity, Subscriber
 from persistence.subscribers import all_customer_ids, count_customers, peek_due, select_due
 from services.clock import wall_clock_ms
 from services.course_mappings import export_course_mappings, import_course_mappings
 from services.sweep import reconcile_customers
 from web.api import iso_ms
+from web.cli_boundary import OperatorInputError, checked_app_user_id, operator_command
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION_S = 100 * 365 * 86400  # a window further back than the engine's life is a typo
 
 
 def parse_duration_s(text: str) -> int:
-    """'90s', '15m', '24h', '7d' -> seconds."""
+    """'90s', '15m', '24h', '7d' -> seconds (at most a hundred years)."""
     text = text.strip().lower()
     if text[-1:] in DURATION_UNITS and text[:-1].isdigit():
-        return int(text[:-1]) * DURATION_UNITS[text[-1]]
-    if text.isdigit():
-        return int(text)
-    raise click.BadParameter(f"{text!r} is not a duration like 90s, 15m, 24h or 7d")
+        seconds = int(text[:-1]) * DURATION_UNITS[text[-1]]
+    elif text.isdigit():
+        seconds = int(text)
+    else:
+        raise click.BadParameter(f"{text!r} is not a duration like 90s, 15m, 24h or 7d")
+    if seconds > MAX_DURATION_S:
+        raise click.BadParameter(f"{text!r} is more than a hundred years")
+    return seconds
+
+
+def known_customer(factory, app_user_id: str) -> str | None:
+    """The customer id the engine knows ``app_user_id`` by, or None if it never saw it."""
+    with factory() as session:
+        return session.scalar(select(Identity.customer_id).where(Identity.app_user_id == app_user_id)) or (
+            session.scalar(select(Subscriber.customer_id).where(Subscriber.customer_id == app_user_id))
+        )
 
 
 def _describe(action) -> str:
@@ -46,18 +64,33 @@ def _describe(action) -> str:
 
 
 def register(app: Flask) -> None:
-    @app.cli.command("migrate")
+    @operator_command(app.cli, "migrate", needs_catalog=False)
     @click.option("--revision", default="head", show_default=True)
     def migrate(revision: str) -> None:
         """Apply the database migrations."""
         upgrade_database(current_app.config["ENGINE_SETTINGS"], revision)
         click.echo(f"database at {revision}")
 
-    @app.cli.command("reconcile-user")
+    @operator_command(app.cli, "reconcile-user")
     @click.argument("app_user_id")
-    def reconcile_one(app_user_id: str) -> None:
-        """Re-read one user from the provider and converge their access now."""
+    @click.option(
+        "--lookup",
+        is_flag=True,
+        help="read the provider even for an id the engine never saw; RevenueCat's v1 GET /subscribers "
+        "creates the customer there if it does not exist, and the engine then checks it like any other",
+    )
+    def reconcile_one(app_user_id: str, lookup: bool) -> None:
+        """Re-read one user from the provider and converge their access now.
+
+        Only users the engine knows (from a webhook, a sync or the user list) unless --lookup.
+        """
+        checked_app_user_id(app_user_id)
         rt = current_app.extensions["engine_wiring"]
+        if not lookup and known_customer(rt.session_factory, app_user_id) is None:
+            raise OperatorInputError(
+                f"{app_user_id!r} is not a user the engine knows (no webhook, sync or import named it); "
+                "check the id, or pass --lookup to read it from the provider (which creates it at RevenueCat)"
+            )
         body = rt.budgeted_provider("sync", max_wait_s=60).get_subscriber(app_user_id)
         outcome = rt.convergence.reconcile(Reading.from_provider(app_user_id, body), Cause("operator", "cli"))
         click.echo(
@@ -71,8 +104,10 @@ def register(app: Flask) -> None:
             )
         )
 
-    @app.cli.command("reconcile-all")
-    @click.option("--chunk", default=100, show_default=True, help="customers per database page")
+    @operator_command(app.cli, "reconcile-all")
+    @click.option(
+        "--chunk", default=100, show_default=True, type=click.IntRange(1, 10_000), help="customers per database page"
+    )
     def reconcile_all(chunk: int) -> None:
         """Re-read every known customer from the provider (within the budget) and converge."""
 
@@ -99,7 +134,7 @@ def register(app: Flask) -> None:
             f"drift repaired: {', '.join(f'{k}={v}' for k, v in sorted(drift.items())) or 'none'}"
         )
 
-    @app.cli.command("drift-report")
+    @operator_command(app.cli, "drift-report")
     @click.option("--since", "since", default="24h", show_default=True, help="window start, as a duration ago")
     @click.option("--until", "until", default="0s", show_default=True, help="window end, as a duration ago")
     @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
@@ -143,9 +178,9 @@ def register(app: Flask) -> None:
         for e in examples:
             click.echo(f"  e.g. {e.customer_id} {e.resource}: {e.action} ({e.drift_kind})")
 
-    @app.cli.command("sweep")
+    @operator_command(app.cli, "sweep")
     @click.option("--dry-run", is_flag=True, help="show what the sweep would change, change nothing")
-    @click.option("--limit", default=100, show_default=True)
+    @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000))
     def sweep_command(dry_run: bool, limit: int) -> None:
         """Run one sweep now: the customers due for a check (dry run: report only)."""
 
@@ -172,8 +207,8 @@ def register(app: Flask) -> None:
     def course_mappings() -> None:
         """Which Open edX course run and paid mode each granted resource maps to (CSV)."""
 
-    @course_mappings.command("import")
-    @click.argument("csv_file", type=click.File("r", encoding="utf-8-sig"))
+    @operator_command(course_mappings, "import")
+    @click.argument("csv_file", type=click.File("rb"))
     @click.option("--replace", is_flag=True, help="delete mappings the file does not list")
     @click.option("--dry-run", is_flag=True, help="validate and report, write nothing")
     def import_mappings(csv_file, replace: bool, dry_run: bool) -> None:
@@ -184,7 +219,7 @@ def register(app: Flask) -> None:
         try:
             result = import_course_mappings(
                 rt.session_factory,
-                csv_file.read(),
+                decode_mapping_file(csv_file.read()),
                 known_resources=known,
                 replace=replace,
                 now_ms=wall_clock_ms(),
@@ -193,7 +228,7 @@ def register(app: Flask) -> None:
         except MappingCsvError as exc:
             for problem in exc.problems:
                 click.echo(f"{csv_file.name}: {problem}", err=True)
-            raise click.ClickException(f"{len(exc.problems)} problem(s): nothing imported") from None
+            raise OperatorInputError(f"{len(exc.problems)} problem(s): nothing imported") from None
         prefix = "dry run: would import" if dry_run else "imported"
         click.echo(
             f"{prefix}: {len(result.created)} created, {len(result.updated)} updated, "
@@ -201,20 +236,28 @@ def register(app: Flask) -> None:
             f"{result.enqueued} LMS change(s) for existing holders"
         )
 
-    @course_mappings.command("export")
-    @click.argument("csv_file", type=click.File("w", encoding="utf-8"), default="-")
+    @operator_command(course_mappings, "export")
+    @click.argument("csv_file", type=click.File("w", encoding="utf-8", lazy=True), default="-")
     def export_mappings(csv_file) -> None:
-        """Write every mapping as CSV (to stdout by default); importing it back changes nothing."""
+        """Write every mapping as CSV (to stdout by default); importing it back changes nothing.
+        No cell can be evaluated as a formula by a spreadsheet (see engine/course_mapping_csv.py)."""
 
-        csv_file.write(export_course_mappings(current_app.extensions["engine_wiring"].session_factory))
+        try:
+            text = export_course_mappings(current_app.extensions["engine_wiring"].session_factory)
+        except ValueError as exc:
+            raise OperatorInputError(f"cannot export: {exc}") from None
+        csv_file.write(text)  # opened only now: a failed export leaves the file as it was
 
-    @app.cli.command("lms-username")
+    @operator_command(app.cli, "lms-username", needs_catalog=False)
     @click.argument("app_user_id")
     @click.argument("username", required=False)
     @click.option("--clear", is_flag=True, help="forget the mapping: the username is the app_user_id again")
     def lms_username_command(app_user_id: str, username: str | None, clear: bool) -> None:
         """Show or set the LMS username of an app_user_id (by default they are equal)."""
 
+        checked_app_user_id(app_user_id)
+        if username is not None:
+            checked_app_user_id(username, "username")
         rt = current_app.extensions["engine_wiring"]
         with rt.session_factory() as session, session.begin():
             if username or clear:

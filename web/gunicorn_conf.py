@@ -4,10 +4,44 @@ command-line options still win)."""
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import socket
+import sys
 
+from gunicorn.glogging import Logger
+
+from config.logs import configure_logging
+from services.startup import StartupError, check_deployment, settings_from_env
 from web.greenlets import serve_requests, wait_until_idle
+
+
+class EngineLogger(Logger):
+    """gunicorn's logger, set up first thing in the master: the process's own logging (stdout,
+    text or JSON, secrets redacted), gunicorn's error and access lines written through it, and
+    the start-up checks (services/startup.py), which stop the master with one line."""
+
+    _checked = False
+
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        try:
+            settings = settings_from_env()
+            configure_logging(settings, process="web")
+            if not EngineLogger._checked:  # at start, not again on a HUP reload
+                check_deployment(settings, "web")
+                EngineLogger._checked = True
+        except StartupError as exc:
+            sys.exit(f"web: {exc}")
+        for log in (self.error_log, self.access_log):
+            for handler in list(log.handlers):
+                # gunicorn's own stream handlers ("-"); files and syslog an operator asked for stay
+                if getattr(handler, "_gunicorn", False) and type(handler) is logging.StreamHandler:
+                    log.removeHandler(handler)
+            log.propagate = True
+
+
+logger_class = EngineLogger
 
 
 def on_starting(server) -> None:

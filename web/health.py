@@ -7,9 +7,11 @@ from spectree import Response as Documented
 from sqlalchemy import text
 
 from adapters.metrics import render
+from engine.errors import CatalogError
 from persistence.inbox_rows import inbox_counts
 from persistence.subscribers import count_due
 from services.clock import wall_clock_ms
+from services.startup import catalog_problem
 from web.openapi import PUBLIC, api
 from web.schemas import Health, Readiness
 
@@ -48,6 +50,11 @@ def readyz():
         checks["broker"] = "ok"
     except Exception as exc:
         checks["broker"] = f"error: {exc.__class__.__name__}"
+    try:
+        wiring.catalog  # noqa: B018 - loaded (and validated) on first use
+        checks["catalog"] = "ok"
+    except CatalogError as exc:
+        checks["catalog"] = f"error: {catalog_problem(wiring.settings, exc)}"
     ready = all(v == "ok" for v in checks.values())
     return jsonify(status="ready" if ready else "not_ready", checks=checks), 200 if ready else 503
 

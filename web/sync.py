@@ -43,12 +43,23 @@ AUTH_REFUSALS = {
 
 
 def app_user_id_problem(app_user_id: str) -> str | None:
-    """Why ``app_user_id`` cannot name a user (None when it can), by its schema."""
+    """Why ``app_user_id`` cannot name a user (None when it can), by its schema, in words."""
     try:
         _APP_USER_ID.validate_python(app_user_id)
     except ValidationError as exc:
-        return exc.errors(include_url=False)[0]["msg"]
+        error = exc.errors(include_url=False)[0]
+        return _ID_PROBLEMS.get(error["type"], error["msg"])
     return None
+
+
+# The schema's refusals of an id, as an operator or an app developer would say them.
+_ID_PROBLEMS = {
+    "string_pattern_mismatch": "control characters are not allowed",
+    "string_too_short": "a non-empty string is required",
+    "string_too_long": "at most 255 characters",
+    "string_type": "a non-empty string is required",
+    "string_unicode": "not valid UTF-8",
+}
 
 
 @bp.post("/users/<path:app_user_id>/sync")

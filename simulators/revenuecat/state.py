@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, TypeVar
 
 from simulators.revenuecat.customer_info import subscriber_body
@@ -782,6 +782,23 @@ class ProviderState:
                     customer.aliases.add(new_id)
                     self._customers[new_id] = customer
             customer.last_seen_ms = max(customer.last_seen_ms, now)
+
+    # ----- read-only views (tests and the demo) -------------------------------------------
+
+    def purchase_history(self, app_user_id: str) -> tuple[list[SubscriptionPeriod], list[OneTimePurchase]]:
+        """Every subscription period and one-time purchase the customer of ``app_user_id`` holds,
+        refunded ones included, as copies; ([], []) for an unknown id.
+
+        The v1 body shows only the latest period of each subscription product; this is the whole
+        history, the truth a test or the demo checks the engine against.
+        """
+        with self._lock:
+            customer = self._find(app_user_id)
+            if customer is None:
+                return [], []
+            periods = [replace(p) for ps in customer.subscriptions.values() for p in ps]
+            purchases = [replace(p) for ps in customer.one_time_purchases.values() for p in ps]
+            return periods, purchases
 
     # ----- REST v1 -----------------------------------------------------------------------
 

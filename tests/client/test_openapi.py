@@ -59,6 +59,11 @@ def test_the_fuzzing_stays_bounded():
 
 
 schema = schemathesis.openapi.from_dict(SPEC)
+# A body over the size limit is refused with 413 before it is read: a rejection like a 400. (Long
+# enough invalid tokens of multi-byte characters pass the limit; which examples are drawn varies
+# with the test session, so without this the test failed or passed with the set of test files.)
+_rejection = schema.config.checks.negative_data_rejection
+_rejection.expected_statuses = [*_rejection.expected_statuses, "413"]
 
 
 @schema.parametrize()

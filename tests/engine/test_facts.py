@@ -114,3 +114,14 @@ def test_transfer_then_stale_snapshot_of_old_owner():
     tx = fold([obs(10, owner="alice", **PURCHASE), obs(30, owner="bob")])
     assert observe_all({"tx1": tx}, [obs(20, owner="alice")]) == []
     assert tx.owner == "bob"
+
+
+def test_an_omission_does_not_outrank_another_customers_snapshot_read_just_before():
+    # p1 moved from alice to bob. In one sweep group bob was read at 20 and alice at 21, and
+    # alice's snapshot was written first: her omission must not hide bob's ownership.
+    tx = Transaction("p1", product_id="h01enb", kind="non_subscription", owner="alice", observed={"owner": 10})
+    [cleared] = observe_snapshot({"p1": tx}, snapshot("alice", 21))
+    assert cleared.owner is None
+    bobs = TransactionObservation("p1", 20, product_id="h01enb", kind="non_subscription", owner="bob")
+    [owned] = observe_snapshot({"p1": cleared}, snapshot("bob", 20, bobs))
+    assert owned.owner == "bob"

@@ -58,7 +58,7 @@ def test_every_error_with_its_line_and_nothing_half_imported(cli, lms_runtime, t
         + "course:H01ENB,course-v1:A+B+E,verified,,,\n"  # line 5: mapped twice
     )
     result = cli.invoke(args=["course-mappings", "import", str(bad)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # the operator's input: nothing written
     lines = [line for line in result.output.splitlines() if line.startswith(str(bad))]
     assert [line.split(": ", 1)[1].split(":")[0] for line in lines] == ["line 3", "line 4", "line 5"]
     assert (
@@ -90,7 +90,7 @@ def test_a_course_run_kept_from_before_cannot_be_mapped_twice(cli, tmp_path):
     second = tmp_path / "second.csv"
     second.write_text(HEADER + f"module:algebra,{COURSE},verified,,,\n")
     result = cli.invoke(args=["course-mappings", "import", str(second)])
-    assert result.exit_code == 1 and "line 2: course_run_id" in result.output and "use --replace" in result.output
+    assert result.exit_code == 2 and "line 2: course_run_id" in result.output and "use --replace" in result.output
 
 
 def test_importing_a_mapping_enqueues_existing_holders(cli, lms_runtime, simulator, tmp_path):
