@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +62,17 @@ class Settings:
     openedx_api_key: str = ""  # X-Edx-Api-Key (server-to-server); used instead of OAuth2 when set
     sink_drain_interval_s: int = 10  # beat drains the sink outbox this often (and after each event)
     sink_retry_backoff_max_s: int = 300  # cap of the backoff between tries of one outbox row
+    # Operator console (/console): "name:role:hash,..." with role viewer or admin and a
+    # werkzeug password hash (flask --app web.app:create_app console-hash-password); the secret
+    # signs session cookies and CSRF tokens. Either empty: the console is off.
+    console_users: str = field(default="", repr=False)
+    console_secret_key: str = field(default="", repr=False)
+    console_session_ttl_s: int = 8 * 3600  # a sign-in lasts this long at most
+    console_idle_timeout_s: int = 3600  # and ends after this long without a request
+    # Behind one reverse proxy that sets X-Forwarded-Proto/-For: trust them (Secure cookies
+    # over HTTPS, the client's address). Never set it without such a proxy: clients could forge them.
+    trust_proxy_headers: bool = False
+    metrics_token: str = field(default="", repr=False)  # bearer token /metrics requires (empty: open)
 
     @property
     def openedx_enabled(self) -> bool:
@@ -131,4 +142,10 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], object]]] = {
     "openedx_api_key": ("OPENEDX_API_KEY", str),
     "sink_drain_interval_s": ("SINK_DRAIN_INTERVAL_S", int),
     "sink_retry_backoff_max_s": ("SINK_RETRY_BACKOFF_MAX_S", int),
+    "console_users": ("CONSOLE_USERS", str),
+    "console_secret_key": ("CONSOLE_SECRET_KEY", str),
+    "console_session_ttl_s": ("CONSOLE_SESSION_TTL_S", int),
+    "console_idle_timeout_s": ("CONSOLE_IDLE_TIMEOUT_S", int),
+    "trust_proxy_headers": ("TRUST_PROXY_HEADERS", lambda v: _bool(v, False)),
+    "metrics_token": ("METRICS_TOKEN", str),
 }

@@ -71,7 +71,7 @@ class Wiring:
 
     @cached_property
     def convergence(self) -> Convergence:
-        return Convergence(self.session_factory, self.catalog, self.policy, wall_clock_ms)
+        return Convergence(self.session_factory, self.catalog, self.policy, wall_clock_ms, metrics=self.metrics)
 
     # -- Redis ------------------------------------------------------------------------------
     @cached_property
@@ -111,6 +111,7 @@ class Wiring:
             self.settings.revenuecat_api_key,
             connect_timeout_s=self.settings.provider_connect_timeout_s,
             read_timeout_s=self.settings.provider_read_timeout_s,
+            observe=self.metrics.provider_request,
         )
 
     def budgeted_provider(self, priority: Priority, *, max_wait_s: float) -> BudgetedProvider:
@@ -153,6 +154,7 @@ class Wiring:
             provider=self.budgeted_provider("event", max_wait_s=EVENT_BUDGET_WAIT_S),
             max_attempts=self.settings.task_max_retries + 1,
             retry_cap_ms=self.settings.retry_backoff_max_s * 1000,
+            metrics=self.metrics,
         )
 
     @cached_property
@@ -189,6 +191,8 @@ class Wiring:
             self.access_watch.stop()
         if "access_notifier" in built:
             self.access_notifier.close()
+        if "metrics" in built:
+            self.metrics.close()
         if "db" in built:
             self.db.dispose()
         if "redis" in built:

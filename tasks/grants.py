@@ -19,6 +19,7 @@ from tasks.names import GRANTS_EXPIRE
 def expire(self: Task) -> int:
     """Converge every customer holding a grant whose expiry passed (no provider call)."""
     wiring = wiring_of(self)
+    wiring.metrics.job_ran("grants-expire")
     outcomes = [
         wiring.convergence.reconcile(Reading.from_ledger(customer_id), Cause("expiry"))
         for customer_id in customers_with_due_expiry(wiring.session_factory, now_ms=wall_clock_ms())

@@ -37,7 +37,8 @@ def drain(self: Task, customer_id: str | None = None) -> int:
     sink = wiring.course_sink
     if sink is None:
         return 0
-    if customer_id is None:
+    if customer_id is None:  # the beat's run (a learner's own drain names them)
+        wiring.metrics.job_ran("lms-drain")
         enqueue_expired_mappings(wiring.session_factory, now_ms=wall_clock_ms())
     result = drain_outbox(
         wiring.session_factory,

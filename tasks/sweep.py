@@ -23,6 +23,7 @@ def run(self: Task) -> int:
     """Select the customers due for a provider read, as many as the budget allows until the
     next sweep, and fan them out in batches."""
     wiring = wiring_of(self)
+    wiring.metrics.job_ran("sweep")
     interval_s = wiring.settings.sweep_interval_s
     allowance = wiring.budget.limit_for("sweep") * interval_s // 60
     ids = select_due(wiring.session_factory, now_ms=wall_clock_ms(), limit=allowance, lease_ms=SWEEP_LEASE_MS)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify
-from sqlalchemy import text
+import hmac
 
-from persistence.inbox_rows import inbox_counts
+from flask import Blueprint, Response, current_app, jsonify, request
+from sqlalchemy import text
 
 bp = Blueprint("health", __name__)
 
@@ -37,16 +37,22 @@ def readyz():
 
 @bp.get("/metrics")
 def metrics():
-    """Prometheus text: counters shared by every process (drift repaired by kind, reconciles,
-    sweep selections) and gauges read from the database (inbox by status, subscribers due)."""
-    from adapters.metrics import render
-    from persistence.subscribers import count_due
-    from services.clock import wall_clock_ms
+    """Prometheus text of the whole system: counters and histograms every process recorded (in
+    Redis), gauges read now (backlogs, ages, budget). ``METRICS_TOKEN`` set: a bearer token."""
+    from prometheus_client import CONTENT_TYPE_LATEST
 
+    from adapters.metrics import render
+    from services.pipeline_state import pipeline_gauges
+
+    token = current_app.config["ENGINE_SETTINGS"].metrics_token
+    if token:
+        scheme, _, provided = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            provided.strip().encode("utf-8", "surrogateescape"), token.encode()
+        ):
+            response = jsonify(error="unauthorized", message="missing or wrong bearer token (METRICS_TOKEN)")
+            response.status_code = 401
+            response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
+            return response
     wiring = current_app.extensions["engine_wiring"]
-    gauges = {
-        f'engine_inbox_events{{status="{status}"}}': n for status, n in inbox_counts(wiring.session_factory).items()
-    }
-    gauges["engine_subscribers_due"] = count_due(wiring.session_factory, now_ms=wall_clock_ms())
-    gauges["engine_provider_requests_in_window"] = wiring.budget.used_in_window()
-    return Response(render(wiring.metrics.counters(), gauges), mimetype="text/plain; version=0.0.4")
+    return Response(render(wiring.metrics, pipeline_gauges(wiring)), content_type=CONTENT_TYPE_LATEST)

@@ -436,13 +436,14 @@ PATHS: dict[str, Any] = {
     "/metrics": {
         "get": {
             "operationId": "metrics",
-            "summary": "Prometheus metrics.",
+            "summary": "Prometheus metrics (a bearer token when METRICS_TOKEN is set).",
             "security": [],
             "responses": {
                 "200": {
                     "description": "Prometheus text format.",
                     "content": {"text/plain": {"schema": {"type": "string"}}},
-                }
+                },
+                "401": _error("METRICS_TOKEN is set and the bearer token is missing or wrong."),
             },
         }
     },
