@@ -26,7 +26,8 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
 
     init_sentry(settings, component="web")
 
-    from web import api, cli, cli_inbox, health, intake
+    from web import api, cli, cli_inbox, cli_outbox, health, intake
+    from web.console import init_console
 
     app.register_blueprint(intake.bp)
     app.register_blueprint(api.bp)
@@ -38,6 +39,8 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     app.register_blueprint(openapi.bp)
     cli.register(app)
     app.cli.add_command(cli_inbox.inbox_cli)
+    app.cli.add_command(cli_outbox.outbox_cli)
+    init_console(app, settings)
     # The intake's storage engine now, not on the first webhook: that one would also pay for
     # importing the database driver (about 0.25 s per gunicorn worker after each deploy).
     intake.intake_engine(app.extensions["engine_wiring"])
