@@ -10,6 +10,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
 from services.inbox import process_inbox_event
+from services.sweep import reconcile_customers
 from simulators.serving import ServedApp
 from tests.console.browser import chromium, needs_chromium, screenshot
 from tests.console.conftest import ADMIN, ADMIN_PASSWORD, VIEWER, VIEWER_PASSWORD
@@ -70,6 +71,9 @@ def scenario(console_app, runtime, simulator) -> int:
 
 def test_sign_in_and_the_overview_shows_the_scenario(served, browser, console_app, runtime, simulator):
     dead = scenario(console_app, runtime, simulator)
+    tx = simulator.state.subscriber("bob")[1]["subscriber"]["non_subscriptions"]["h01enb"][0]["store_transaction_id"]
+    simulator.state.refund("bob", tx)  # its webhook is lost: the sweep finds the refund
+    assert reconcile_customers(["bob"], runtime.sweep_reads).drift == {"missed_revocation": 1}
     sign_in(browser, served, ADMIN, ADMIN_PASSWORD)
     assert text_of(browser, "kpi-received") == "5"
     assert text_of(browser, "kpi-processed") == "3"
@@ -77,6 +81,7 @@ def test_sign_in_and_the_overview_shows_the_scenario(served, browser, console_ap
     assert text_of(browser, "kpi-dead") == "1"
     assert text_of(browser, "kpi-success") == "75.00%"  # 3 processed of 4 that ended
     assert "p50" in text_of(browser, "kpi-latency")
+    assert browser.find_element(By.CSS_SELECTOR, "ul.legend").text.split() == ["missed_revocation", "1"]
     screenshot(browser, "01-overview")
     browser.get(f"{served}/console/inbox")
     screenshot(browser, "02-inbox")

@@ -167,13 +167,9 @@ class Chart:
     top: int  # the y axis' maximum (a round number)
     bars: list[Bar]
     ticks: list[tuple[float, str]]  # x, label
+    levels: list[tuple[float, int]]  # y, repairs: the horizontal grid lines
     kinds: list[tuple[str, str]]  # legend: kind, colour
     plot_left: int = 44
-    plot_bottom: int = 24
-
-    @property
-    def plot_height(self) -> int:
-        return self.height - self.plot_bottom - 8
 
 
 def _round_up(n: int) -> int:
@@ -217,4 +213,6 @@ def drift_chart(
         (bars[i].x + bars[i].width / 2, utc(bars[i].start_ms)[5 if day_long else 11 : 16])
         for i in range(0, buckets, every)
     ]
-    return Chart(width, height, top, bars, ticks, [(k, colour_of(k)) for k in kinds])
+    values = sorted({0, top // 2, top} if top % 2 == 0 else {0, top})
+    levels = [(8 + plot_h * (1 - v / top), v) for v in values]
+    return Chart(width, height, top, bars, ticks, levels, [(k, colour_of(k)) for k in kinds])

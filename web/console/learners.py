@@ -83,9 +83,9 @@ def lms_state(customer_id: str, outbox: list) -> dict[str, str]:
     sink = w.course_sink
     if sink is None:
         return {}
+    resources = {r.resource for r in outbox} | {gr.resource for gr in learner_record(w.session_factory, customer_id).grants}
     with w.session_factory() as session:
         username = lms_username(session, customer_id)
-        resources = {r.resource for r in outbox} | {gr.resource for gr in learner_record(w.session_factory, customer_id).grants}
         mappings = mappings_for(session, resources)
     states: dict[str, str] = {}
     for resource, mapping in sorted(mappings.items()):

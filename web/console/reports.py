@@ -87,7 +87,12 @@ def mappings() -> str:
 @bp.get("/mappings/new")
 @admin_required
 def mapping_new() -> str:
-    values = {c: "" for c in COLUMNS} | {"active": "true", "on_revoke": "audit", "resource": request.args.get("resource", "")}
+    values = {c: "" for c in COLUMNS} | {
+        "active": "true",
+        "mode": "professional",
+        "on_revoke": "audit",
+        "resource": request.args.get("resource", ""),
+    }
     return render_template("console/mapping_form.html", **form_context(values, None, creating=True))
 
 
