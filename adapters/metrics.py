@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
@@ -208,7 +208,7 @@ class Metrics:
     def job_ran(self, job: str, *, now_ms: int | None = None) -> None:
         """A beat job ran (written at once: the console and an alert read when each last ran)."""
         try:
-            self.client.hset(_JOBS_KEY, job, now_ms if now_ms is not None else int(time.time() * 1000))
+            self.client.hset(_JOBS_KEY, job, str(now_ms if now_ms is not None else int(time.time() * 1000)))
         except redis.RedisError:
             log.warning("could not record that %s ran", job, exc_info=True)
 
@@ -269,7 +269,8 @@ class Metrics:
 
     def job_runs(self) -> dict[str, int]:
         """When each beat job last ran (ms since the epoch)."""
-        return {k.decode(): int(v) for k, v in self.client.hgetall(_JOBS_KEY).items()}
+        runs = cast("dict[bytes, bytes]", self.client.hgetall(_JOBS_KEY))
+        return {k.decode(): int(v) for k, v in runs.items()}
 
     def collect(self) -> Iterator[Metric]:
         """Every declared family, with what every process has recorded (this one's flushed first)."""

@@ -29,12 +29,29 @@ from persistence.database import upgrade_database
 
 BUDGET_MS = 200.0
 DAY_MS = 86_400_000
-SPAN_DAYS = 30
+SPAN_DAYS = 30  # default spread of the webhooks (--days)
 PASSWORD = "bench-password-0123"
 
 # (status, share of webhooks) and (event type, share): cumulative thresholds over N % 10000.
-STATUSES = [("processed", 9500), ("ignored", 9700), ("dead", 9750), ("degraded", 9800), ("retrying", 9820), ("malformed", 9840), ("received", 9850), ("processed", 10000)]
-TYPES = [("RENEWAL", 6000), ("INITIAL_PURCHASE", 8000), ("CANCELLATION", 9000), ("EXPIRATION", 9700), ("NON_RENEWING_PURCHASE", 9950), ("TRANSFER", 9980), ("BILLING_ISSUE", 10000)]
+STATUSES = [
+    ("processed", 9500),
+    ("ignored", 9700),
+    ("dead", 9750),
+    ("degraded", 9800),
+    ("retrying", 9820),
+    ("malformed", 9840),
+    ("received", 9850),
+    ("processed", 10000),
+]
+TYPES = [
+    ("RENEWAL", 6000),
+    ("INITIAL_PURCHASE", 8000),
+    ("CANCELLATION", 9000),
+    ("EXPIRATION", 9700),
+    ("NON_RENEWING_PURCHASE", 9950),
+    ("TRANSFER", 9980),
+    ("BILLING_ISSUE", 10000),
+]
 DRIFT_KINDS = ["missed_grant", "missed_revocation", "wrong_expiry", "wrong_mode", "lms_missing"]
 
 
@@ -43,8 +60,8 @@ def _case(column: str, table: list[tuple[str, int]], modulo: str) -> str:
     return f"(CASE {arms} END)"
 
 
-def seed(engine, *, inbox: int, learners: int, now_ms: int, log: Callable[[str], None]) -> None:
-    span = SPAN_DAYS * DAY_MS
+def seed(engine, *, inbox: int, learners: int, days: int, now_ms: int, log: Callable[[str], None]) -> None:
+    span = days * DAY_MS
     statements = [
         (
             "learners",
@@ -95,10 +112,10 @@ def seed(engine, *, inbox: int, learners: int, now_ms: int, log: Callable[[str],
         ),
         (
             "audit (what webhooks caused)",
-            f"""INSERT INTO audit_log (at_ms, customer_id, resource, action, before, after, cause_kind, cause_ref)
+            """INSERT INTO audit_log (at_ms, customer_id, resource, action, before, after, cause_kind, cause_ref)
                 SELECT (extract(epoch from received_at) * 1000)::bigint + 400 + (id % 3000), au.app_user_id,
                        'module:algebra', CASE WHEN event_type = 'INITIAL_PURCHASE' THEN 'grant' ELSE 'extend' END,
-                       NULL, '{{"mode": "full", "expires_ms": null, "sources": []}}', 'event', event_type || ':' || event_id
+                       NULL, '{"mode": "full", "expires_ms": null, "sources": []}', 'event', event_type || ':' || event_id
                 FROM inbox_events JOIN inbox_event_users au ON au.inbox_id = inbox_events.id
                 WHERE status = 'processed' AND event_type IN ('INITIAL_PURCHASE', 'RENEWAL')""",
         ),
@@ -172,33 +189,43 @@ def main() -> None:
     parser.add_argument("--inbox", type=int, default=1_000_000)
     parser.add_argument("--learners", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--days", type=int, default=SPAN_DAYS, help="the webhooks arrived over this many days")
     parser.add_argument("--keep", action="store_true", help="keep the seeded schema (printed)")
+    parser.add_argument("--schema", help="time the pages of a schema seeded before (with --keep), seeding nothing")
     args = parser.parse_args()
     base_url = os.environ.get("DATABASE_URL") or "postgresql+psycopg://postgres@127.0.0.1:5432/test"
     if not base_url.startswith("postgresql"):
         raise SystemExit("bench.console seeds PostgreSQL: set DATABASE_URL=postgresql+psycopg://...")
-    schema = f"bench_console_{uuid.uuid4().hex[:8]}"
+    schema = args.schema or f"bench_console_{uuid.uuid4().hex[:8]}"
     admin = create_engine(base_url)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    if not args.schema:
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     url = f"{base_url}{'&' if '?' in base_url else '?'}options=-csearch_path%3D{schema}"
     users = f"ada:admin:{generate_password_hash(PASSWORD, method='pbkdf2:sha256:1000')}"
     settings = Settings.from_env().with_(
         database_url=url, console_users=users, console_secret_key="bench-console-secret-0123456789abcdef"
     )
     try:
-        upgrade_database(settings)
         engine = create_engine(url)
-        now_ms = int(time.time() * 1000)
-        print(f"seeding {args.inbox:,} webhooks and {args.learners:,} learners into schema {schema}")
-        seed(engine, inbox=args.inbox, learners=args.learners, now_ms=now_ms, log=print)
+        if not args.schema:
+            upgrade_database(settings)
+            print(f"seeding {args.inbox:,} webhooks over {args.days} days and {args.learners:,} learners into {schema}")
+            seed(
+                engine,
+                inbox=args.inbox,
+                learners=args.learners,
+                days=args.days,
+                now_ms=int(time.time() * 1000),
+                log=print,
+            )
         with engine.connect() as conn:
-            dead_id = conn.execute(text("SELECT max(id) FROM inbox_events WHERE status = 'dead'")).scalar()
-            middle = conn.execute(text("SELECT max(id) / 2 FROM inbox_events")).scalar()
+            dead_id = int(conn.execute(text("SELECT max(id) FROM inbox_events WHERE status = 'dead'")).scalar_one())
+            middle = int(conn.execute(text("SELECT max(id) / 2 FROM inbox_events")).scalar_one())
         engine.dispose()
         report(settings, args.runs, dead_id=dead_id, middle_id=middle, learners=args.learners)
     finally:
-        if not args.keep:
+        if not (args.keep or args.schema):
             with admin.begin() as conn:
                 conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
@@ -210,7 +237,9 @@ def report(settings: Settings, runs: int, *, dead_id: int, middle_id: int, learn
     app = create_app(settings)
     client = app.test_client()
     page = client.get("/console/login").get_data(as_text=True)
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert match, "no CSRF token on the sign-in page"
+    token = match.group(1)
     client.post("/console/login", data={"username": "ada", "password": PASSWORD, "csrf_token": token})
     learner = f"learner-{learners // 2:07d}"
     pages = [

@@ -77,9 +77,7 @@ def unknown_product_count(factory: sessionmaker[Session]) -> int:
 
 def unknown_products(factory: sessionmaker[Session], *, limit: int = 20) -> list[UnknownProduct]:
     with factory() as session:
-        return list(
-            session.scalars(select(UnknownProduct).order_by(UnknownProduct.last_seen_ms.desc()).limit(limit))
-        )
+        return list(session.scalars(select(UnknownProduct).order_by(UnknownProduct.last_seen_ms.desc()).limit(limit)))
 
 
 def inbox_window_counts(factory: sessionmaker[Session], *, since_ms: int, until_ms: int) -> dict[str, int]:
@@ -101,7 +99,7 @@ def inbox_window_counts(factory: sessionmaker[Session], *, since_ms: int, until_
 
 
 def event_grant_latencies_ms(
-    factory: sessionmaker[Session], *, since_ms: int, until_ms: int, sample: int = 2000
+    factory: sessionmaker[Session], *, since_ms: int, until_ms: int, sample: int = 500
 ) -> list[int]:
     """Purchase-to-access of the latest ``sample`` grants a webhook caused in the window: from
     the webhook's ``received_at`` to its grant's audit time (one query for the grants, one
@@ -235,7 +233,9 @@ def learner_record(factory: sessionmaker[Session], customer_id: str) -> LearnerR
             aliases=sorted(
                 str(a) for a in session.scalars(select(Identity.app_user_id).where(Identity.customer_id == customer_id))
             ),
-            grants=list(session.scalars(select(Grant).where(Grant.customer_id == customer_id).order_by(Grant.resource))),
+            grants=list(
+                session.scalars(select(Grant).where(Grant.customer_id == customer_id).order_by(Grant.resource))
+            ),
             transactions=list(
                 session.scalars(
                     select(LedgerTransaction)
@@ -266,9 +266,7 @@ def webhooks_naming(
         named = named.where(InboxEventUser.inbox_id < before_id)
     ids = named.order_by(InboxEventUser.inbox_id.desc()).limit(limit)
     with factory() as session:
-        return list(
-            session.scalars(select(InboxEvent).where(InboxEvent.id.in_(ids)).order_by(InboxEvent.id.desc()))
-        )
+        return list(session.scalars(select(InboxEvent).where(InboxEvent.id.in_(ids)).order_by(InboxEvent.id.desc())))
 
 
 def learner_outbox(factory: sessionmaker[Session], customer_id: str, *, limit: int = 50) -> list[SinkOutboxRow]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from persistence.models import SinkOutboxRow
@@ -29,8 +29,8 @@ class OutboxFilter:
     ids: tuple[int, ...] | None = None
 
 
-def _where(f: OutboxFilter) -> list[object]:
-    clauses: list[object] = []
+def _where(f: OutboxFilter) -> list[ColumnElement[bool]]:
+    clauses: list[ColumnElement[bool]] = []
     if f.status is not None:
         clauses.append(SinkOutboxRow.status == f.status)
     if f.customer_id is not None:

@@ -14,7 +14,6 @@ import io
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-from sqlalchemy import delete
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.course_mapping_csv import COLUMNS, CsvProblem, MappingCsvError
@@ -68,7 +67,9 @@ def save_mapping(
     if creating and resource:
         with factory() as session:
             if session.get(CourseMappingRow, resource) is not None:
-                return FormProblems(by_field={"resource": [f"resource {resource!r} is already mapped: edit it instead"]})
+                return FormProblems(
+                    by_field={"resource": [f"resource {resource!r} is already mapped: edit it instead"]}
+                )
     try:
         result = import_course_mappings(
             factory, one_row_csv(values), known_resources=known_resources, replace=False, now_ms=now_ms
@@ -90,10 +91,12 @@ def delete_mapping(factory: sessionmaker[Session], resource: str, *, actor: str,
     """Forget a mapping (LMS enrollments already made are left as they are, as ``--replace``
     leaves them); False when there was none."""
     with factory() as session, session.begin():
-        deleted = session.execute(delete(CourseMappingRow).where(CourseMappingRow.resource == resource)).rowcount
-    if deleted:
+        row = session.get(CourseMappingRow, resource)
+        if row is not None:
+            session.delete(row)
+    if row is not None:
         log_action(factory, actor=actor, action="mapping.delete", target=resource, now_ms=now_ms)
-    return bool(deleted)
+    return row is not None
 
 
 def import_mappings(

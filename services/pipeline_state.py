@@ -82,7 +82,9 @@ def pipeline_gauges(wiring: Wiring) -> Iterator[Metric]:
         "Seconds the provider budget stays paused after a 429 (0: not paused).",
         state.budget.paused_for_s,
     )
-    yield gauge("engine_unknown_products", "Store products the catalog lacks, seen in purchases.", state.unknown_products)
+    yield gauge(
+        "engine_unknown_products", "Store products the catalog lacks, seen in purchases.", state.unknown_products
+    )
     yield gauge(
         "engine_inbox_events",
         "Stored webhooks by status.",

@@ -25,7 +25,9 @@ outbox_cli = AppGroup("outbox", help="LMS enrollment changes (the sink outbox): 
 def list_command(*, status: str | None, user: str | None, before_id: int | None, limit: int, as_json: bool) -> None:
     """LMS changes, newest first."""
     wiring = current_app.extensions["engine_wiring"]
-    rows = list_outbox(wiring.session_factory, OutboxFilter(status=status, customer_id=user), before_id=before_id, limit=limit)
+    rows = list_outbox(
+        wiring.session_factory, OutboxFilter(status=status, customer_id=user), before_id=before_id, limit=limit
+    )
     for row in rows:
         fields = {
             "id": row.id,
@@ -70,7 +72,10 @@ def retry_command(*, row_ids: tuple[int, ...], all_failed: bool, user: str | Non
         actor=actor or f"cli:{getpass.getuser()}",
         drain=lambda customer_id: celery.send_task(LMS_DRAIN, kwargs={"customer_id": customer_id}),
     )
-    click.echo(f"retried {len(result.retried)} failed row(s)" + (f": {', '.join(map(str, result.retried))}" if 0 < len(result.retried) <= 20 else ""))
+    click.echo(
+        f"retried {len(result.retried)} failed row(s)"
+        + (f": {', '.join(map(str, result.retried))}" if 0 < len(result.retried) <= 20 else "")
+    )
     if result.superseded:
         click.echo(
             f"left failed, a later change of the same learner and course supersedes them: {', '.join(map(str, result.superseded))}",

@@ -61,7 +61,12 @@ def test_a_change_without_a_csrf_token_is_refused(console, runtime):
 def test_a_viewer_reads_but_cannot_change_anything(viewer):
     assert viewer.get("/console/inbox?status=dead").status_code == 200
     assert "Replay every dead letter" not in viewer.get("/console/inbox?status=dead").text
-    for path in ("/console/inbox/1/replay", "/console/inbox/replay", "/console/learners/alice/sync", "/console/outbox/retry"):
+    for path in (
+        "/console/inbox/1/replay",
+        "/console/inbox/replay",
+        "/console/learners/alice/sync",
+        "/console/outbox/retry",
+    ):
         assert post(viewer, path).status_code == 403, path
     assert viewer.get("/console/mappings/new").status_code == 403
 
@@ -70,7 +75,11 @@ def test_next_stays_inside_the_console(console_app):
     client = console_app.test_client()
     from tests.console.conftest import csrf_token
 
-    for target, expected in (("/console/drift?window=1h", "/console/drift?window=1h"), ("//evil.example/x", "/console/"), ("https://evil.example", "/console/")):
+    for target, expected in (
+        ("/console/drift?window=1h", "/console/drift?window=1h"),
+        ("//evil.example/x", "/console/"),
+        ("https://evil.example", "/console/"),
+    ):
         response = client.post(
             "/console/login",
             data={"username": ADMIN, "password": ADMIN_PASSWORD, "next": target, "csrf_token": csrf_token(client)},
@@ -102,7 +111,9 @@ def test_an_active_session_still_ends_after_its_lifetime(console, monkeypatch, c
     assert console.get("/console/activity").status_code == 302
 
 
-def test_a_changed_password_or_a_removed_operator_ends_their_sessions(console, console_settings, console_users, runtime):
+def test_a_changed_password_or_a_removed_operator_ends_their_sessions(
+    console, console_settings, console_users, runtime
+):
     from werkzeug.security import generate_password_hash
 
     new_hash = generate_password_hash("a-new-password-123", method="pbkdf2:sha256:1000")
@@ -110,7 +121,9 @@ def test_a_changed_password_or_a_removed_operator_ends_their_sessions(console, c
     app = create_app(console_settings.with_(console_users=f"{ADMIN}:admin:{new_hash},{others}"))
     try:
         client = app.test_client()
-        client.set_cookie("engine_console", console.get_cookie("engine_console", path="/console").value, path="/console")
+        client.set_cookie(
+            "engine_console", console.get_cookie("engine_console", path="/console").value, path="/console"
+        )
         assert client.get("/console/").status_code == 302
     finally:
         app.extensions["engine_wiring"].close()
@@ -155,7 +168,8 @@ def test_settings_hide_console_secrets(console_settings):
 
 def test_hash_password_command_prints_an_entry(console_app):
     result = console_app.test_cli_runner().invoke(
-        args=["console-hash-password", "--name", "bea", "--role", "admin"], input="long-enough-password\nlong-enough-password\n"
+        args=["console-hash-password", "--name", "bea", "--role", "admin"],
+        input="long-enough-password\nlong-enough-password\n",
     )
     assert result.exit_code == 0, result.output
     entry = result.output.strip().splitlines()[-1]

@@ -12,9 +12,9 @@ from selenium.webdriver.support.ui import Select
 from services.inbox import process_inbox_event
 from services.sweep import reconcile_customers
 from simulators.serving import ServedApp
+from tests.conftest import WEBHOOK_AUTH
 from tests.console.browser import chromium, needs_chromium, screenshot
 from tests.console.conftest import ADMIN, ADMIN_PASSWORD, VIEWER, VIEWER_PASSWORD
-from tests.conftest import WEBHOOK_AUTH
 from tests.support import celery_worker, wait_for
 
 pytestmark = [pytest.mark.browser, needs_chromium]
@@ -94,12 +94,19 @@ def test_sign_in_and_the_overview_shows_the_scenario(served, browser, console_ap
     wait_for(lambda: "/console/learners/alice" in browser.current_url, timeout=10, what="the learner page")
     assert "module:algebra" in browser.find_element(By.TAG_NAME, "main").text
     screenshot(browser, "04-learner")
-    for name, path in (("05-learners", "/console/learners"), ("06-drift", "/console/drift"), ("07-outbox", "/console/outbox"), ("08-activity", "/console/activity")):
+    for name, path in (
+        ("05-learners", "/console/learners"),
+        ("06-drift", "/console/drift"),
+        ("07-outbox", "/console/outbox"),
+        ("08-activity", "/console/activity"),
+    ):
         browser.get(served + path)
         screenshot(browser, name)
 
 
-def test_find_a_dead_letter_replay_it_and_see_it_processed(served, browser, console_app, console_settings, runtime, simulator):
+def test_find_a_dead_letter_replay_it_and_see_it_processed(
+    served, browser, console_app, console_settings, runtime, simulator
+):
     dead = scenario(console_app, runtime, simulator)
     sign_in(browser, served, ADMIN, ADMIN_PASSWORD)
     browser.get(f"{served}/console/inbox")
@@ -115,7 +122,9 @@ def test_find_a_dead_letter_replay_it_and_see_it_processed(served, browser, cons
         wait_for(lambda: "/console/replays/" in browser.current_url, timeout=10, what="the replay page")
         screenshot(browser, "09-replay-watching")
         # the page refreshes by itself (meta refresh) until the worker is done
-        wait_for(lambda: browser.find_elements(By.ID, "replay-done"), timeout=60, interval=0.5, what="the replay to finish")
+        wait_for(
+            lambda: browser.find_elements(By.ID, "replay-done"), timeout=60, interval=0.5, what="the replay to finish"
+        )
     assert text_of(browser, "replay-processed") == "1"
     screenshot(browser, "10-replay-done")
     browser.get(f"{served}/console/activity")

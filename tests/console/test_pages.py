@@ -41,7 +41,9 @@ def test_inbox_pages_by_key(console, client, simulator):
     stored = [intake(client, simulator.state.purchase_subscription(f"u{i}", "premium_monthly")) for i in range(55)]
     first = console.get("/console/inbox")
     assert ids_on(first) == sorted(stored, reverse=True)[:50]
-    older = re.search(r'href="([^"]*before=\d+[^"]*)">Older', first.text).group(1).replace("&amp;", "&")
+    link = re.search(r'href="([^"]*before=\d+[^"]*)">Older', first.text)
+    assert link, "no link to the next page"
+    older = link.group(1).replace("&amp;", "&")
     assert ids_on(console.get(older)) == sorted(stored, reverse=True)[50:]
 
 
@@ -92,7 +94,9 @@ def test_drift_report_and_a_csv_a_spreadsheet_cannot_execute(console, client, ru
     response = console.get("/console/drift.csv?window=1h&kind=missed_revocation")
     assert response.mimetype == "text/csv" and "attachment" in response.headers["Content-Disposition"]
     rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
-    assert len(rows) == 1 and rows[0]["customer_id"] == "'=HYPERLINK(1)" and rows[0]["drift_kind"] == "missed_revocation"
+    assert (
+        len(rows) == 1 and rows[0]["customer_id"] == "'=HYPERLINK(1)" and rows[0]["drift_kind"] == "missed_revocation"
+    )
     assert rows[0]["at"].endswith("Z")
 
 
@@ -111,7 +115,14 @@ def test_overview_counts_the_window_only(console, client, runtime, simulator):
 
 
 def test_mappings_add_edit_delete_with_the_import_rules(console, runtime):
-    form = {"creating": "1", "resource": "course:H01ENB", "course_run_id": "course-v1:Org+H01ENB+2024", "mode": "professional", "active": "true", "on_revoke": "audit"}
+    form = {
+        "creating": "1",
+        "resource": "course:H01ENB",
+        "course_run_id": "course-v1:Org+H01ENB+2024",
+        "mode": "professional",
+        "active": "true",
+        "on_revoke": "audit",
+    }
     assert post(console, "/console/mappings", form, token_from="/console/mappings/new").status_code == 302
     again = post(console, "/console/mappings", form, token_from="/console/mappings/new")
     assert again.status_code == 422 and "already mapped: edit it instead" in again.text
@@ -120,16 +131,25 @@ def test_mappings_add_edit_delete_with_the_import_rules(console, runtime):
     assert page.status_code == 422
     assert re.search(r'id="error-course_run_id">course_run_id &#39;nope&#39; is not an Open edX course key', page.text)
     assert re.search(r'id="error-mode">mode &#39;audit&#39; is free', page.text)
-    unknown = post(console, "/console/mappings", {**form, "resource": "course:NOPE"}, token_from="/console/mappings/new")
+    unknown = post(
+        console, "/console/mappings", {**form, "resource": "course:NOPE"}, token_from="/console/mappings/new"
+    )
     assert re.search(r'id="error-resource">resource &#39;course:NOPE&#39; is not granted', unknown.text)
-    edited = post(console, "/console/mappings", {**form, "creating": "0", "mode": "verified"}, token_from="/console/mappings/new")
+    edited = post(
+        console, "/console/mappings", {**form, "creating": "0", "mode": "verified"}, token_from="/console/mappings/new"
+    )
     assert edited.status_code == 302
     with runtime.session_factory() as session:
         assert session.get(CourseMappingRow, "course:H01ENB").mode == "verified"
     assert post(console, "/console/mappings/course:H01ENB/delete", token_from="/console/mappings").status_code == 302
     with runtime.session_factory() as session:
         assert session.get(CourseMappingRow, "course:H01ENB") is None
-        logged = [a.action for a in session.query(OperatorAction).filter(OperatorAction.action.like("mapping.%")).order_by(OperatorAction.id)]
+        logged = [
+            a.action
+            for a in session.query(OperatorAction)
+            .filter(OperatorAction.action.like("mapping.%"))
+            .order_by(OperatorAction.id)
+        ]
     assert logged == ["mapping.create", "mapping.update", "mapping.delete"]
 
 
@@ -139,7 +159,9 @@ def test_import_previews_before_writing_and_export_round_trips(console, runtime)
     assert preview.status_code == 200 and "Preview: nothing is written yet" in preview.text
     with runtime.session_factory() as session:
         assert session.query(CourseMappingRow).count() == 0
-    done = post(console, "/console/mappings/import", {"text": text, "confirm": "1"}, token_from="/console/mappings/import")
+    done = post(
+        console, "/console/mappings/import", {"text": text, "confirm": "1"}, token_from="/console/mappings/import"
+    )
     assert done.status_code == 302
     exported = console.get("/console/mappings.csv").get_data(as_text=True)
     assert "course:H01ENB,course-v1:Org+H01ENB+2024,professional,true,,audit" in exported

@@ -30,7 +30,7 @@ GAUGES = {
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     assert PROMTOOL is not None
-    return subprocess.run([PROMTOOL, *args], cwd=MONITORING, capture_output=True, text=True, timeout=120)
+    return subprocess.run([PROMTOOL, *args], check=False, cwd=MONITORING, capture_output=True, text=True, timeout=120)
 
 
 @needs_promtool

@@ -49,7 +49,7 @@ def test_a_superseded_failure_is_left_as_it_is(lms_runtime, lms_settings, simula
     simulator.state.refund("dave", one_time_tx(simulator, "dave"))
     sync(lms_runtime, "dave")  # the revocation comes after the failed enrollment (nothing to revoke)
     assert drain(lms_runtime).sent == 1
-    older, newer = outbox_rows(lms_runtime)
+    older, _newer = outbox_rows(lms_runtime)
     result = create_app(lms_settings).test_cli_runner().invoke(args=["outbox", "retry", "--all-failed"])
     assert "retried 0 failed row(s)" in result.output
     assert f"supersedes them: {older.id}" in result.output

@@ -24,9 +24,7 @@ def scrape(client, **headers) -> dict[str, dict]:
     for name, family in families.items():
         exposed = name + ("_total" if family.type == "counter" else "")
         assert f"# HELP {exposed} " in text and f"# TYPE {exposed} {family.type}\n" in text
-    return {
-        f.name: {(s.name, tuple(sorted(s.labels.items()))): s.value for s in f.samples} for f in families.values()
-    }
+    return {f.name: {(s.name, tuple(sorted(s.labels.items()))): s.value for s in f.samples} for f in families.values()}
 
 
 def test_a_purchase_through_intake_and_worker_shows_in_every_family(client, app, runtime, simulator):
@@ -71,7 +69,10 @@ def test_backlog_gauges_say_how_long_the_oldest_webhook_waits(client, runtime, s
     assert m["engine_inbox_backlog"][("engine_inbox_backlog", ())] == 1
     age = m["engine_inbox_oldest_unprocessed_age_seconds"][("engine_inbox_oldest_unprocessed_age_seconds", ())]
     assert 590 < age < 700
-    assert m["engine_provider_budget_limit"][("engine_provider_budget_limit", ())] == runtime.settings.provider_rate_per_minute
+    assert (
+        m["engine_provider_budget_limit"][("engine_provider_budget_limit", ())]
+        == runtime.settings.provider_rate_per_minute
+    )
     assert m["engine_inbox_events"][("engine_inbox_events", (("status", "received"),))] == 1
     with runtime.session_factory() as session:
         assert session.get(InboxEvent, inbox_id).status == "received"

@@ -149,9 +149,13 @@ def admin_required(view: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if not g.operator.is_admin:
-            return render_template("console/error.html", title="Admins only", message=(
-                f"{g.operator.name} is a viewer: replaying, syncing, retrying and editing need the admin role."
-            )), 403
+            return render_template(
+                "console/error.html",
+                title="Admins only",
+                message=(
+                    f"{g.operator.name} is a viewer: replaying, syncing, retrying and editing need the admin role."
+                ),
+            ), 403
         return view(*args, **kwargs)
 
     return wrapper

@@ -8,9 +8,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from web.console.auth import current_operator, login_required_redirect
 
-bp = Blueprint(
-    "console", __name__, url_prefix="/console", template_folder="templates", static_folder="static"
-)
+bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates", static_folder="static")
 # Checks only where asked (the console's changes): the webhook intake and the /v1 API are not forms.
 csrf = CSRFProtect()
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -117,7 +117,7 @@ def access_summary(value: str | None) -> str:
 
 def page_url(key: str, value: object) -> str:
     """This page's URL with one query parameter changed (removed when empty): pagers."""
-    args = request.args.to_dict()
+    args: dict[str, Any] = request.args.to_dict()
     args.pop(key, None)
     if value not in (None, ""):
         args[key] = str(value)
@@ -181,7 +181,13 @@ def _round_up(n: int) -> int:
 
 
 def drift_chart(
-    series: list[tuple[int, str, int]], *, since_ms: int, until_ms: int, bucket_ms: int, width: int = 960, height: int = 220
+    series: list[tuple[int, str, int]],
+    *,
+    since_ms: int,
+    until_ms: int,
+    bucket_ms: int,
+    width: int = 960,
+    height: int = 220,
 ) -> Chart:
     """Stacked bars of repairs per bucket and kind over the window."""
     buckets = max(1, -(-(until_ms - since_ms) // bucket_ms))
@@ -197,7 +203,7 @@ def drift_chart(
     for i in range(buckets):
         start = since_ms + i * bucket_ms
         counts = per_bucket.get(start, {})
-        y = 8 + plot_h
+        y: float = 8 + plot_h
         segments = []
         for kind in kinds:
             n = counts.get(kind, 0)

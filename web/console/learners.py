@@ -83,7 +83,9 @@ def lms_state(customer_id: str, outbox: list) -> dict[str, str]:
     sink = w.course_sink
     if sink is None:
         return {}
-    resources = {r.resource for r in outbox} | {gr.resource for gr in learner_record(w.session_factory, customer_id).grants}
+    resources = {r.resource for r in outbox} | {
+        gr.resource for gr in learner_record(w.session_factory, customer_id).grants
+    }
     with w.session_factory() as session:
         username = lms_username(session, customer_id)
         mappings = mappings_for(session, resources)
@@ -97,7 +99,9 @@ def lms_state(customer_id: str, outbox: list) -> dict[str, str]:
         except EngineError as exc:
             states[resource] = f"unreadable: {exc}"
             continue
-        states[resource] = "not enrolled" if state is None else f"{state.mode} ({'active' if state.is_active else 'inactive'})"
+        states[resource] = (
+            "not enrolled" if state is None else f"{state.mode} ({'active' if state.is_active else 'inactive'})"
+        )
     return states
 
 

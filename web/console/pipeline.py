@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from urllib.parse import urlencode
 
 from flask import abort, current_app, flash, g, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
@@ -50,6 +51,12 @@ def page_of(rows: Sequence, limit: int = PAGE) -> tuple[list, int | None]:
     if len(rows) > limit:
         return rows[:limit], rows[limit - 1].id
     return rows, None
+
+
+def with_query(path: str, values: dict[str, str]) -> str:
+    """``path`` with the filter's non-empty values as its query."""
+    query = urlencode({k: v for k, v in values.items() if v})
+    return f"{path}?{query}" if query else path
 
 
 def int_arg(name: str) -> int | None:
@@ -141,7 +148,10 @@ def inbox_row(inbox_id: int) -> str:
 @admin_required
 def replay_one(inbox_id: int) -> Response:
     ids = replay(
-        wiring(), RowFilter(ids=(inbox_id,)), actor=g.operator.actor, enqueue=lambda i: send_task(INBOX_PROCESS, args=(i,))
+        wiring(),
+        RowFilter(ids=(inbox_id,)),
+        actor=g.operator.actor,
+        enqueue=lambda i: send_task(INBOX_PROCESS, args=(i,)),
     )
     if not ids:
         flash(f"Webhook {inbox_id} is not a dead letter: nothing replayed.", "error")
@@ -157,7 +167,7 @@ def replay_matching() -> Response:
     ids = replay(wiring(), f, actor=g.operator.actor, enqueue=lambda i: send_task(INBOX_PROCESS, args=(i,)))
     if not ids:
         flash("No dead letter matches this filter: nothing replayed.", "error")
-        return redirect(url_for("console.inbox", **{k: v for k, v in values.items() if v}))
+        return redirect(with_query(url_for("console.inbox"), values))
     flash(f"{len(ids):,} dead letters replayed: queued for processing.", "ok")
     return redirect(url_for("console.replay_watch", token=remember_replay(wiring(), ids)))
 
@@ -212,7 +222,7 @@ def outbox_retry() -> Response:
     if result.superseded:
         message += f"; {len(result.superseded):,} left failed (a later change of the same course supersedes them)"
     flash(message + ".", "ok" if result.retried else "error")
-    return redirect(url_for("console.outbox", **{k: v for k, v in values.items() if v}))
+    return redirect(with_query(url_for("console.outbox"), values))
 
 
 # --- operator activity -----------------------------------------------------------------------
@@ -222,5 +232,9 @@ def outbox_retry() -> Response:
 def activity() -> str:
     rows, next_before = page_of(recent_actions(wiring().session_factory, limit=PAGE + 1, before_id=int_arg("before")))
     return render_template(
-        "console/activity.html", rows=rows, next_before=next_before, paged=int_arg("before") is not None, now_ms=wall_clock_ms()
+        "console/activity.html",
+        rows=rows,
+        next_before=next_before,
+        paged=int_arg("before") is not None,
+        now_ms=wall_clock_ms(),
     )

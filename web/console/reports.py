@@ -87,7 +87,7 @@ def mappings() -> str:
 @bp.get("/mappings/new")
 @admin_required
 def mapping_new() -> str:
-    values = {c: "" for c in COLUMNS} | {
+    values = dict.fromkeys(COLUMNS, "") | {
         "active": "true",
         "mode": "professional",
         "on_revoke": "audit",
@@ -167,7 +167,9 @@ def mapping_import() -> BaseResponse | str | tuple[str, int]:
     confirmed = request.form.get("confirm") == "1"
     if len(text.encode()) > MAX_IMPORT_BYTES:
         flash(f"The file is over {MAX_IMPORT_BYTES // 1024} KiB.", "error")
-        return render_template("console/mapping_import.html", text="", preview=None, problems=None, replace=replace), 413
+        return render_template(
+            "console/mapping_import.html", text="", preview=None, problems=None, replace=replace
+        ), 413
     try:
         result = import_mappings(
             wiring().session_factory,
@@ -181,7 +183,12 @@ def mapping_import() -> BaseResponse | str | tuple[str, int]:
     except MappingCsvError as exc:
         problems = problems_by_field(exc.problems)
         return render_template(
-            "console/mapping_import.html", text=text, preview=None, problems=exc.problems, by_field=problems, replace=replace
+            "console/mapping_import.html",
+            text=text,
+            preview=None,
+            problems=exc.problems,
+            by_field=problems,
+            replace=replace,
         ), 422
     if not confirmed:
         return render_template("console/mapping_import.html", text=text, preview=result, problems=None, replace=replace)

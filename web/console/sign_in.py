@@ -35,9 +35,7 @@ def login() -> Response | str | tuple[str, int]:
     operator = authenticate(name, password)
     if operator is None:
         record_failed_sign_in(name)
-        return render_template(
-            "console/login.html", next=next_url, error="Wrong name or password.", username=name
-        ), 401
+        return render_template("console/login.html", next=next_url, error="Wrong name or password.", username=name), 401
     start_session(operator)
     log_action(wiring().session_factory, actor=operator.actor, action="console.sign_in", now_ms=wall_clock_ms())
     return redirect(next_url)
