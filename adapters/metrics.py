@@ -157,7 +157,7 @@ class Metrics:
         self._pid = os.getpid()
         self._flusher: threading.Thread | None = None
         self._stop = threading.Event()
-        atexit.register(self.flush)
+        atexit.register(self._flush_at_exit)
 
     # -- recording --------------------------------------------------------------------------
     def incr(self, name: str, labels: Mapping[str, str] | None = None, amount: float = 1) -> None:
@@ -249,10 +249,24 @@ class Metrics:
                 for item, amount in pending.items():
                     self._pending[item] = self._pending.get(item, 0) + amount
 
+    def _flush_at_exit(self) -> None:
+        """The last counts of a process that exits without closing its wiring (a CLI command);
+        quietly: at exit Redis may be gone already (an embedded server stopped first)."""
+        with self._lock:
+            pending = bool(self._pending)
+        if not pending:
+            return
+        try:
+            self.client.ping()
+        except redis.RedisError:
+            log.info("metrics of this process not flushed at exit: Redis unreachable")
+            return
+        self.flush()
+
     def close(self) -> None:
         """Flush and stop the flusher (a closing wiring)."""
         self._stop.set()
-        atexit.unregister(self.flush)
+        atexit.unregister(self._flush_at_exit)
         self.flush()
 
     # -- reading ----------------------------------------------------------------------------

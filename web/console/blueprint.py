@@ -26,9 +26,9 @@ def guard() -> Response | tuple[str, int] | None:
         return render_template("console/disabled.html", problem=problem), 503
     if request.endpoint == "console.static":
         return None
+    g.operator = current_operator()
     if request.method not in SAFE_METHODS:
         csrf.protect()  # CSRFError (400) without a valid token
-    g.operator = current_operator()
     if g.operator is None and request.endpoint != "console.login":
         return login_required_redirect()
     return None
@@ -49,7 +49,7 @@ def headers(response: Response) -> Response:
 def csrf_refused(exc: CSRFError) -> tuple[str, int]:
     message = (
         "This change was refused: the form did not carry a valid CSRF token "
-        f"({exc.description}). Go back, reload the page and try again."
+        f"({exc.description.rstrip('.')}). Go back, reload the page and try again."
     )
     return render_template("console/error.html", title="Change refused", message=message), 400
 
