@@ -98,6 +98,30 @@ def inbox_window_counts(factory: sessionmaker[Session], *, since_ms: int, until_
     return counts
 
 
+def inbox_hourly_counts(factory: sessionmaker[Session], *, since_ms: int, until_ms: int) -> dict[int, dict[str, int]]:
+    """Webhooks received in [since, until) by hour (its start, ms) and status, in one pass
+    over the (status, received_at) index; ``since`` and ``until`` fall on whole hours."""
+    with factory() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            hour = func.date_trunc("hour", func.timezone("UTC", InboxEvent.received_at))
+        else:  # SQLite keeps UTC text
+            hour = func.strftime("%Y-%m-%d %H:00:00", InboxEvent.received_at)
+        rows = session.execute(
+            select(hour, InboxEvent.status, func.count())
+            .where(
+                InboxEvent.status.in_(INBOX_STATUSES),
+                InboxEvent.received_at >= _instant(since_ms),
+                InboxEvent.received_at < _instant(until_ms),
+            )
+            .group_by(hour, InboxEvent.status)
+        ).all()
+    counts: dict[int, dict[str, int]] = {}
+    for start, status, n in rows:
+        moment = start if isinstance(start, datetime) else datetime.fromisoformat(str(start))
+        counts.setdefault(to_ms(moment) or 0, {})[str(status)] = int(n)
+    return counts
+
+
 def event_grant_latencies_ms(
     factory: sessionmaker[Session], *, since_ms: int, until_ms: int, sample: int = 500
 ) -> list[int]:

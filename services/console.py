@@ -11,16 +11,20 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import cast
+
+import redis
 
 from engine.course_mapping_csv import format_instant
 from engine.ports import Cause
 from persistence.console_queries import (
     drift_series,
     event_grant_latencies_ms,
+    inbox_hourly_counts,
     inbox_window_counts,
     iter_drift_rows,
     unknown_products,
@@ -134,6 +138,63 @@ def beat_jobs(wiring: Wiring) -> dict[str, int]:
     return jobs
 
 
+def _hour_ttl_s(hour_ms: int, now_ms: int) -> int:
+    """How long the counts of a whole past hour are kept: its rows still change while they are
+    processed (a minute), then only when replayed (5 minutes, an hour after the first day)."""
+    ended_ago_ms = now_ms - (hour_ms + HOUR_MS)
+    if ended_ago_ms < HOUR_MS:
+        return 60
+    if ended_ago_ms < 24 * HOUR_MS:
+        return 300
+    return 3600 + random.randint(-600, 600)  # spread out: not every old hour expires at once
+
+
+def window_counts(wiring: Wiring, *, since_ms: int, until_ms: int, now_ms: int) -> dict[str, int]:
+    """Webhooks received in the window by status. Its whole hours are counted once and kept in
+    Redis for a while (``_hour_ttl_s``); the partial hours at its ends are counted each time.
+    A week of a million webhooks costs one pass over them a minute, not one per page."""
+    factory = wiring.session_factory
+    first = -(-since_ms // HOUR_MS) * HOUR_MS
+    last = until_ms // HOUR_MS * HOUR_MS
+    if last <= first:
+        return inbox_window_counts(factory, since_ms=since_ms, until_ms=until_ms)
+    totals = inbox_window_counts(factory, since_ms=since_ms, until_ms=first)
+    for status, n in inbox_window_counts(factory, since_ms=last, until_ms=until_ms).items():
+        totals[status] = totals.get(status, 0) + n
+    hours = list(range(first, last, HOUR_MS))
+    keys = [f"console:inbox-hour:{h}" for h in hours]
+    try:
+        stored = wiring.redis.mget(keys)
+    except redis.RedisError:
+        stored = [None] * len(hours)
+    by_hour = {h: json.loads(raw) for h, raw in zip(hours, stored, strict=True) if raw is not None}
+    missing = [h for h in hours if h not in by_hour]
+    for run in _contiguous(missing):
+        fresh = inbox_hourly_counts(factory, since_ms=run[0], until_ms=run[-1] + HOUR_MS)
+        try:
+            pipe = wiring.redis.pipeline(transaction=False)
+            for h in run:
+                by_hour[h] = fresh.get(h, {})
+                pipe.set(f"console:inbox-hour:{h}", json.dumps(by_hour[h]), ex=_hour_ttl_s(h, now_ms))
+            pipe.execute()
+        except redis.RedisError:
+            by_hour.update({h: fresh.get(h, {}) for h in run})
+    for counts in by_hour.values():
+        for status, n in counts.items():
+            totals[status] = totals.get(status, 0) + n
+    return totals
+
+
+def _contiguous(hours: list[int]) -> list[list[int]]:
+    runs: list[list[int]] = []
+    for h in hours:
+        if runs and runs[-1][-1] + HOUR_MS == h:
+            runs[-1].append(h)
+        else:
+            runs.append([h])
+    return runs
+
+
 def overview(wiring: Wiring, window: str, *, now_ms: int | None = None) -> Overview:
     now = wall_clock_ms() if now_ms is None else now_ms
     since, until, bucket = window_bounds(window, now)
@@ -144,7 +205,7 @@ def overview(wiring: Wiring, window: str, *, now_ms: int | None = None) -> Overv
         since_ms=since,
         until_ms=until,
         bucket_ms=bucket,
-        by_status=inbox_window_counts(factory, since_ms=since, until_ms=until),
+        by_status=window_counts(wiring, since_ms=since, until_ms=until, now_ms=now),
         latencies_ms=event_grant_latencies_ms(factory, since_ms=since, until_ms=until, sample=LATENCY_SAMPLE),
         drift=drift_series(factory, since_ms=since, until_ms=until, bucket_ms=bucket),
         state=pipeline_state(wiring, now_ms=now),
