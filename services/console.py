@@ -164,7 +164,7 @@ def window_counts(wiring: Wiring, *, since_ms: int, until_ms: int, now_ms: int) 
     hours = list(range(first, last, HOUR_MS))
     keys = [f"console:inbox-hour:{h}" for h in hours]
     try:
-        stored = wiring.redis.mget(keys)
+        stored = cast("list[bytes | None]", wiring.redis.mget(keys))
     except redis.RedisError:
         stored = [None] * len(hours)
     by_hour = {h: json.loads(raw) for h, raw in zip(hours, stored, strict=True) if raw is not None}

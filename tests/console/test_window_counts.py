@@ -11,7 +11,7 @@ from tests.services.inbox_support import intake, set_row
 
 
 def test_cached_hours_and_live_edges_add_up_to_a_direct_count(client, runtime, simulator):
-    now = datetime.now(UTC)
+    now = datetime.now(UTC).replace(minute=30, second=0, microsecond=0)  # the last 30 min counted live
     ages_h = (0.1, 0.5, 2.5, 2.6, 5.0, 30.0, 100.0)
     ids = []
     for i, age in enumerate(ages_h):
@@ -22,7 +22,9 @@ def test_cached_hours_and_live_edges_add_up_to_a_direct_count(client, runtime, s
     since, until = now_ms - 7 * 24 * HOUR_MS, now_ms
     expected = inbox_window_counts(runtime.session_factory, since_ms=since, until_ms=until)
     got = window_counts(runtime, since_ms=since, until_ms=until, now_ms=now_ms)
-    assert {k: v for k, v in got.items() if v} == {k: v for k, v in expected.items() if v} == {"processed": 4, "dead": 3}
+    assert (
+        {k: v for k, v in got.items() if v} == {k: v for k, v in expected.items() if v} == {"processed": 4, "dead": 3}
+    )
     assert runtime.redis.keys("console:inbox-hour:*")  # whole hours kept
     # A replay in an old hour shows once its hour's counts lapse; the current hour shows at once.
     set_row(runtime, ids[5], status="processed")  # 30 h old: a replayed dead letter

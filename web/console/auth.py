@@ -20,8 +20,8 @@ from functools import cache, wraps
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from flask import Flask, current_app, g, redirect, render_template, request, session, url_for
-from flask.sessions import SecureCookieSessionInterface
+from flask import Flask, Request, current_app, g, redirect, render_template, request, session, url_for
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from services.clock import wall_clock_ms
@@ -79,7 +79,13 @@ def parse_operators(text: str) -> dict[str, Operator]:
 
 
 class ConsoleSessionInterface(SecureCookieSessionInterface):
-    """Flask's signed-cookie sessions, Secure whenever this request came over HTTPS."""
+    """Flask's signed-cookie sessions for the console's pages only (the webhook intake and the
+    API never open one), Secure whenever this request came over HTTPS."""
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if not request.path.startswith("/console"):
+            return self.null_session_class()
+        return super().open_session(app, request)
 
     def get_cookie_secure(self, app: Flask) -> bool:
         return request.is_secure or super().get_cookie_secure(app)

@@ -58,7 +58,8 @@ def learner(app_user_id: str) -> str:
     audit, next_audit = page_of(learner_audit(factory, customer_id, before_id=int_arg("audit_before"), limit=PAGE + 1))
     webhooks = webhooks_naming(factory, sorted({customer_id, *record.aliases}), limit=20)
     outbox = learner_outbox(factory, customer_id)
-    lms = lms_state(customer_id, outbox) if request.args.get("lms") == "read" else None
+    held = {r.resource for r in outbox} | {gr.resource for gr in record.grants}
+    lms = lms_state(customer_id, held) if request.args.get("lms") == "read" else None
     return render_template(
         "console/learner.html",
         app_user_id=app_user_id,
@@ -76,16 +77,13 @@ def learner(app_user_id: str) -> str:
     )
 
 
-def lms_state(customer_id: str, outbox: list) -> dict[str, str]:
+def lms_state(customer_id: str, resources: set[str]) -> dict[str, str]:
     """The learner's enrollment in each mapped course run they hold or were sent, read from the
     LMS now (on request only: one LMS call per course)."""
     w = wiring()
     sink = w.course_sink
     if sink is None:
         return {}
-    resources = {r.resource for r in outbox} | {
-        gr.resource for gr in learner_record(w.session_factory, customer_id).grants
-    }
     with w.session_factory() as session:
         username = lms_username(session, customer_id)
         mappings = mappings_for(session, resources)
