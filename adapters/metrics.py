@@ -156,8 +156,8 @@ class Metrics:
         self._pending: dict[tuple[str, str], float] = {}
         self._pid = os.getpid()
         self._flusher: threading.Thread | None = None
+        self._started = False  # the flusher runs and the last flush at exit is registered
         self._stop = threading.Event()
-        atexit.register(self._flush_at_exit)
 
     # -- recording --------------------------------------------------------------------------
     def incr(self, name: str, labels: Mapping[str, str] | None = None, amount: float = 1) -> None:
@@ -217,12 +217,15 @@ class Metrics:
         with self._lock:
             if self._pid != os.getpid():  # forked: the parent's buffer and thread are not ours
                 self._pending, self._flusher, self._pid = {}, None, os.getpid()
-                self._stop = threading.Event()
+                self._stop, self._started = threading.Event(), False
             for key, field, amount in adds:
                 self._pending[(key, field)] = self._pending.get((key, field), 0) + amount
-            if self._flusher is None and self.flush_interval_s > 0:
-                self._flusher = threading.Thread(target=self._flush_loop, name="metrics-flush", daemon=True)
-                self._flusher.start()
+            if not self._started:
+                self._started = True
+                atexit.register(self._flush_at_exit)
+                if self.flush_interval_s > 0:
+                    self._flusher = threading.Thread(target=self._flush_loop, name="metrics-flush", daemon=True)
+                    self._flusher.start()
 
     def _flush_loop(self) -> None:
         stop = self._stop
@@ -264,8 +267,10 @@ class Metrics:
         self.flush()
 
     def close(self) -> None:
-        """Flush and stop the flusher (a closing wiring)."""
-        self._stop.set()
+        """Flush and stop the flusher (a closing wiring); recording again starts another."""
+        with self._lock:
+            self._stop.set()
+            self._flusher, self._stop, self._started = None, threading.Event(), False
         atexit.unregister(self._flush_at_exit)
         self.flush()
 
