@@ -8,14 +8,15 @@ other 4xx are TerminalError.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
 
 import requests
 
-from engine.errors import TerminalError, TransientError
+from engine.errors import EngineError, TerminalError, TransientError
 
 TRANSIENT_STATUSES = frozenset({408, 423, 425, 429, 500, 502, 503, 504, 529})
 
@@ -66,7 +67,10 @@ class RevenueCatClient:
         *,
         connect_timeout_s: float = 3.05,
         read_timeout_s: float = 10.0,
+        observe: Callable[[int | None, str, float], None] | None = None,
     ):
+        # (HTTP status or None, ok | transient | terminal, seconds) of every request: metrics
+        self.observe = observe
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.timeout = (connect_timeout_s, read_timeout_s)
@@ -120,6 +124,19 @@ class RevenueCatClient:
         return self._call("POST", f"{self.base_url}/v1/receipts", json=dict(payload), headers={"X-Platform": platform})
 
     def _call(self, method: str, url: str, **kwargs: Any) -> Mapping[str, Any]:
+        started = time.perf_counter()
+        try:
+            body = self._request(method, url, **kwargs)
+        except EngineError as exc:
+            if self.observe is not None:
+                kind = "transient" if isinstance(exc, TransientError) else "terminal"
+                self.observe(getattr(exc, "status", None), kind, time.perf_counter() - started)
+            raise
+        if self.observe is not None:
+            self.observe(200, "ok", time.perf_counter() - started)
+        return body
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> Mapping[str, Any]:
         try:
             with self._session() as session:
                 prepared = session.prepare_request(requests.Request(method, url, **kwargs))

@@ -134,12 +134,23 @@ class Settings:
     allow_embedded: bool = False
     log_format: str = "text"  # "json": one JSON object per line (LOG_FORMAT)
     log_level: str = "INFO"
+    # Operator console (/console): "name:role:hash,..." with role viewer or admin and a
+    # werkzeug password hash (flask --app web.app:create_app console-hash-password); the secret
+    # signs session cookies and CSRF tokens. Either empty: the console is off.
+    console_users: str = field(default="", repr=False)
+    console_secret_key: str = field(default="", repr=False)
+    console_session_ttl_s: int = 8 * 3600  # a sign-in lasts this long at most
+    console_idle_timeout_s: int = 3600  # and ends after this long without a request
+    # Behind one reverse proxy that sets X-Forwarded-Proto/-For: trust them (Secure cookies
+    # over HTTPS, the client's address). Never set it without such a proxy: clients could forge them.
+    trust_proxy_headers: bool = False
+    metrics_token: str = field(default="", repr=False)  # bearer token /metrics requires (empty: open)
 
     def __repr__(self) -> str:
         shown = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, str) and value and is_secret_field(f.name):
+            if isinstance(value, str) and value and (is_secret_field(f.name) or not f.repr):
                 text = "'***'"
             elif isinstance(value, str) and f.name.endswith("_url"):
                 text = repr(mask_url(value))
@@ -156,7 +167,7 @@ class Settings:
             value = getattr(self, f.name)
             if not isinstance(value, str) or not value:
                 continue
-            if is_secret_field(f.name):
+            if is_secret_field(f.name) or not f.repr:
                 found.add(value)
                 # "Bearer <token>": the token alone is as secret as the header value
                 found.update(part for part in value.split() if part.lower() not in {"bearer", "basic", "token"})
@@ -271,4 +282,10 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], object]]] = {
     "allow_embedded": ("ALLOW_EMBEDDED", lambda v: _bool(v, False)),
     "log_format": ("LOG_FORMAT", _choice("log_format", LOG_FORMATS, str.lower)),
     "log_level": ("LOG_LEVEL", _choice("log_level", LOG_LEVELS, str.upper)),
+    "console_users": ("CONSOLE_USERS", str),
+    "console_secret_key": ("CONSOLE_SECRET_KEY", str),
+    "console_session_ttl_s": ("CONSOLE_SESSION_TTL_S", int),
+    "console_idle_timeout_s": ("CONSOLE_IDLE_TIMEOUT_S", int),
+    "trust_proxy_headers": ("TRUST_PROXY_HEADERS", lambda v: _bool(v, False)),
+    "metrics_token": ("METRICS_TOKEN", str),
 }

@@ -35,6 +35,7 @@ class InboxEvent(Base):
         UniqueConstraint("provider", "event_id", name="uq_inbox_provider_event"),
         Index("ix_inbox_status_received", "status", "received_at"),
         Index("ix_inbox_status_next_attempt", "status", "next_attempt_ms"),
+        Index("ix_inbox_type_id", "event_type", "id"),  # console: filtered by type
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -168,7 +169,12 @@ class AuditEntry(Base):
     """One change of access: before, after, and the cause (event, sweep, request...)."""
 
     __tablename__ = "audit_log"
-    __table_args__ = (Index("ix_audit_customer", "customer_id", "id"), Index("ix_audit_at", "at_ms"))
+    __table_args__ = (
+        Index("ix_audit_customer", "customer_id", "id"),
+        Index("ix_audit_at", "at_ms"),
+        Index("ix_audit_cause_ref", "cause_ref"),  # console: what a webhook caused
+        Index("ix_audit_drift_at", "drift_kind", "at_ms"),  # drift by kind over time
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     at_ms: Mapped[int] = mapped_column(BigInteger)
@@ -233,6 +239,7 @@ class SinkOutboxRow(Base):
     __table_args__ = (
         Index("ix_sink_outbox_group", "status", "customer_id", "resource", "id"),
         Index("ix_sink_outbox_history", "customer_id", "resource"),
+        Index("ix_sink_outbox_status_id", "status", "id"),  # console and CLI: by status, newest first
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

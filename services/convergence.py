@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
+from adapters.metrics import Metrics
 from engine.catalog import Catalog
 from engine.facts import SubscriberSnapshot
 from engine.ports import Cause
@@ -29,6 +30,7 @@ class Convergence:
     clock_ms: Callable[[], int] = wall_clock_ms
     connection: Connection | None = None
     commit: bool = True
+    metrics: Metrics | None = None  # reconciles by cause, drift by kind (never in a dry run)
 
     def unit_of_work(self) -> SqlUnitOfWork:
         return SqlUnitOfWork(self.session_factory, commit=self.commit, bind=self.connection)
@@ -40,7 +42,7 @@ class Convergence:
         return replace(self, commit=False)
 
     def reconcile(self, reading: Reading, cause: Cause) -> ReconcileOutcome:
-        return reconcile(
+        outcome = reconcile(
             reading,
             unit_of_work=self.unit_of_work,
             catalog=self.catalog,
@@ -48,6 +50,9 @@ class Convergence:
             cause=cause,
             policy=self.policy,
         )
+        if self.metrics is not None and self.commit:
+            self.metrics.reconciled(cause, outcome.actions)
+        return outcome
 
     def settle_unchanged(self, snapshots: Mapping[str, SubscriberSnapshot]) -> set[str]:
         return settle_unchanged(

@@ -38,6 +38,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
+from adapters.metrics import Metrics
 from config.observability import report_dead_letter, report_unknown_products
 from engine.backoff import backoff_ms
 from engine.errors import TerminalError, TransientError
@@ -106,6 +107,7 @@ class EventProcessing:
     retry_cap_ms: int
     retry_base_ms: int = 2_000
     jitter: Callable[[], float] = random.random
+    metrics: Metrics | None = None  # purchase-to-access latency
 
     @property
     def clock_ms(self) -> Callable[[], int]:
@@ -180,6 +182,8 @@ def _read_and_reconcile(ctx: EventProcessing, row: ClaimedRow, event: WebhookEve
     mark_row(
         ctx.session_factory, row.inbox_id, status="processed", last_error=None, error_kind=None, processed_at=utcnow()
     )
+    if ctx.metrics is not None and any(a.kind == "grant" for o in outcomes for a in o.actions):
+        ctx.metrics.access_granted((ctx.clock_ms() - row.received_ms) / 1000)
     for outcome in outcomes:
         if outcome.unknown_products:
             report_unknown_products(outcome.customer_id, outcome.unknown_products, cause_ref=f"event {event.event_id}")

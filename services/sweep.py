@@ -118,7 +118,6 @@ def reconcile_customers(customer_ids: list[str], sweep: SweepReads, *, cause_kin
         # Reads already sent spent their slots: let them finish before anything else is sent
         # from this process (a later batch must not queue behind them past its slots' times).
         concurrent.futures.wait([future for _, future in in_flight])
-    metrics.append(("engine_reconciles_total", {"cause": cause_kind}, result.reconciled))
     try:
         sweep.metrics.incr_many(metrics)
     except Exception:
@@ -184,7 +183,8 @@ def _settle_group(
         else:
             done = {customer_id: reconcile_one(customer_id) for customer_id in todo}
     for customer_id in readings:
-        if customer_id in settled:
+        if customer_id in settled:  # (Convergence counts the others' reconciles and drift)
+            metrics.append(("engine_reconciles_total", {"cause": cause.kind}, 1))
             result.reconciled += 1
             result.reconciled_ids.append(customer_id)
             continue
@@ -199,7 +199,6 @@ def _settle_group(
             if cause.is_drift_repair:
                 for action in outcome.actions:
                     result.drift[action.drift_kind] = result.drift.get(action.drift_kind, 0) + 1
-                    metrics.append(("engine_drift_repaired_total", {"kind": action.drift_kind}, 1))
                 result.repairs.extend((outcome.customer_id, action) for action in outcome.actions)
         if outcome.unknown_products:
             report_unknown_products(outcome.customer_id, outcome.unknown_products)

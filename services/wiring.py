@@ -72,7 +72,7 @@ class Wiring:
 
     @cached_property
     def convergence(self) -> Convergence:
-        return Convergence(self.session_factory, self.catalog, self.policy, wall_clock_ms)
+        return Convergence(self.session_factory, self.catalog, self.policy, wall_clock_ms, metrics=self.metrics)
 
     # -- Redis ------------------------------------------------------------------------------
     @cached_property
@@ -114,6 +114,7 @@ class Wiring:
             self.settings.revenuecat_api_key,
             connect_timeout_s=self.settings.provider_connect_timeout_s,
             read_timeout_s=self.settings.provider_read_timeout_s,
+            observe=self.metrics.provider_request,
         )
 
     @cached_property
@@ -177,6 +178,7 @@ class Wiring:
             provider=self.budgeted_provider("event", max_wait_s=EVENT_BUDGET_WAIT_S),
             max_attempts=self.settings.task_max_retries + 1,
             retry_cap_ms=self.settings.retry_backoff_max_s * 1000,
+            metrics=self.metrics,
         )
 
     @cached_property
@@ -217,6 +219,8 @@ class Wiring:
             self.access_watch.stop()
         if "access_notifier" in built:
             self.access_notifier.close()
+        if "metrics" in built:
+            self.metrics.close()
         if "db" in built:
             self.db.dispose()
         if "redis" in built:

@@ -18,6 +18,7 @@ from tasks.names import GRANTS_EXPIRE
 def expire(self: Task) -> int:
     """Converge every customer holding a grant whose expiry passed (no provider call)."""
     wiring = wiring_of(self)
+    wiring.metrics.job_ran("grants-expire")
     with beat_check_in("grants-expire", every_s(self, "expire-grants", 60)):
         outcomes = [
             wiring.convergence.reconcile(Reading.from_ledger(customer_id), Cause("expiry"))

@@ -32,6 +32,7 @@ def process(self: Task, inbox_id: int) -> str:
         countdown = backoff_ms(self.request.retries + 1, base_ms=2_000, cap_ms=60_000, jitter=0.5) / 1000
         log.warning("inbox row %s could not be processed now (%s); retrying in %.1f s", inbox_id, exc, countdown)
         raise self.retry(exc=exc, countdown=countdown, max_retries=STORE_RETRIES) from exc
+    wiring.metrics.event(result.status)
     if result.status in {"retrying", "held"} and result.retry_in_ms is not None:
         # The row counts its attempts; if this message is lost, the redrive sends the row again.
         raise self.retry(countdown=result.retry_in_ms / 1000, max_retries=None)
@@ -44,6 +45,7 @@ def redrive(self: Task) -> int:
     """Re-enqueue every row that is not final and whose message may be lost (the bounds are in
     persistence/inbox_rows.py rows_to_redrive)."""
     settings = self.app.conf.engine_settings
+    wiring_of(self).metrics.job_ran("inbox-redrive")
     with beat_check_in("inbox-redrive", every_s(self, "redrive-inbox", 30)):
         ids = rows_to_redrive(
             wiring_of(self).session_factory, now_ms=wall_clock_ms(), older_than_s=settings.redrive_after_s

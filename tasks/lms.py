@@ -41,7 +41,8 @@ def drain(self: Task, customer_id: str | None = None) -> int:
     # Beat drains everyone (a cron monitor follows it); a drain for one learner is not beat's.
     drain_every = every_s(self, "drain-sink-outbox", wiring.settings.sink_drain_interval_s)
     with beat_check_in("lms-drain", drain_every, when=customer_id is None):
-        if customer_id is None:
+        if customer_id is None:  # the beat's run (a learner's own drain names them)
+            wiring.metrics.job_ran("lms-drain")
             enqueue_expired_mappings(wiring.session_factory, now_ms=wall_clock_ms())
         result = drain_outbox(
             wiring.session_factory,

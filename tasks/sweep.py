@@ -22,6 +22,7 @@ def run(self: Task) -> int:
     """Select the customers due for a provider read, as many as the budget allows until the
     next sweep, and fan them out in batches."""
     wiring = wiring_of(self)
+    wiring.metrics.job_ran("sweep")
     interval_s = wiring.settings.sweep_interval_s
     with beat_check_in("sweep", every_s(self, "sweep", interval_s)):
         allowance = wiring.budget.limit_for("sweep") * interval_s // 60

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify
+import hmac
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST
 from spectree import Response as Documented
 from sqlalchemy import text
 
 from adapters.metrics import render
 from engine.errors import CatalogError
-from persistence.inbox_rows import inbox_counts
-from persistence.subscribers import count_due
-from services.clock import wall_clock_ms
+from services.pipeline_state import pipeline_gauges
 from services.startup import catalog_problem
 from web.openapi import PUBLIC, api
-from web.schemas import Health, Readiness
+from web.schemas import ErrorAnswer, Health, Readiness
 
 bp = Blueprint("health", __name__)
 
@@ -60,17 +61,26 @@ def readyz():
 
 
 @bp.get("/metrics")
-@api.validate(resp=Documented("HTTP_200"), security=PUBLIC, skip_validation=True, operation_id="metrics")
+@api.validate(
+    resp=Documented(
+        "HTTP_200", HTTP_401=(ErrorAnswer, "METRICS_TOKEN is set and the bearer token is missing or wrong.")
+    ),
+    security=PUBLIC,
+    skip_validation=True,
+    operation_id="metrics",
+)
 def metrics():
-    """Prometheus metrics (text format).
-
-    Counters shared by every process (drift repaired by kind, reconciles,
-    sweep selections) and gauges read from the database (inbox by status, subscribers due)."""
-
+    """Prometheus text of the whole system: counters and histograms every process recorded (in
+    Redis), gauges read now (backlogs, ages, budget). ``METRICS_TOKEN`` set: a bearer token."""
+    token = current_app.config["ENGINE_SETTINGS"].metrics_token
+    if token:
+        scheme, _, provided = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            provided.strip().encode("utf-8", "surrogateescape"), token.encode()
+        ):
+            response = jsonify(error="unauthorized", message="missing or wrong bearer token (METRICS_TOKEN)")
+            response.status_code = 401
+            response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
+            return response
     wiring = current_app.extensions["engine_wiring"]
-    gauges = {
-        f'engine_inbox_events{{status="{status}"}}': n for status, n in inbox_counts(wiring.session_factory).items()
-    }
-    gauges["engine_subscribers_due"] = count_due(wiring.session_factory, now_ms=wall_clock_ms())
-    gauges["engine_provider_requests_in_window"] = wiring.budget.used_in_window()
-    return Response(render(wiring.metrics.counters(), gauges), mimetype="text/plain; version=0.0.4")
+    return Response(render(wiring.metrics, pipeline_gauges(wiring)), content_type=CONTENT_TYPE_LATEST)

@@ -14,8 +14,9 @@ import json
 import logging
 import os
 import threading
+import time
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from spectree import Response as Documented
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -33,6 +34,22 @@ from web.schemas import ErrorAnswer, WebhookBody, WebhookMalformed, WebhookStore
 
 log = logging.getLogger(__name__)
 bp = Blueprint("intake", __name__)
+# Outcomes of answers the view does not label itself (refused before the body is read).
+_REFUSALS = {401: "unauthorized", 413: "too_large", 503: "unavailable"}
+
+
+@bp.before_request
+def _start_clock() -> None:
+    g.intake_started = time.perf_counter()
+
+
+@bp.after_request
+def _count_webhook(response: Response) -> Response:
+    """engine_webhooks_total by type and outcome, and the intake's latency (buffered: no I/O)."""
+    event_type, status = g.pop("webhook", (None, _REFUSALS.get(response.status_code, str(response.status_code))))
+    elapsed = time.perf_counter() - g.pop("intake_started", time.perf_counter())
+    current_app.extensions["engine_wiring"].metrics.webhook(event_type, status, elapsed)
+    return response
 
 
 @bp.post("/webhooks/revenuecat")
@@ -73,6 +90,7 @@ def revenuecat_webhook():
         except SQLAlchemyError:
             log.exception("could not keep a malformed webhook")
             return jsonify(error="storage_unavailable", message="could not store the webhook"), 503
+        g.webhook = (None, "malformed")
         return jsonify(error="malformed", message=reason, inbox_id=stored.inbox_id), 400
     committer = group_committer(current_app)
     try:
@@ -89,6 +107,7 @@ def revenuecat_webhook():
             publisher_for(current_app, INBOX_PROCESS).publish(stored.inbox_id)
         except Exception:
             log.warning("broker unavailable; inbox row %s waits for redrive", stored.inbox_id, exc_info=True)
+    g.webhook = (key.event_type, "duplicate" if stored.duplicate else stored.status)
     return _stored_answer(stored.status, stored.duplicate, stored.inbox_id)
 
 
