@@ -128,7 +128,8 @@ def test_the_worker_logs_json_lines_with_the_task_id(settings, runtime, tmp_path
     log_path = tmp_path / "worker.log"
     with celery_worker(json_settings, log_path=log_path):
         result = create_celery(json_settings).send_task("inbox.process", args=(424242,))
-        wait_for(lambda: result.id in log_path.read_text(), timeout=60, what="the task's lines")
+        # "received" names the task id before it runs: wait for the line of its end
+        wait_for(lambda: f"{result.id}] succeeded" in log_path.read_text(), timeout=60, what="the task's lines")
     lines = parsed(log_path.read_text())
     mine = [x for x in lines if x.get("task_id") == result.id]
     assert mine and all(x["inbox_id"] == 424242 and x["process"] == "worker" for x in mine)
