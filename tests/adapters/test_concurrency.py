@@ -4,7 +4,7 @@ import threading
 
 from sqlalchemy import func, select
 
-from engine.ports import Cause
+from engine.ports import Cause, CauseKind
 from persistence.models import AuditEntry, Grant
 from persistence.unit_of_work import unit_of_work
 from tests.support import reconcile_now
@@ -16,7 +16,7 @@ def test_parallel_reconciles_of_one_customer_grant_once(runtime, simulator):
     errors: list[BaseException] = []
     barrier = threading.Barrier(6)
 
-    def reconcile(kind: str) -> None:
+    def reconcile(kind: CauseKind) -> None:
         try:
             barrier.wait()
             reconcile_now(runtime, "alice", cause=Cause(kind))

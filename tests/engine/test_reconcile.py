@@ -166,7 +166,11 @@ def test_a_failed_unit_of_work_announces_nothing():
     class Failing(MemoryUnitOfWork):
         def __enter__(self) -> MemoryUnitOfWork:
             uow = super().__enter__()
-            uow.ledger.record_unknown_products = lambda *args: 1 / 0  # after the grant was applied
+
+            def fail(*args: object) -> None:
+                raise ZeroDivisionError("the unit of work fails after the grant was applied")
+
+            uow.ledger.record_unknown_products = fail  # type: ignore[method-assign,assignment]
             return uow
 
     body = subscriber("alice")

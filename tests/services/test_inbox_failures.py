@@ -29,7 +29,7 @@ def poisoned(body: dict, **event_fields: object) -> dict:
     return body
 
 
-POISON = [
+POISON: list[dict[str, object]] = [
     {"event_timestamp_ms": float("inf")},
     {"event_timestamp_ms": 1e300},
     {"store": 5},
@@ -49,7 +49,7 @@ POISON = [
 
 
 @pytest.mark.parametrize(
-    "fields", POISON, ids=[next(iter(f)) + ":" + type(next(iter(f.values()))).__name__ for f in POISON]
+    "fields", POISON, ids=[f"{name}:{type(value).__name__}" for f in POISON for name, value in f.items()]
 )
 def test_a_poison_webhook_ends_final_and_is_never_redriven(client, runtime, simulator, sentry_events, fields):
     inbox_id = intake(client, poisoned(purchase(simulator), **fields))

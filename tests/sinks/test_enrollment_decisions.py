@@ -135,7 +135,7 @@ def test_no_call_deactivates_paid_access_trips_the_guard_or_takes_a_detour(creds
                 assert c.mode is None, "a deactivation names no mode: neither the mode check nor the guard"
             assert c.credential in creds and (not c.force or c.credential == JWT)
             assert state is not None or c.mode is not None, "a new enrollment names its mode"
-            state = E(c.mode if c.mode is not None else state.mode, c.is_active)  # type: ignore[union-attr]
+            state = E(c.mode if c.mode is not None else state.mode, c.is_active)
         assert in_sync(state, desired), (current, desired, run, plan)
 
 
