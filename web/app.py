@@ -38,9 +38,7 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
     app.register_blueprint(openapi.bp)
     cli.register(app)
     app.cli.add_command(cli_inbox.inbox_cli)
-    # The intake's storage engine now, not on the first webhook: that one would also pay for
-    # importing the database driver (about 0.25 s per gunicorn worker after each deploy).
-    intake.intake_engine(app.extensions["engine_wiring"])
+    intake.install(app, app.extensions["engine_wiring"], celery)
 
     @app.errorhandler(413)
     def too_large(_exc):
