@@ -54,17 +54,19 @@ class Child:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> None:
-        """Signal its process group (it and what it forked), then kill the group if it lingers."""
-        if self.proc.poll() is None:
+        """Signal its process group (it and what it forked), then kill the group if it lingers.
+        A child that already exited on its own is left alone (its id may be another's now)."""
+        if self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
-        # the group may outlive its leader (a worker still draining): nothing of it may stay
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+        # what it forked may outlive it (a worker still draining): nothing of the group stays
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
 
@@ -140,7 +142,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], object], *, timeout_s: float, what: str, child: Child | None = None) -> None:
+def wait_until(
+    predicate: Callable[[], object], *, timeout_s: float, what: str, child: Child | None = None, every_s: float = 0.1
+) -> None:
     """Poll ``predicate`` until it is true; raise after ``timeout_s``, or at once if ``child`` exits."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -152,7 +156,7 @@ def wait_until(predicate: Callable[[], object], *, timeout_s: float, what: str, 
         if time.monotonic() > deadline:
             tail = f"\n{child.tail()}" if child is not None else ""
             raise RuntimeError(f"{what}: not ready after {timeout_s:g} s{tail}")
-        time.sleep(0.1)
+        time.sleep(every_s)
 
 
 def http_ok(url: str, timeout_s: float = 2.0) -> bool:
@@ -178,7 +182,7 @@ def gunicorn_argv(app: str, port: int, *options: str) -> list[str]:
     return [sys.executable, "-m", "gunicorn", app, "--bind", f"127.0.0.1:{port}", "--log-level", "warning", *options]
 
 
-# --- environment and stores --------------------------------------------------------------------
+# --- environment --------------------------------------------------------------------
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -189,37 +193,6 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env
-
-
-def ensure_database(url: str) -> None:
-    """Create the benchmark's PostgreSQL database when it is missing (through ``postgres``)."""
-    import psycopg
-
-    base, _, name = url.replace("postgresql+psycopg://", "postgresql://").rpartition("/")
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
-            conn.execute(f'CREATE DATABASE "{name}"')
-
-
-def prepare_stores(database_url: str, redis_url: str) -> None:
-    """Create and migrate the database, empty every table and the Redis database."""
-    import redis
-    from sqlalchemy import create_engine, text
-
-    from config.settings import Settings
-    from persistence.database import upgrade_database
-    from persistence.models import Base
-
-    ensure_database(database_url)
-    upgrade_database(Settings.from_env({"DATABASE_URL": database_url, "REDIS_URL": redis_url}))
-    engine = create_engine(database_url)
-    with engine.begin() as conn:
-        names = ", ".join(t.name for t in Base.metadata.sorted_tables)
-        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-    engine.dispose()
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    client.close()
 
 
 # --- CPU, per process and for the machine ------------------------------------------------------

@@ -42,14 +42,13 @@ from bench.harness import (
     load_line,
     machine_busy,
     named,
-    prepare_stores,
     tree,
     wait_quiet,
     workdir,
 )
 from bench.intake_report import TARGET_RATIO, report
 from bench.sentry_receiver import SentryReceiver
-from bench.stack import stack_env, start_web
+from bench.stack import prepare_stores, stack_env, start_web
 from bench.webhook_load import ID_MARK, Load, RunResult, run_python_client, run_wrk, webhook_template, wrk_version
 
 APPS = {  # name: (gunicorn app, SENTRY_DSN set)
@@ -81,7 +80,8 @@ class Stores:
                     "SELECT count(*), count(*) FILTER (WHERE status = 'received'), coalesce(max(id), 0) FROM inbox_events"
                 )
             ).one()
-        return int(rows), int(received), int(self.redis.llen("celery")), int(last)
+        queued: int = self.redis.llen("celery")  # type: ignore[assignment]  # redis-py's sync client
+        return int(rows), int(received), queued, int(last)
 
     def since(self, before: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
         """(rows, received, queued, transactions that stored the rows) added since ``before``.

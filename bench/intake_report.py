@@ -91,9 +91,9 @@ def report(
     )
     print(textwrap.fill(f"load: {loadgen}", width=110, subsequent_indent="  "))
     print("\n" + " " * 42 + "".join(f"{a:>{WIDTH}}" for a in apps))
-    for title, rows, phase in (("MAX RATE", ROWS, 0), ("HALF RATE (open loop)", HALF_ROWS, 1)):
+    for title, table, phase in (("MAX RATE", ROWS, 0), ("HALF RATE (open loop)", HALF_ROWS, 1)):
         print(title)
-        for label, fn in rows:
+        for label, fn in table:
             print(f"{label:<42}" + "".join(f"{fn(results[a][phase]) if fn else '':>{WIDTH}}" for a in apps))
     if probe_us:
         figure = f"{percentile(probe_us, 50) / 1000:.2f} / {percentile(probe_us, 99) / 1000:.2f} / {max(probe_us) / 1000:.0f} ms"
@@ -111,10 +111,10 @@ def report(
     print("targets:")
     for app in (a for a in apps if a != "bare"):
         at_max, at_half = results[app]
-        for phase, r in (("max", at_max), ("half", at_half)):
+        for rate_name, r in (("max", at_max), ("half", at_half)):
             ok, line = check(r)
             all_ok = all_ok and ok
-            print(f"  check, {app} at {phase} rate: {line}")
+            print(f"  check, {app} at {rate_name} rate: {line}")
         rate = at_max.ok_rate
         print(
             f"  {app}: >= {TARGET_RATE:,.0f} stored-and-queued webhooks/s  {rate:>8,.0f}     {_met(rate >= TARGET_RATE)}"

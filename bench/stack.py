@@ -1,5 +1,5 @@
-"""The engine's processes as the benchmarks run them, over the harness: the Procfile's web
-(gunicorn) and worker (Celery), the RevenueCat simulator, and the HTTP calls they are driven by."""
+"""The engine as the benchmarks run it, over the harness: its stores made ready, the Procfile's
+web (gunicorn) and worker (Celery), the RevenueCat simulator, and the HTTP calls they take."""
 
 from __future__ import annotations
 
@@ -44,6 +44,37 @@ def stack_env(
             "SENTRY_DSN": sentry_dsn,
         }
     )
+
+
+def ensure_database(url: str) -> None:
+    """Create the benchmark's PostgreSQL database when it is missing (through ``postgres``)."""
+    import psycopg
+
+    base, _, name = url.replace("postgresql+psycopg://", "postgresql://").rpartition("/")
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def prepare_stores(database_url: str, redis_url: str) -> None:
+    """Create and migrate the database, empty every table and the Redis database."""
+    import redis
+    from sqlalchemy import create_engine, text
+
+    from config.settings import Settings
+    from persistence.database import upgrade_database
+    from persistence.models import Base
+
+    ensure_database(database_url)
+    upgrade_database(Settings.from_env({"DATABASE_URL": database_url, "REDIS_URL": redis_url}))
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        names = ", ".join(t.name for t in Base.metadata.sorted_tables)
+        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    client.close()
 
 
 def start_web(
