@@ -122,13 +122,12 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m bench.select_due", description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", default=DEFAULT_DB, help="a PostgreSQL database of its own (emptied)")
-    parser.add_argument("--redis-url", default=DEFAULT_REDIS, help="a Redis database of its own (flushed)")
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[10_000, 1_000_000])
     parser.add_argument("--runs", type=int, default=9, help="timed runs per size")
     args = parser.parse_args(argv)
-    prepare_stores(args.database_url, args.redis_url)
+    prepare_stores(args.database_url, None)
     admin = create_engine(args.database_url, connect_args={"application_name": "bench-admin"})
-    engine = make_engine(make_settings(args.database_url, args.redis_url, Path(tempfile.gettempdir())))
+    engine = make_engine(make_settings(args.database_url, DEFAULT_REDIS, Path(tempfile.gettempdir())))
     figures = Figures(f"select_due(limit={LIMIT})")
     medians: dict[int, float] = {}
     for size in sorted(args.sizes):

@@ -56,8 +56,8 @@ def ensure_database(url: str) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def prepare_stores(database_url: str, redis_url: str) -> None:
-    """Create and migrate the database, empty every table and the Redis database."""
+def prepare_stores(database_url: str, redis_url: str | None) -> None:
+    """Create and migrate the database, empty every table and the Redis database (if given)."""
     import redis
     from sqlalchemy import create_engine, text
 
@@ -66,15 +66,16 @@ def prepare_stores(database_url: str, redis_url: str) -> None:
     from persistence.models import Base
 
     ensure_database(database_url)
-    upgrade_database(Settings.from_env({"DATABASE_URL": database_url, "REDIS_URL": redis_url}))
+    upgrade_database(Settings.from_env({"DATABASE_URL": database_url}))
     engine = create_engine(database_url)
     with engine.begin() as conn:
         names = ", ".join(t.name for t in Base.metadata.sorted_tables)
         conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
     engine.dispose()
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    client.close()
+    if redis_url:
+        client = redis.Redis.from_url(redis_url)
+        client.flushdb()
+        client.close()
 
 
 def start_web(
