@@ -1,5 +1,5 @@
 """The intake's group commit: webhooks waiting together are stored with one statement and
-enqueued with one publish, and each request gets the answer it would have got alone.
+enqueued with one publish call, and each request gets the answer it would have got alone.
 
 Run here with real threads (the web uses it under gevent, where the same code runs on
 greenlets: tests/client/test_gevent_server.py). A batch is made to form deterministically by
