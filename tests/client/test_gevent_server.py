@@ -99,7 +99,8 @@ def test_one_gevent_worker_holds_many_long_polls(settings, runtime, tmp_path):
                         updated_ms=0,
                     )
                 )
-            wait_for(lambda i=i: f"g{i}" in answers, timeout=25, what=f"g{i}'s answer")
+            user = f"g{i}"
+            wait_for(lambda: user in answers, timeout=25, what=f"{user}'s answer")  # noqa: B023 - called here
             # woken by its own grant: every user granted so far has answered, no other has
             assert set(answers) == {f"g{k}" for k in range(i + 1)}
         for t in threads:
@@ -283,7 +284,9 @@ def _raw_answer_length(port: int, request: bytes) -> int:
         while b"\r\n\r\n" not in answer:
             answer += conn.recv(65536)
         head, _, rest = answer.partition(b"\r\n\r\n")
-        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+        found = re.search(rb"(?i)content-length: *(\d+)", head)
+        assert found is not None
+        length = int(found.group(1))
         while len(rest) < length:
             rest += conn.recv(65536)
         return len(head) + 4 + length

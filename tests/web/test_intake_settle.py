@@ -12,7 +12,12 @@ from web import intake
 def test_settle_lets_the_runnable_greenlets_go_first(monkeypatch):
     monkeypatch.setattr(intake, "SETTLE_MAX_S", 60.0)  # a cap it must not need
     done: list[str] = []
-    gevent.spawn(lambda: (gevent.sleep(0), done.append("runnable work")))
+
+    def runnable_work() -> None:
+        gevent.sleep(0)
+        done.append("runnable work")
+
+    gevent.spawn(runnable_work)
     intake.settle_greenlets()
     done.append("settled")
     assert done == ["runnable work", "settled"]
