@@ -7,7 +7,8 @@ file, gevent workers, one per core) and the same load:
   commit, publish the ``inbox.process`` task, answer 200;
 * ``intake+sentry``: the same with SENTRY_DSN pointed at a local receiver that this benchmark
   starts (bench/sentry_receiver.py): Sentry's integrations loaded, nothing leaving the machine;
-* ``bare``: a Flask endpoint that only parses the JSON (``bench.bare_app:create_app()``).
+* ``bare``: a Flask endpoint that only parses the JSON (``bench.bare_app:create_app()``);
+* ``bare+sentry``: the same with Sentry set up as the engine's web process does, the same DSN.
 
 For each app: webhooks/s at the maximum rate (closed loop, bench/webhook_load.py) with its
 p50/p95/p99 latency, then an open-loop run paced at half the intake's maximum. The apps take
@@ -17,7 +18,7 @@ one row and one queued task (no Celery worker runs). It shows where the CPU went
 PostgreSQL, Redis, the load generator, interrupts, anything else on the machine): on a 2-core
 machine shared with other work the figures only mean something when "other" stays near 0.
 
-Loopback only, bounded (about two minutes with the defaults); wrk is needed for the max-rate
+Loopback only, bounded (about three minutes with the defaults); wrk is needed for the max-rate
 runs (``apt-get install wrk``; without it a Python client takes over, and more CPU).
 
     python -m bench.intake
@@ -55,6 +56,7 @@ APPS = {  # name: (gunicorn app, SENTRY_DSN set)
     "intake": ("web.app:create_app()", False),
     "intake+sentry": ("web.app:create_app()", True),
     "bare": ("bench.bare_app:create_app()", False),
+    "bare+sentry": ("bench.bare_app:create_app(sentry=True)", True),
 }
 DEFAULT_DB = "postgresql+psycopg://postgres@127.0.0.1:5432/bench"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/14"
@@ -193,7 +195,7 @@ class Bench:
         before = self.stores.mark()
         if mode == "max":
             result = self.max_run(load, meter)
-        elif app == "bare":
+        elif app == "bare":  # the disk's share, measured while PostgreSQL has nothing else to do
             with CommitProbe(self.args.database_url) as probe:
                 result = run_python_client(load, meter)
             self.probe_us.extend(probe.latencies_us)
@@ -201,7 +203,7 @@ class Bench:
             result = run_python_client(load, meter)
         counter.join()
         result.cpu, result.split = meter.window_cores(), split
-        if app != "bare":
+        if not app.startswith("bare"):
             rows, received, queued, commits = self.stores.since(before)
             result.stored = (rows, commits, queued)
             result.errors["received_rows"] = rows - received  # stays 0: none ignored or malformed
@@ -220,7 +222,7 @@ class Bench:
 
 
 def run(args: argparse.Namespace) -> int:
-    with workdir("bench-intake-", keep=args.keep) as work, Supervisor(work, time_box_s=300) as sup:
+    with workdir("bench-intake-", keep=args.keep) as work, Supervisor(work, time_box_s=480) as sup:
         (work / "webhook.json").write_text(webhook_template())
         body_bytes = len(webhook_template().replace(ID_MARK, "xxxxxxxx-max-1-12345").encode())
         print(f"preparing {args.database_url} and {args.redis_url} ...", flush=True)
