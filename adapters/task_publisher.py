@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Sequence
 
 from celery import Celery
+from kombu import Queue
 
 PUBLISH_POOL_WAIT_S = 5.0  # for a free producer; then the caller's row waits for the redrive
 
@@ -39,9 +40,15 @@ class TaskPublisher:
         app, name = self.celery, self.task_name
         amqp = app.amqp
         with app.producer_pool.acquire(block=True, timeout=PUBLISH_POOL_WAIT_S) as producer, producer.batch():
+            bound: dict[str, Queue] = {}  # each queue bound to the producer's channel once, not per message
             for key in keys:
                 args = (key,)
                 options = amqp.router.route({}, name, args, {})
+                queue = options.get("queue")
+                if isinstance(queue, Queue):
+                    options["queue"] = bound.get(queue.name) or bound.setdefault(
+                        queue.name, queue.bind(producer.channel)
+                    )
                 message = amqp.create_task_message(
                     str(uuid.uuid4()),
                     name,

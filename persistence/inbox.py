@@ -32,40 +32,36 @@ def _status_for(event_type: str | None, malformed_reason: str | None) -> str:
     return "ignored"  # unknown or informational type: kept, answered 200, not processed
 
 
-def _row(body: bytes, event_id: str | None, event_type: str | None, status: str, error: str | None) -> dict:
-    return {
-        "provider": PROVIDER,
-        "event_id": event_id,
-        "event_type": event_type,
-        "status": status,
-        "attempts": 0,
-        "body": body,
-        "last_error": error,
-    }
+def _row(body: bytes, event_id: str | None, event_type: str | None, status: str, error: str | None = None) -> dict:
+    """A new inbox row's values (attempts start at the column's default, 0)."""
+    row = {"provider": PROVIDER, "event_id": event_id, "event_type": event_type, "status": status, "body": body}
+    if error is not None:
+        row["last_error"] = error
+    return row
 
 
 # PostgreSQL: the INSERT ... ON CONFLICT DO NOTHING RETURNING as SQL text, built once per row
-# count and run with exec_driver_sql. The ON CONFLICT construct has no cache key, so
+# count and columns, run with exec_driver_sql. The ON CONFLICT construct has no cache key, so
 # SQLAlchemy would compile it on every call (the intake's largest CPU cost before this).
-_PG_COLUMNS = ("provider", "event_id", "event_type", "status", "attempts", "body", "last_error")
-_pg_sql: dict[int, str] = {}
+_pg_sql: dict[tuple[int, tuple[str, ...]], str] = {}
 
 
-def _pg_statement(rows: int) -> str:
-    sql = _pg_sql.get(rows)
+def _pg_statement(rows: int, columns: tuple[str, ...]) -> str:
+    sql = _pg_sql.get((rows, columns))
     if sql is None:
-        values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * rows)
-        sql = _pg_sql[rows] = (
-            f"INSERT INTO inbox_events ({', '.join(_PG_COLUMNS)}) VALUES {values}"
+        values = ", ".join([f"({', '.join(['%s'] * len(columns))})"] * rows)
+        sql = _pg_sql[(rows, columns)] = (
+            f"INSERT INTO inbox_events ({', '.join(columns)}) VALUES {values}"
             " ON CONFLICT DO NOTHING RETURNING id, event_id"
         )
     return sql
 
 
 def _insert_pg(conn: Connection, rows: Sequence[dict]) -> dict[str | None, int]:
-    """Insert the rows; the ids of those that were new, by event id."""
-    params = tuple(row[c] for row in rows for c in _PG_COLUMNS)
-    return {event_id: row_id for row_id, event_id in conn.exec_driver_sql(_pg_statement(len(rows)), params)}
+    """Insert the rows (all with the same columns); the ids of those that were new, by event id."""
+    columns = tuple(rows[0])
+    params = tuple(row[c] for row in rows for c in columns)
+    return {event_id: row_id for row_id, event_id in conn.exec_driver_sql(_pg_statement(len(rows), columns), params)}
 
 
 def _insert_sqlite(conn: Connection, rows: Sequence[dict]) -> dict[str | None, int]:
@@ -117,9 +113,7 @@ def store_webhooks(engine: Engine, webhooks: Sequence[tuple[bytes, str, str]]) -
         first_index.setdefault(event_id, index)
     # in event id order: two processes' batches that share ids take their locks in one order
     unique = sorted((webhooks[i] for i in first_index.values()), key=lambda w: w[1])
-    new = _insert(
-        engine, [_row(body, event_id, kind, _status_for(kind, None), None) for body, event_id, kind in unique]
-    )
+    new = _insert(engine, [_row(body, event_id, kind, _status_for(kind, None)) for body, event_id, kind in unique])
     answers = []
     for index, (_body, event_id, event_type) in enumerate(webhooks):
         row_id = new.get(event_id) if first_index[event_id] == index else None
