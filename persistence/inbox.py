@@ -1,20 +1,17 @@
-"""The inbox at intake: webhooks stored durably before they are answered (single and batched
-inserts on the hot path). Processing state lives in persistence/inbox_rows.py."""
+"""The inbox at intake: webhooks stored durably before they are answered, one at a time or many
+with one statement. Processing state lives in persistence/inbox_rows.py."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 
 from engine.revenuecat import PROVIDER, RECONCILE_EVENT_TYPES
 from persistence.models import InboxEvent
-
-_inbox = InboxEvent.__table__
 
 
 @dataclass(frozen=True)
@@ -27,84 +24,6 @@ class Stored:
     status: str
 
 
-_STORE_COLUMNS = ("provider", "event_id", "event_type", "status", "attempts", "last_error", "body")
-_store_sql: dict[tuple[str, str, str], str] = {}
-
-
-def _store_statement(engine: Engine) -> str:
-    """The INSERT … ON CONFLICT DO NOTHING RETURNING id of store_webhook, compiled once per
-    dialect. The ON CONFLICT construct has no cache key, so SQLAlchemy would otherwise compile
-    it again on every call (most of the intake's CPU time before this)."""
-    dialect = engine.dialect
-    key = (dialect.name, dialect.driver, dialect.paramstyle)
-    sql = _store_sql.get(key)
-    if sql is None:
-        stmt = postgresql.insert(_inbox).on_conflict_do_nothing().returning(_inbox.c.id)
-        sql = _store_sql[key] = stmt.compile(dialect=dialect, column_keys=list(_STORE_COLUMNS)).string
-    return sql
-
-
-def _on_raw_connection(
-    engine: Engine, sql: str, values: dict[str, object] | list[object], fetch: Callable[[object], object]
-) -> object:
-    """Run one statement on a pooled DBAPI connection and return ``fetch(cursor)``. The DBAPI
-    directly, not a Core Connection, whose bookkeeping cost as much CPU as the statement
-    itself; its errors are wrapped as SQLAlchemy's would be (DBAPIError, a dead connection
-    invalidated and flagged), and a connection that is not in autocommit mode (an engine other
-    than the intake's) is committed here."""
-    dialect = engine.dialect
-    dbapi_error = dialect.loaded_dbapi.Error
-    try:
-        raw = engine.raw_connection()
-    except dbapi_error as exc:
-        raise DBAPIError.instance(sql, values, exc, dbapi_error, dialect=dialect) from exc
-    cursor = None
-    try:
-        cursor = raw.cursor()
-        cursor.execute(sql, values)
-        result = fetch(cursor)
-        if not getattr(raw.driver_connection, "autocommit", False):
-            raw.commit()
-        return result
-    except dbapi_error as exc:
-        disconnect = dialect.is_disconnect(exc, raw.dbapi_connection, cursor)
-        if disconnect:  # as a Core Connection does: this one and all older ones are discarded
-            engine.pool._invalidate(raw, exc)
-        raise DBAPIError.instance(
-            sql, values, exc, dbapi_error, connection_invalidated=disconnect, dialect=dialect
-        ) from exc
-    finally:
-        if cursor is not None:
-            with contextlib.suppress(dbapi_error):
-                cursor.close()
-        raw.close()  # back to the pool (rolled back there if a transaction is still open)
-
-
-def _first_id(cursor) -> int | None:
-    row = cursor.fetchone()
-    return None if row is None else row[0]
-
-
-def _retrying_once(
-    engine: Engine, sql: str, values: dict[str, object] | list[object], fetch: Callable[[object], object]
-) -> object:
-    """A pooled connection found dead (the server restarted: the intake's engine does not ping
-    on checkout) is retried once on a fresh one; the intake's statements are idempotent."""
-    for attempt in (1, 2):
-        try:
-            return _on_raw_connection(engine, sql, values, fetch)
-        except DBAPIError as exc:
-            if attempt == 2 or not exc.connection_invalidated:
-                raise
-    raise AssertionError("unreachable")
-
-
-def _insert_sqlite(conn: Connection, values: dict[str, object]) -> int | None:
-    """The new row's id, or None when (provider, event id) is already stored."""
-    stmt = sqlite.insert(_inbox).values(**values).on_conflict_do_nothing().returning(_inbox.c.id)
-    return conn.execute(stmt).scalar_one_or_none()
-
-
 def _status_for(event_type: str | None, malformed_reason: str | None) -> str:
     if malformed_reason is not None:
         return "malformed"
@@ -113,98 +32,94 @@ def _status_for(event_type: str | None, malformed_reason: str | None) -> str:
     return "ignored"  # unknown or informational type: kept, answered 200, not processed
 
 
-def store_webhook(
-    engine: Engine, body: bytes, event_id: str | None, event_type: str | None, *, malformed_reason: str | None = None
-) -> Stored:
-    """Insert the raw webhook and commit before anything else (duplicates insert nothing).
-
-    Not the ORM: this is the intake's hot path. On PostgreSQL the one precompiled INSERT …
-    ON CONFLICT DO NOTHING RETURNING goes to the DBAPI connection; on the intake's engine
-    (AUTOCOMMIT) that is a single round trip, and the row is committed (WAL flushed, per
-    synchronous_commit) before the server answers it, so before this returns; on another
-    engine it is committed explicitly. A pooled connection found dead (the server restarted:
-    the intake's engine does not ping on checkout) is retried once on a fresh one; the
-    statement is idempotent.
-    """
-    status = _status_for(event_type, malformed_reason)
-    values = {
-        "provider": PROVIDER,
-        "event_id": event_id,
-        "event_type": event_type,
-        "status": status,
-        "attempts": 0,
-        "body": body,
-        "last_error": malformed_reason,
-    }
-    if engine.dialect.name == "postgresql":
-        inserted = _retrying_once(engine, _store_statement(engine), values, _first_id)
-    else:
-        with engine.begin() as conn:
-            inserted = _insert_sqlite(conn, values)
-    if inserted is None:
-        return Stored(None, True, False, "duplicate")
-    return Stored(inserted, False, status == "received", status)
+def _row(body: bytes, event_id: str | None, event_type: str | None, status: str, error: str | None = None) -> dict:
+    """A new inbox row's values (attempts start at the column's default, 0)."""
+    row = {"provider": PROVIDER, "event_id": event_id, "event_type": event_type, "status": status, "body": body}
+    if error is not None:
+        row["last_error"] = error
+    return row
 
 
-# Many webhooks in one multi-row INSERT, its text built once per row count (psycopg prepares
-# each after a few uses). Measured against arrays through unnest(): psycopg dumps a bytea[]
-# in Python, and that cost more than the round trip saved. Rows named twice in one batch are
-# left out before it is sent (the first is stored, the others are duplicates), so RETURNING
-# maps back to the batch by event id.
-_store_many_sql: dict[int, str] = {}
+# PostgreSQL: the INSERT ... ON CONFLICT DO NOTHING RETURNING as SQL text, built once per row
+# count and columns, run with exec_driver_sql. The ON CONFLICT construct has no cache key, so
+# SQLAlchemy would compile it on every call (the intake's largest CPU cost before this).
+_pg_sql: dict[tuple[int, tuple[str, ...]], str] = {}
 
 
-def _store_many_statement(rows: int) -> str:
-    sql = _store_many_sql.get(rows)
+def _pg_statement(rows: int, columns: tuple[str, ...]) -> str:
+    sql = _pg_sql.get((rows, columns))
     if sql is None:
-        sql = _store_many_sql[rows] = (
-            "INSERT INTO inbox_events (provider, event_id, event_type, status, attempts, body) VALUES "
-            + ", ".join(["(%s, %s, %s, %s, 0, %s)"] * rows)
-            + " ON CONFLICT DO NOTHING RETURNING id, event_id"
+        values = ", ".join([f"({', '.join(['%s'] * len(columns))})"] * rows)
+        sql = _pg_sql[(rows, columns)] = (
+            f"INSERT INTO inbox_events ({', '.join(columns)}) VALUES {values}"
+            " ON CONFLICT DO NOTHING RETURNING id, event_id"
         )
     return sql
 
 
+def _insert_pg(conn: Connection, rows: Sequence[dict]) -> dict[str | None, int]:
+    """Insert the rows (all with the same columns); the ids of those that were new, by event id."""
+    columns = tuple(rows[0])
+    params = tuple(row[c] for row in rows for c in columns)
+    return {event_id: row_id for row_id, event_id in conn.exec_driver_sql(_pg_statement(len(rows), columns), params)}
+
+
+def _insert_sqlite(conn: Connection, rows: Sequence[dict]) -> dict[str | None, int]:
+    new: dict[str | None, int] = {}
+    for row in rows:
+        stmt = sqlite.insert(InboxEvent).values(**row).on_conflict_do_nothing().returning(InboxEvent.id)
+        row_id = conn.execute(stmt).scalar_one_or_none()
+        if row_id is not None:
+            new[row["event_id"]] = row_id
+    return new
+
+
+def _insert(engine: Engine, rows: Sequence[dict]) -> dict[str | None, int]:
+    """Insert the rows in one transaction and commit (on the intake's AUTOCOMMIT engine, the one
+    statement commits by itself). A pooled connection found dead (the server restarted; the
+    intake's engine does not ping on checkout) is tried again once on a fresh one: SQLAlchemy
+    has discarded the pool's older connections, and the statement is idempotent."""
+    insert = _insert_pg if engine.dialect.name == "postgresql" else _insert_sqlite
+    for attempt in (1, 2):
+        try:
+            with engine.connect() as conn:
+                new = insert(conn, rows)
+                conn.commit()
+            return new
+        except DBAPIError as exc:
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
+    raise AssertionError("unreachable")
+
+
+def store_webhook(
+    engine: Engine, body: bytes, event_id: str | None, event_type: str | None, *, malformed_reason: str | None = None
+) -> Stored:
+    """Insert the raw webhook and commit before anything else (a duplicate inserts nothing).
+    Raises SQLAlchemy's error when it cannot be stored."""
+    status = _status_for(event_type, malformed_reason)
+    new = _insert(engine, [_row(body, event_id, event_type, status, malformed_reason)])
+    if not new:
+        return Stored(None, True, False, "duplicate")
+    return Stored(next(iter(new.values())), False, status == "received", status)
+
+
 def store_webhooks(engine: Engine, webhooks: Sequence[tuple[bytes, str, str]]) -> list[Stored]:
-    """Store well-formed webhooks (body, event id, event type) with one INSERT and one commit
-    on PostgreSQL (the intake's group commit), answering for each what ``store_webhook`` would
-    have answered for it alone. All or nothing: an error stores none of them."""
+    """Store well-formed webhooks (body, event id, event type) with one statement and one commit,
+    answering for each what ``store_webhook`` would have answered for it alone (the first of
+    two with one event id is stored, the other is its duplicate). All or nothing."""
     first_index: dict[str, int] = {}
     for index, (_body, event_id, _type) in enumerate(webhooks):
         first_index.setdefault(event_id, index)
     # in event id order: two processes' batches that share ids take their locks in one order
     unique = sorted((webhooks[i] for i in first_index.values()), key=lambda w: w[1])
-    statuses = [_status_for(event_type, None) for _body, _id, event_type in unique]
-    inserted: dict[str, int] = {}
-    if engine.dialect.name == "postgresql":
-        params: list[object] = []
-        for (body, event_id, event_type), status in zip(unique, statuses, strict=False):
-            params += (PROVIDER, event_id, event_type, status, body)
-        returned = _retrying_once(engine, _store_many_statement(len(unique)), params, lambda cursor: cursor.fetchall())
-        inserted = {event_id: row_id for row_id, event_id in returned}
-    else:  # one transaction too, a statement per row
-        with engine.begin() as conn:
-            for (body, event_id, event_type), status in zip(unique, statuses, strict=False):
-                row_id = _insert_sqlite(
-                    conn,
-                    {
-                        "provider": PROVIDER,
-                        "event_id": event_id,
-                        "event_type": event_type,
-                        "status": status,
-                        "attempts": 0,
-                        "body": body,
-                    },
-                )
-                if row_id is not None:
-                    inserted[event_id] = row_id
-    status_of = {event_id: status for (_body, event_id, _type), status in zip(unique, statuses, strict=False)}
+    new = _insert(engine, [_row(body, event_id, kind, _status_for(kind, None)) for body, event_id, kind in unique])
     answers = []
-    for index, (_body, event_id, _type) in enumerate(webhooks):
-        row_id = inserted.get(event_id) if first_index[event_id] == index else None
+    for index, (_body, event_id, event_type) in enumerate(webhooks):
+        row_id = new.get(event_id) if first_index[event_id] == index else None
         if row_id is None:
             answers.append(Stored(None, True, False, "duplicate"))
         else:
-            status = status_of[event_id]
+            status = _status_for(event_type, None)
             answers.append(Stored(row_id, False, status == "received", status))
     return answers

@@ -1,25 +1,23 @@
 """Group commit for the webhook intake: webhooks that arrive together are stored together.
 
 Under the web's gevent workers (the Procfile's) one process serves many webhooks at once, and
-each used to pay for its own INSERT, commit and LPUSH: two round trips, a WAL flush, and the
+each would pay for its own INSERT, commit and publish: round trips, a WAL flush, and the
 switches into the gevent hub and back around each. Here a request hands its webhook to the
 process's writer and waits; the writer takes everything waiting, stores it with one INSERT
-(one commit), publishes the new rows' tasks with one LPUSH, and only then wakes each request,
-which answers 200. The order of the issue holds for every webhook: stored and committed, then
+(one commit), publishes the new rows' tasks in one producer batch, and only then wakes each
+request, which answers 200. The order holds for every webhook: stored and committed, then
 enqueued, then answered.
 
 A quiet intake pays nothing: a webhook arriving while the writer is idle is written at once,
 alone; one arriving while a batch is in flight waits for that batch's round trips and goes with
 the next. Under load (the last batch held more than one webhook) the writer first lets the
 process ``settle`` (under gevent: until the worker has nothing else to do, that is until every
-request that has arrived has been read and handed over, and about 1 ms at most, a few ms when
-the worker's loop stays busy; web.intake), as
+request that has arrived has been read and handed over, a millisecond at most; web.intake), as
 PostgreSQL's own commit_delay waits only when commit_siblings other transactions are active.
 Without it, a worker's connections split into two groups taking turns, each batch half of them:
 the requests of the batch just answered send their next webhooks while the other group is
-being written. Settling merged the groups: with 8 connections per worker, 5-8 rows a batch
-instead of 3-4, 18% less CPU per webhook in the web worker and 40% less in PostgreSQL, and a
-shorter p99 at the maximum rate (bench/intake.py).
+being written. Settling merges the groups into larger batches (bench/intake.py prints the rows
+stored per commit).
 
 What one webhook could do to the others is bounded: a batch that fails for another reason than
 the database being unreachable (a row the database refuses) is stored again row by row, so
@@ -30,8 +28,8 @@ batches skip the broker for ``broker_pause_s`` so that a hanging broker cannot h
 
 The writer is a thread; under gevent's monkey-patching (gunicorn's gevent worker patches
 ``threading``) a greenlet, and the locks and events below gevent's. With real threads it works
-too, but the handoffs cost more than they save (measured: bench/intake.py), so the web uses it
-only under gevent (``web.intake``).
+too, but the handoffs cost more than they save, so the web uses it only under gevent
+(services.intake).
 """
 
 from __future__ import annotations
@@ -69,7 +67,7 @@ class _Waiting:
 
 
 class GroupCommitter:
-    """One per process (see ``web.intake.group_committer``).
+    """One per process (services.intake.WebhookIntake makes it).
 
     ``publish_many(ids)`` enqueues the tasks of new rows; its errors are logged, never raised
     to the requests (the redrive re-enqueues rows left waiting). ``max_rows`` and ``max_bytes``
@@ -173,6 +171,8 @@ class GroupCommitter:
                     raise
 
     def _settle(self) -> None:
+        if self.settle is None:
+            return
         try:
             self.settle()
         except Exception:
@@ -194,8 +194,9 @@ class GroupCommitter:
         return batch
 
     def _write(self, batch: Sequence[_Waiting]) -> None:
+        results: list[Stored | None]
         try:
-            results = store_webhooks(self.engine, [(w.body, w.event_id, w.event_type) for w in batch])
+            results = list(store_webhooks(self.engine, [(w.body, w.event_id, w.event_type) for w in batch]))
         except Exception as exc:
             if len(batch) == 1 or _unavailable(exc):
                 raise  # every request in the batch answers 503 (RevenueCat retries)
@@ -205,7 +206,7 @@ class GroupCommitter:
             results = [self._store_alone(w) for w in batch]
         self.batches += 1
         self.rows += len(batch)
-        new_ids = [stored.inbox_id for stored in results if stored is not None and stored.enqueue]
+        new_ids = [s.inbox_id for s in results if s is not None and s.enqueue and s.inbox_id is not None]
         if new_ids and time.monotonic() < self._publish_paused_until:
             log.warning("broker unavailable; inbox rows %s wait for redrive", new_ids)
         elif new_ids:

@@ -54,6 +54,15 @@ class Wiring:
         return make_engine(self.settings)
 
     @cached_property
+    def intake_db(self) -> Engine:
+        """The engine the webhook intake stores with: on PostgreSQL in AUTOCOMMIT (its one INSERT
+        commits by itself, no BEGIN/COMMIT round trips) and without the checkout ping (a second
+        round trip per webhook; persistence.inbox retries once on a dead connection)."""
+        if not self.settings.database_url.startswith("postgresql"):
+            return self.db
+        return make_engine(self.settings, pool_pre_ping=False, isolation_level="AUTOCOMMIT")
+
+    @cached_property
     def session_factory(self) -> sessionmaker[Session]:
         factory = make_session_factory(self.db)
         # Long-polls wake on committed grant changes.
@@ -221,6 +230,8 @@ class Wiring:
             self.access_notifier.close()
         if "metrics" in built:
             self.metrics.close()
+        if "intake_db" in built:
+            self.intake_db.dispose()
         if "db" in built:
             self.db.dispose()
         if "redis" in built:

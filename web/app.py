@@ -53,8 +53,6 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
         bind_log_context(app_user_id=(request.view_args or {}).get("app_user_id"))
 
     app.teardown_request(lambda _exc: clear_log_context())
-    # The intake's storage engine now, not on the first webhook: that one would also pay for
-    # importing the database driver (about 0.25 s per gunicorn worker after each deploy).
-    intake.intake_engine(app.extensions["engine_wiring"])
+    intake.install(app, app.extensions["engine_wiring"], app.extensions["celery"])
 
     return app

@@ -49,11 +49,10 @@ def on_starting(server) -> None:
     so that the kernel spreads new connections over the workers, when that is safe.
 
     With the one socket shared by all workers (gunicorn's default), whichever gevent worker woke
-    first took most of a burst of connections: 13 of 16 kept-alive connections on one worker and
-    3 on the other was typical (bench/intake.py). The crowded worker was saturated while the
-    other idled, since an intake request spends most of its time waiting for its commit and 3
-    connections cannot keep a worker busy; the intake's throughput followed the split, between
-    about 1,500 and 2,800 webhooks/s.
+    first took most of a burst of connections (bench/intake.py prints the split). The crowded
+    worker was saturated while the other idled, since an intake request spends most of its time
+    waiting for its commit and a few connections cannot keep a worker busy; the intake's
+    throughput followed the split.
 
     Only with several workers (one gains nothing, and while it restarts nobody would listen),
     only on TCP binds to a fixed port that is free now (on a Unix socket path each worker would
@@ -115,24 +114,22 @@ def pre_request(worker, req) -> None:
 
     gevent runs a greenlet until it would block, and a kept-alive connection whose next request
     has already arrived never blocks: its greenlet went on serving it while the rest of the
-    worker waited. A /healthz flood on 32 kept-alive connections held webhooks 1 to 10 s (their
-    commits and answers were ready, never run); with this, 14 ms at the median, 29 ms p99
-    (while the flood was still served at about the same rate), and no change to the intake's
-    throughput under bench/intake.py. Waiting for the loop to be idle, rather than a bare
-    gevent.sleep(0), also lets I/O that has completed (a commit, an LPUSH) be handled first:
-    sleep(0) alone left the webhooks at 46 ms median, 367 ms p99."""
+    worker waited, and a /healthz flood on kept-alive connections held webhooks for seconds
+    (their commits and answers were ready, never run). Waiting for the loop to be idle, rather
+    than a bare gevent.sleep(0), also lets I/O that has completed (a commit, a publish) be
+    handled first (tests/client/test_gevent_server.py: a webhook answered while a flood runs)."""
     if _yield_between_requests:
         wait_until_idle(YIELD_MAX_S)
 
 
 def post_worker_init(worker) -> None:
-    """Once the worker has loaded the app: move everything allocated so far (about 100k objects:
-    Flask, SQLAlchemy, Celery, kombu, the app) out of the garbage collector's reach.
+    """Once the worker has loaded the app: move everything allocated so far (Flask, SQLAlchemy,
+    Celery, kombu, the app) out of the garbage collector's reach.
 
-    They live as long as the worker, yet every full collection walked them all: about 80 ms in
-    which the worker, and each request it holds (a gevent worker holds many), stood still,
-    a few times a minute under load (measured: bench/intake.py). After the freeze a full
-    collection walks only what requests left behind. Collected first, so that no garbage from
+    They live as long as the worker, yet every full collection walked them all, tens of
+    milliseconds in which the worker, and each request it holds (a gevent worker holds many),
+    stood still, a few times a minute under load. After the freeze a full collection walks only
+    what requests left behind. Collected first, so that no garbage from
     start-up is kept for the worker's life. Under gevent, also turns on pre_request's yield."""
     global _yield_between_requests  # noqa: PLW0603 - once per process
     _yield_between_requests = serve_requests()

@@ -1,6 +1,7 @@
 """The Procfile's web process (gunicorn, gevent workers): one worker holds many long-polls and
 keeps answering other requests; a committed grant ends the wait of its user; webhooks arriving
-together are stored together (group commit on PostgreSQL) and each is answered as if alone."""
+together are stored together (group commit on PostgreSQL), with Sentry on or off, and each is
+answered as if alone. Behaviour only: how fast is bench/'s business."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 
+import pytest
 import requests
 
 from config.settings import PROJECT_ROOT
@@ -37,7 +39,7 @@ def web_command(port: int, workers: int = 1) -> list[str]:
 
 
 @contextlib.contextmanager
-def procfile_web(settings, tmp_path, workers: int = 1, started: list | None = None):
+def procfile_web(settings, tmp_path, workers: int = 1, started: list | None = None, env: dict | None = None):
     """The Procfile's web process on a free port, up; its base URL (and its master process
     appended to ``started``). Stopped on the way out."""
     port = free_port()
@@ -46,7 +48,7 @@ def procfile_web(settings, tmp_path, workers: int = 1, started: list | None = No
     proc = subprocess.Popen(
         web_command(port, workers),
         cwd=PROJECT_ROOT,
-        env=settings_env(settings),
+        env={**settings_env(settings), **(env or {})},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -70,11 +72,11 @@ def free_port() -> int:
 
 
 def test_one_gevent_worker_holds_many_long_polls(settings, runtime, tmp_path):
-    answers: dict[str, tuple[float, list[str]]] = {}
+    answers: dict[str, list[str]] = {}
 
     def poll(user: str) -> None:
-        r = requests.get(f"{base}/v1/users/{user}/access?wait=20", headers=OPERATOR, timeout=30)
-        answers[user] = (time.monotonic(), [a["resource"] for a in r.json()["access"]])
+        r = requests.get(f"{base}/v1/users/{user}/access?wait=30", headers=OPERATOR, timeout=40)
+        answers[user] = [a["resource"] for a in r.json()["access"]]
 
     with procfile_web(settings, tmp_path) as base:
         threads = [threading.Thread(target=poll, args=(f"g{i}",)) for i in range(CLIENTS)]
@@ -82,10 +84,9 @@ def test_one_gevent_worker_holds_many_long_polls(settings, runtime, tmp_path):
             t.start()
         time.sleep(1.5)  # every long-poll is waiting now
         assert answers == {}
-        started = time.monotonic()
+        # the worker is not tied up by the waiting clients: it answers, and they still wait
         assert requests.get(f"{base}/healthz", timeout=5).status_code == 200
-        assert time.monotonic() - started < 1.0  # the worker is not tied up by the waiting clients
-        committed = {}
+        assert answers == {}
         for i in range(CLIENTS):
             with unit_of_work(runtime.session_factory)() as uow:
                 uow.session.add(
@@ -98,15 +99,19 @@ def test_one_gevent_worker_holds_many_long_polls(settings, runtime, tmp_path):
                         updated_ms=0,
                     )
                 )
-            committed[f"g{i}"] = time.monotonic()
+            user = f"g{i}"
+            wait_for(lambda: user in answers, timeout=25, what=f"{user}'s answer")  # noqa: B023 - called here
+            # woken by its own grant: every user granted so far has answered, no other has
+            assert set(answers) == {f"g{k}" for k in range(i + 1)}
         for t in threads:
             t.join(30)
-        assert len(answers) == CLIENTS
-        for user, (at, resources) in answers.items():
-            assert resources == ["course:H01ENB"] and at - committed[user] < 3.0
+        assert answers == {f"g{i}": ["course:H01ENB"] for i in range(CLIENTS)}
 
 
-def test_concurrent_webhooks_on_one_gevent_worker_are_each_stored_and_enqueued_once(settings, runtime, tmp_path):
+@pytest.mark.parametrize("sentry", [False, True], ids=["sentry-off", "sentry-on"])
+def test_concurrent_webhooks_on_one_gevent_worker_are_each_stored_and_enqueued_once(
+    settings, runtime, tmp_path, sentry
+):
     import redis as redis_lib
     from sqlalchemy import func, select
 
@@ -128,7 +133,10 @@ def test_concurrent_webhooks_on_one_gevent_worker_are_each_stored_and_enqueued_o
             )
         answers.append((event_id, r.status_code, r.json()))
 
-    with procfile_web(settings, tmp_path) as base:
+    # Sentry's integrations loaded in the web process (its DSN a port nothing listens on: the
+    # SDK drops what it cannot send); the intake's path stays the same
+    dsn = {"SENTRY_DSN": f"http://public@127.0.0.1:{free_port()}/1"} if sentry else {}
+    with procfile_web(settings, tmp_path, env=dsn) as base:
         threads = [threading.Thread(target=deliver, args=(e,)) for e in deliveries]
         for t in threads:
             t.start()
@@ -230,7 +238,7 @@ def test_after_a_hup_reload_the_new_workers_listen_and_answer(settings, runtime,
             assert requests.get(f"{base}/healthz", timeout=5, headers={"Connection": "close"}).status_code == 200
 
 
-def test_a_webhook_is_answered_promptly_while_other_connections_keep_a_worker_busy(settings, runtime, tmp_path):
+def test_a_webhook_is_answered_while_other_connections_keep_a_worker_busy(settings, runtime, tmp_path):
     """gevent runs a greenlet until it would block, and a kept-alive connection whose next
     request is already there never blocks: without a yield between requests, clients that keep
     a worker busy (pipelined or instant requests) held a webhook for seconds (a /healthz flood
@@ -259,17 +267,14 @@ def test_a_webhook_is_answered_promptly_while_other_connections_keep_a_worker_bu
             t.start()
         time.sleep(0.3)  # the worker is working through the pipelined requests
         body = {"api_version": "1.0", "event": {"id": "evt-busy", "type": "RENEWAL", "app_user_id": "busy"}}
-        started = time.monotonic()
         r = requests.post(f"{base}/webhooks/revenuecat", json=body, headers={"Authorization": WEBHOOK_AUTH}, timeout=60)
-        waited = time.monotonic() - started
         answered_meanwhile = sum(received) // answer_len
         for t in busy:
             t.join(60)
         assert sum(received) == 4 * pipelined * answer_len  # every pipelined request answered
     assert r.status_code == 200 and not r.json()["duplicate"]
-    # the webhook did not simply come after the busy connections were done
+    # answered while the busy connections were still being served, not after them
     assert answered_meanwhile < 4 * pipelined
-    assert waited < 1.0, f"the webhook waited {waited:.2f} s behind the busy connections"
 
 
 def _raw_answer_length(port: int, request: bytes) -> int:
@@ -279,7 +284,9 @@ def _raw_answer_length(port: int, request: bytes) -> int:
         while b"\r\n\r\n" not in answer:
             answer += conn.recv(65536)
         head, _, rest = answer.partition(b"\r\n\r\n")
-        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+        found = re.search(rb"(?i)content-length: *(\d+)", head)
+        assert found is not None
+        length = int(found.group(1))
         while len(rest) < length:
             rest += conn.recv(65536)
         return len(head) + 4 + length

@@ -1,9 +1,12 @@
-"""The intake's template publisher sends exactly the message celery.send_task would."""
+"""The intake's publisher sends exactly the message celery.send_task would, several per call in
+the order given, and fails loudly (nothing half-sent silently) when the broker is down."""
 
 import base64
 import json
 
+import pytest
 import redis as redis_lib
+from kombu.exceptions import OperationalError
 
 from adapters.embedded_redis import redis_url
 from adapters.task_publisher import TaskPublisher
@@ -12,6 +15,7 @@ from tasks.names import INBOX_PROCESS
 
 
 def normalised(raw: bytes) -> dict:
+    """A queued message without what differs between any two messages (ids, delivery tag)."""
     message = json.loads(raw)
     message["body"] = json.loads(base64.b64decode(message["body"]))
     for key in ("id", "root_id", "correlation_id"):
@@ -21,27 +25,36 @@ def normalised(raw: bytes) -> dict:
     return message
 
 
-def test_template_message_equals_send_task_message(settings, runtime):
-    app = create_celery(settings)
+@pytest.fixture
+def queue(settings, runtime):
     client = redis_lib.Redis.from_url(redis_url(settings))
-    publisher = TaskPublisher(app, INBOX_PROCESS)
-    assert not publisher.fallback, "the template path should be available on the Redis broker"
-    publisher.publish(41)
-    assert publisher.ready and not publisher.fallback
-    app.send_task("inbox.process", args=(41,), retry=False)
-    template, reference = client.lrange("celery", 0, -1)  # LPUSH: newest first
-    assert normalised(template) == normalised(reference)
-    assert json.loads(template)["headers"]["id"] != json.loads(reference)["headers"]["id"]
+    yield client
+    client.close()
 
 
-def test_broker_down_raises_and_the_next_publish_tries_again(settings, runtime):
+def test_the_message_is_the_one_send_task_sends(settings, queue):
+    app = create_celery(settings)
+    TaskPublisher(app, INBOX_PROCESS).publish(41)
+    app.send_task(INBOX_PROCESS, args=(41,), retry=False)
+    published, reference = queue.lrange("celery", 0, -1)  # LPUSH: newest first
+    assert normalised(published) == normalised(reference)
+    assert json.loads(published)["headers"]["id"] != json.loads(reference)["headers"]["id"]
+    assert json.loads(published)["headers"]["task"] == "inbox.process"
+
+
+def test_many_keys_are_queued_in_order_each_its_own_task(settings, queue):
+    app = create_celery(settings)
+    TaskPublisher(app, INBOX_PROCESS).publish_many([7, 8, 9])
+    # a worker pops from the right: the first key published is the first taken
+    taken = [normalised(m) for m in reversed(queue.lrange("celery", 0, -1))]
+    assert [m["body"][0] for m in taken] == [[7], [8], [9]]
+    assert len({json.loads(m)["headers"]["id"] for m in queue.lrange("celery", 0, -1)}) == 3
+
+
+def test_broker_down_raises_every_time_and_sends_nothing(settings, queue):
     app = create_celery(settings.with_(redis_url="redis://127.0.0.1:1/0"))
     publisher = TaskPublisher(app, INBOX_PROCESS)
-    for _ in range(2):
-        try:
-            publisher.publish(1)
-        except Exception:
-            pass
-        else:
-            raise AssertionError("publishing to a dead broker must fail")
-    assert not publisher.ready
+    for _ in range(2):  # the next publish tries again, and fails again
+        with pytest.raises(OperationalError):
+            publisher.publish_many([1, 2])
+    assert queue.llen("celery") == 0

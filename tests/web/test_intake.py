@@ -137,3 +137,19 @@ def test_broker_unavailable_still_answers_200_and_the_row_waits(settings, runtim
     assert response.status_code == 200
     [row] = inbox(runtime)
     assert row.status == "received" and queued(settings) == 0
+
+
+def test_a_pooled_connection_lost_under_the_intake_is_replaced_and_the_webhook_stored(client, runtime, settings):
+    """The intake's engine does not ping on checkout: a connection the server dropped (a
+    restart) fails its first statement, SQLAlchemy discards it, and the webhook is stored on a
+    fresh one, so the sender sees 200, not 503."""
+    if not settings.database_url.startswith("postgresql"):
+        pytest.skip("a server-side disconnect needs PostgreSQL")
+    assert client.post(URL, json=purchase("evt-1"), headers=AUTH).status_code == 200
+    with runtime.intake_db.connect() as conn:  # the one pooled connection the intake has used
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+    with runtime.db.connect() as admin:
+        admin.exec_driver_sql("SELECT pg_terminate_backend(%s)", (pid,))
+    response = client.post(URL, json=purchase("evt-2"), headers=AUTH)
+    assert response.status_code == 200 and response.json["status"] == "received"
+    assert [row.event_id for row in inbox(runtime)] == ["evt-1", "evt-2"]
