@@ -26,6 +26,7 @@ from engine.plan import Action, diff_access
 from engine.ports import Cause, CustomerState, LedgerStore, UnitOfWork, UnitOfWorkFactory
 from engine.projection import Projection, project_access
 from engine.revenuecat import WebhookEvent, parse_subscriber
+from engine.revenuecat_v2 import V2CustomerRead, parse_customer_history
 
 # After a projected expiry, look again a little later: the renewal (or EXPIRATION) should
 # have reached the provider by then; if its webhook was lost, this is where it shows.
@@ -62,6 +63,25 @@ class Reading:
     def from_provider(cls, app_user_id: str, body: Mapping[str, Any]) -> Reading:
         """A provider answer; TerminalError when it is not a usable subscriber body."""
         return cls("provider", app_user_id, snapshot=parse_subscriber(body), body=body)
+
+    @classmethod
+    def from_history(cls, app_user_id: str, read: V2CustomerRead) -> Reading:
+        """A REST API v2 history read (every period of App Store and Play Store subscriptions,
+        the purchases, the aliases); TerminalError when a body is not the documented shape.
+        The bodies are kept as the snapshot record, under ``v2``."""
+        history = parse_customer_history(read)
+        record = {
+            "v2": {
+                "customer_id": read.customer_id,
+                "request_ms": read.request_ms,
+                "subscriptions": list(read.subscriptions),
+                "transactions": {k: list(v) for k, v in read.transactions.items()},
+                "purchases": list(read.purchases),
+                "aliases": list(read.aliases) if read.aliases is not None else None,
+                "product_store_ids": dict(read.product_store_ids),
+            }
+        }
+        return cls("provider", app_user_id, snapshot=history.snapshot, body=record, identities=history.identities)
 
     @classmethod
     def from_event(

@@ -185,3 +185,35 @@ def test_a_failed_unit_of_work_announces_nothing():
             policy=POLICY,
         )
     assert db.data.grants == {} and db.data.changed == [] and db.data.outbox == []
+
+
+def test_a_v2_history_read_converges_like_any_provider_reading_and_keeps_its_bodies():
+    from engine.revenuecat_v2 import V2CustomerRead
+
+    purchase = {
+        "object": "purchase",
+        "id": "rcp1",
+        "product_id": "prodCourse",
+        "purchased_at": NOW - DAY_MS,
+        "status": "owned",
+        "store": "app_store",
+        "environment": "production",
+        "store_purchase_identifier": "ana-t1",
+        "ownership": "purchased",
+    }
+    read = V2CustomerRead(
+        customer_id="ana",
+        request_ms=NOW,
+        subscriptions=[],
+        purchases=[purchase],
+        aliases=[{"object": "customer.alias", "id": "$RCAnonymousID:ana"}],
+        product_store_ids={"prodCourse": "h01enb"},
+    )
+    db = MemoryDatabase()
+    reading = Reading.from_history("$RCAnonymousID:ana", read)
+    outcome = run(db, reading, cause=Cause("sweep"))
+    assert outcome.customer_id == "ana"
+    assert [(a.kind, a.before) for a in outcome.actions] == [("grant", None)]
+    assert reading.body is not None and reading.body["v2"]["purchases"] == [purchase]
+    # The alias names the customer from now on; the same read again changes nothing.
+    assert run(db, Reading.from_history("ana", read), cause=Cause("sweep")).actions == ()
