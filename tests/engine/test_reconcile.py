@@ -168,6 +168,7 @@ def test_a_failed_unit_of_work_announces_nothing():
             def fail(*args: object) -> None:
                 raise ZeroDivisionError("the unit of work fails after the grant was applied")
 
+            # the store's method replaced on this instance, to fail on purpose
             uow.ledger.record_unknown_products = fail  # type: ignore[method-assign,assignment]
             return uow
 
