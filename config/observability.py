@@ -56,6 +56,7 @@ def init_sentry(
     if not _initialised and (settings.sentry_dsn or transport is not None):
         import sentry_sdk
         from sentry_sdk.integrations.celery import CeleryIntegration
+        from sentry_sdk.integrations.flask import FlaskIntegration
         from sentry_sdk.integrations.logging import LoggingIntegration
 
         sentry_sdk.init(
@@ -65,12 +66,18 @@ def init_sentry(
                 # Beat jobs send their own check-ins (beat_check_in): one monitor per job.
                 *([CeleryIntegration(monitor_beat_tasks=False)] if patch_celery else []),
                 LoggingIntegration(level=logging.INFO, event_level=logging.ERROR),
+                # Errors only, no performance tracing: no transaction per request (the intake's
+                # hot path pays for each one, sampled or not).
+                FlaskIntegration(http_methods_to_capture=()),
             ],
             disabled_integrations=[] if patch_celery else [CeleryIntegration],
             data_collection=cast("DataCollectionUserOptions", DATA_COLLECTION),
             before_send=cast("EventProcessor", scrub_event),
             before_breadcrumb=cast("BreadcrumbProcessor", scrub_breadcrumb),
-            traces_sample_rate=0.0,
+            # No tracing and no release-health sessions: a server process reports errors,
+            # drift and check-ins; per-request sessions and transactions cost the intake CPU.
+            traces_sample_rate=None,
+            auto_session_tracking=False,
         )
         _initialised = True
     if _initialised:
