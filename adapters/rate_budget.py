@@ -289,8 +289,9 @@ class RateBudget:
     def used_in_window(self) -> int:
         """Slots granted over the last 60 s, by every process."""
         second = self._now_ms() // 1000
-        counts: Mapping[Any, Any] = self.client.hgetall(self._keys[3])  # type: ignore[assignment]
-        seconds = {(s.decode() if isinstance(s, bytes) else str(s)): int(n) for s, n in counts.items()}
+        # redis-py types a synchronous client's replies as ``Awaitable | reply``
+        counts = cast("dict[bytes | str, bytes | str]", self.client.hgetall(self._keys[3]))
+        seconds = {(s.decode() if isinstance(s, bytes) else s): int(n) for s, n in counts.items()}
         return sum(n for s, n in seconds.items() if s != "pruned" and int(s) > second - 60)
 
     def _clock_arg(self) -> str:

@@ -32,7 +32,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from bench.harness import Child, Figures, Supervisor, child_env, free_port, say, wait_until, workdir
 from bench.stack import Simulator, prepare_stores, start_simulator
@@ -68,7 +68,7 @@ def rate_worker(config: dict[str, Any]) -> None:
     wiring.redis.incr(READY_KEY)
     while (start := wiring.redis.get(START_KEY)) is None:
         time.sleep(0.02)
-    start_at = float(start)  # type: ignore[arg-type]  # redis-py's sync client: bytes
+    start_at = float(cast(bytes, start))  # redis-py types sync replies as Awaitable | reply
     deadline = start_at + config["duration_s"]
     while time.time() < start_at:
         time.sleep(0.01)
@@ -154,7 +154,10 @@ def run(args: argparse.Namespace, sup: Supervisor, instance: Path) -> Figures:
             sc.workers.append(sup.start(f"worker-{sc.name}{w}", argv, env=child_env(), capture_stdout=True))
         sc.sim.ops(purchases(all_ids, "premium_monthly", subscription=True))
     workers = sum(len(sc.workers) for sc in scenarios)
-    ready = lambda: int(client.get(READY_KEY) or 0) >= workers  # type: ignore[arg-type]  # noqa: E731 - sync client
+
+    def ready() -> bool:
+        return int(cast("bytes | None", client.get(READY_KEY)) or 0) >= workers  # redis-py: Awaitable | reply
+
     wait_until(ready, timeout_s=90, what="the budget workers")
     start_at = time.time() + 1.0
     client.set(START_KEY, repr(start_at))

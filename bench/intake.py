@@ -35,6 +35,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from bench.harness import (
     CpuMeter,
@@ -82,7 +83,7 @@ class Stores:
                     "SELECT count(*), count(*) FILTER (WHERE status = 'received'), coalesce(max(id), 0) FROM inbox_events"
                 )
             ).one()
-        queued: int = self.redis.llen("celery")  # type: ignore[assignment]  # redis-py's sync client
+        queued = cast(int, self.redis.llen("celery"))  # redis-py types sync replies as Awaitable | reply
         return int(rows), int(received), queued, int(last)
 
     def since(self, before: tuple[int, int, int, int]) -> tuple[int, int, int, int]:

@@ -23,10 +23,11 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from engine.access import Access
 from engine.catalog import DAY_MS, Catalog, load_catalog
-from engine.facts import Transaction
+from engine.facts import Transaction, TxKind
 from engine.plan import diff_access
 from engine.projection import project_access
 
@@ -43,11 +44,11 @@ MONTH_MS = 30 * DAY_MS
 YEAR_MS = 365 * DAY_MS
 
 
-def _tx(tx_id: int, product_id: str, kind: str, purchased_ms: int, **extra: object) -> Transaction:
+def _tx(tx_id: int, product_id: str, kind: TxKind, purchased_ms: int, **extra: Any) -> Transaction:
     return Transaction(
         transaction_id=str(tx_id),
         product_id=product_id,
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         original_transaction_id=str(extra.pop("original", tx_id)),
         store=str(extra.pop("store", "app_store")),
         is_sandbox=bool(extra.pop("is_sandbox", False)),
@@ -55,7 +56,7 @@ def _tx(tx_id: int, product_id: str, kind: str, purchased_ms: int, **extra: obje
         period_type="normal",
         ownership="PURCHASED",
         owner=CUSTOMER,
-        **extra,  # type: ignore[arg-type]
+        **extra,
     )
 
 

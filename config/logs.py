@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from types import MappingProxyType
-from typing import IO, Any
+from typing import Any, Protocol
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -115,11 +115,19 @@ def _redact_value(value: Any) -> Any:
     return value
 
 
+class LogStream(Protocol):
+    """Where lines are written: a text file, or anything that writes and flushes like one."""
+
+    def write(self, text: str, /) -> object: ...
+
+    def flush(self) -> None: ...
+
+
 class EngineLogHandler(logging.StreamHandler):
     """The handler configure_logging installs on the root logger (found again by its class)."""
 
 
-def configure_logging(settings: Settings, *, process: str, stream: IO[str] | None = None) -> logging.Handler:
+def configure_logging(settings: Settings, *, process: str, stream: LogStream | None = None) -> logging.Handler:
     """Log every line of this process to ``stream`` (stdout by default), as text or JSON.
 
     Idempotent: a second call replaces the handler the first one installed. The secrets of

@@ -19,6 +19,7 @@ from config.settings import Settings
 
 if TYPE_CHECKING:
     from sentry_sdk._types import BreadcrumbProcessor, DataCollectionUserOptions, EventProcessor, MonitorConfig
+    from sentry_sdk.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ DRIFT_EXAMPLES = 5
 
 
 def init_sentry(
-    settings: Settings, *, component: str, transport: object | None = None, patch_celery: bool = True
+    settings: Settings, *, component: str, transport: Transport | None = None, patch_celery: bool = True
 ) -> bool:
     """Initialise Sentry once per process when SENTRY_DSN is set (or a test transport is given);
     later calls register their settings' secrets for scrubbing and tag the process.
@@ -60,7 +61,7 @@ def init_sentry(
 
         sentry_sdk.init(
             dsn=settings.sentry_dsn or None,
-            transport=transport,  # type: ignore[arg-type]
+            transport=transport,
             integrations=[
                 # Beat jobs send their own check-ins (beat_check_in): one monitor per job.
                 *([CeleryIntegration(monitor_beat_tasks=False)] if patch_celery else []),

@@ -9,9 +9,9 @@ import hashlib
 import json
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from engine.errors import CatalogError
 
@@ -19,11 +19,13 @@ Policy = Literal["period", "credit", "lifetime"]
 ProductKind = Literal["subscription", "non_consumable", "consumable"]
 
 POLICIES: frozenset[str] = frozenset({"period", "credit", "lifetime"})
+
 KINDS: frozenset[str] = frozenset({"subscription", "non_consumable", "consumable"})
 # The keys each table may hold: anything else is a typo that would otherwise be ignored.
 CATALOG_KEYS = ("products", "mode_rank")
 PRODUCT_KEYS = ("title", "store_ids", "kind", "entitlements", "family_shareable", "grants")
 GRANT_KEYS = ("resource", "mode", "policy", "days")
+
 
 # Modes from weakest to strongest; "highest mode" when several products grant one resource.
 # Open edX course modes first (audit < honor < verified < professional), then app-level modes.
@@ -92,6 +94,9 @@ class Catalog:
     products: Mapping[str, Product]
     mode_rank: tuple[str, ...] = DEFAULT_MODE_RANK
     digest: str = ""  # identifies the catalog's content: projections made under another are stale
+    # Indexes built from ``products`` once (the dataclass is frozen, hence object.__setattr__).
+    _by_store_id: dict[str, Product] = field(init=False, repr=False, compare=False)
+    _by_entitlement: dict[str, Product] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         by_store: dict[str, Product] = {}
@@ -110,18 +115,16 @@ class Catalog:
         Google Play ids of products made after Feb 2023 read ``<subscription_id>:<base_plan_id>``;
         the catalog may name either form. Promotional grants read ``rc_promo_<entitlement>_<duration>``.
         """
-        by_store: dict[str, Product] = self._by_store_id  # type: ignore[attr-defined]
-        product = by_store.get(store_product_id)
+        product = self._by_store_id.get(store_product_id)
         if product is not None:
             return product
         if ":" in store_product_id:
-            product = by_store.get(store_product_id.split(":", 1)[0])
+            product = self._by_store_id.get(store_product_id.split(":", 1)[0])
             if product is not None:
                 return product
         if store_product_id.startswith("rc_promo_"):
             entitlement = _promo_entitlement(store_product_id[len("rc_promo_") :])
-            by_entitlement: dict[str, Product] = self._by_entitlement  # type: ignore[attr-defined]
-            return by_entitlement.get(entitlement)
+            return self._by_entitlement.get(entitlement)
         return None
 
     def product_named(self, name: str) -> Product | None:
@@ -132,6 +135,10 @@ class Catalog:
             return self.mode_rank.index(mode)
         except ValueError:
             return -1
+
+
+def is_policy(value: object) -> TypeGuard[Policy]:
+    return value in POLICIES
 
 
 def _unknown_keys(where: str, table: Mapping[str, Any], allowed: tuple[str, ...]) -> list[str]:
@@ -194,13 +201,14 @@ def parse_catalog(data: Mapping[str, Any]) -> Catalog:
                 problems.append(f"{gwhere}.mode: required")
             elif mode not in mode_rank:
                 problems.append(f"{gwhere}.mode: {mode!r} is not in mode_rank ({', '.join(mode_rank)})")
-            if policy not in POLICIES:
+            if not is_policy(policy):
                 problems.append(f"{gwhere}.policy: {policy!r} is not one of {sorted(POLICIES)}")
             if policy == "credit" and (not isinstance(days, int) or isinstance(days, bool) or days <= 0):
                 problems.append(f"{gwhere}.days: a positive integer is required for policy 'credit'")
             if policy == "period" and kind in {"non_consumable", "consumable"}:
                 problems.append(f"{gwhere}.policy: 'period' needs a subscription (use 'credit' or 'lifetime')")
-            grants.append(GrantRule(str(resource), str(mode), policy, int(days) if isinstance(days, int) else 0))  # type: ignore[arg-type]
+            if is_policy(policy):  # otherwise a problem is recorded and no catalog is built
+                grants.append(GrantRule(str(resource), str(mode), policy, int(days) if isinstance(days, int) else 0))
         entitlements = raw.get("entitlements", [])
         if not isinstance(entitlements, list) or not all(isinstance(e, str) for e in entitlements):
             problems.append(f"{where}.entitlements: must be a list of strings")

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from engine.enrollment import KNOWN_MODES, PAID_MODES, REVOKE_POLICIES, CourseMapping
+from engine.enrollment import KNOWN_MODES, PAID_MODES, REVOKE_POLICIES, CourseMapping, RevokePolicy, is_revoke_policy
 
 COLUMNS = ("resource", "course_run_id", "mode", "active", "expires_at", "on_revoke")
 REQUIRED = ("resource", "course_run_id", "mode")
@@ -191,12 +191,15 @@ def _parse_row(
     expires_text = values.get("expires_at", "")
     if expires_text:
         expires_ms = _parse_instant(expires_text, problems)
-    on_revoke = values.get("on_revoke", "").lower() or "audit"
-    if on_revoke not in REVOKE_POLICIES:
+    revoke_text = values.get("on_revoke", "").lower() or "audit"
+    on_revoke: RevokePolicy = "audit"
+    if is_revoke_policy(revoke_text):
+        on_revoke = revoke_text
+    else:
         problems.append(f"on_revoke {values['on_revoke']!r} is not one of {', '.join(sorted(REVOKE_POLICIES))}")
     if problems:
         return None
-    return CourseMapping(resource, course_run_id, mode, active, expires_ms, on_revoke)  # type: ignore[arg-type]
+    return CourseMapping(resource, course_run_id, mode, active, expires_ms, on_revoke)
 
 
 def _parse_instant(text: str, problems: list[str]) -> int | None:

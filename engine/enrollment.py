@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, TypeGuard
 
 from engine.access import Access
 from engine.errors import SinkAuthError, TerminalError
@@ -63,6 +63,11 @@ PAID_MODES: frozenset[str] = KNOWN_MODES - FREE_MODES
 
 RevokePolicy = Literal["audit", "deactivate"]
 REVOKE_POLICIES: frozenset[str] = frozenset({"audit", "deactivate"})
+
+
+def is_revoke_policy(value: str) -> TypeGuard[RevokePolicy]:
+    return value in REVOKE_POLICIES
+
 
 Credential = Literal["api_key", "jwt"]
 API_KEY: Credential = "api_key"

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 TxKind = Literal["subscription", "non_subscription"]
 Periods = Literal["latest", "all"]
@@ -149,7 +149,7 @@ class Transaction:
 def merge_observation(current: Transaction | None, obs: TransactionObservation) -> Transaction | None:
     """Fold one observation into the ledger's view; None when it changes nothing."""
     base = current or Transaction(transaction_id=obs.transaction_id)
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}  # field -> new value, each of its field's type (read from obs)
     for name in PURCHASE_FIELDS:
         value = getattr(obs, name)
         if value is not UNKNOWN and getattr(base, name) is None and value is not None:
@@ -175,7 +175,7 @@ def merge_observation(current: Transaction | None, obs: TransactionObservation) 
             changes["owner"] = None
     if current is not None and not changes and observed == dict(base.observed):
         return None
-    return replace(base, observed=observed, **changes)  # type: ignore[arg-type]
+    return replace(base, observed=observed, **changes)
 
 
 def _released(customer_id: str) -> str:

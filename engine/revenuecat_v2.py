@@ -6,7 +6,7 @@ read is several requests (``V2CustomerRead`` holds their bodies); it becomes one
 lists every period of each App Store and Play Store subscription by transaction id
 (``periods="all"``), where v1 lists only the latest period of each product.
 
-What v2 states, and what it does not (the README says it to operators):
+What v2 states, and what it does not (docs/provider-apis.md says it to operators):
 
 * every period of an App Store or Play Store subscription, by store transaction id, with its
   store product, purchase time, expiry and expiry with grace; the customer holding it. Every

@@ -131,6 +131,11 @@ class GroupCommitter:
         assert waiting.stored is not None
         return waiting.stored
 
+    @property
+    def queued(self) -> int:
+        """Webhooks waiting for the writer, not yet taken into a batch."""
+        return len(self._queue)
+
     def stop(self, timeout_s: float = 5.0) -> None:
         """Write what is waiting, then stop the writer."""
         with self._ready:

@@ -1,13 +1,17 @@
 """Test support: settings as environment for child processes, a real Celery worker process,
-and polling for an end state."""
+polling for an end state, JSON answers and queued Celery messages read back."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TypeVar
+from typing import Any, TypeVar, cast
+
+import redis as redis_lib
+from werkzeug.test import TestResponse
 
 from adapters.embedded_redis import redis_url
 from config.settings import PROJECT_ROOT, Settings
@@ -40,6 +44,20 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def answer(response: TestResponse) -> dict[str, Any]:
+    """A JSON answer's object (werkzeug types ``Response.json`` as optional: None unless JSON)."""
+    body = response.json
+    assert isinstance(body, dict), f"not a JSON object: {response.data[:200]!r}"
+    return body
+
+
+def queued_messages(settings: Settings, queue: str = "celery") -> list[dict[str, Any]]:
+    """The Celery messages waiting in one of the broker's Redis queues, newest first."""
+    client = redis_lib.Redis.from_url(redis_url(settings))
+    # redis-py types a synchronous client's replies as ``Awaitable | reply``
+    return [json.loads(m) for m in cast("list[bytes]", client.lrange(queue, 0, -1))]
 
 
 def celery_worker(settings: Settings, *, concurrency: int = 1, log_path=None):

@@ -58,7 +58,7 @@ def operator_command(group: click.Group, name: str, *, needs_catalog: bool = Tru
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
             settings = current_app.config["ENGINE_SETTINGS"]
-            configure_logging(settings, process="cli", stream=_CurrentStderr())  # type: ignore[arg-type]
+            configure_logging(settings, process="cli", stream=_CurrentStderr())
             with cli_command_scope(name), log_context(command=name):
                 try:
                     if needs_catalog:

@@ -25,6 +25,9 @@ from web.schemas import AppUserId, ErrorAnswer, OpenApiDocument
 
 bp = Blueprint("docs", __name__)
 
+# A view served unwrapped -> its spectree-wrapped twin, which only the document reads.
+_documented_twins: dict[Callable[..., Any], Callable[..., Any]] = {}
+
 
 class _FlaskRoutes(FlaskPlugin):
     """Spectree's Flask backend, reading a view's document from its documented twin when it has
@@ -32,7 +35,7 @@ class _FlaskRoutes(FlaskPlugin):
 
     def parse_func(self, route: Any) -> Iterator[tuple[str, Any]]:
         for method, func in super().parse_func(route):
-            yield method, getattr(func, "documented_twin", func)
+            yield method, _documented_twins.get(func, func)
 
 
 api = SpecTree(
@@ -108,7 +111,7 @@ def documented_only(**operation: Any) -> Callable[[View], View]:
     """
 
     def decorate(view: View) -> View:
-        view.documented_twin = api.validate(skip_validation=True, **operation)(view)  # type: ignore[attr-defined]
+        _documented_twins[view] = api.validate(skip_validation=True, **operation)(view)
         return view
 
     return decorate

@@ -6,6 +6,7 @@ import pytest
 from freezegun import freeze_time
 
 from tests.client.support import OPERATOR, android_payload
+from tests.support import answer
 from web.app import create_app
 
 
@@ -88,15 +89,15 @@ def test_without_a_secret_no_user_token_is_minted_or_accepted(settings, runtime)
     token = mint(with_secret, "alice")
     client = create_app(settings.with_(user_token_secret="")).test_client()
     minted = client.post("/v1/users/alice/token", headers=OPERATOR)
-    assert minted.status_code == 503 and minted.json["error"] == "user_tokens_not_configured"
+    assert minted.status_code == 503 and answer(minted)["error"] == "user_tokens_not_configured"
     refused = client.post("/v1/users/alice/sync", headers=bearer(token))
-    assert refused.status_code == 401 and refused.json["error"] == "user_tokens_not_configured"
+    assert refused.status_code == 401 and answer(refused)["error"] == "user_tokens_not_configured"
 
 
 def test_without_an_api_token_only_user_tokens_work(settings, runtime, simulator):
     token = mint(create_app(settings).test_client(), "alice")
     client = create_app(settings.with_(api_token="")).test_client()
-    assert client.get("/v1/users/alice/access", headers=OPERATOR).json["error"] == "api_token_not_configured"
+    assert answer(client.get("/v1/users/alice/access", headers=OPERATOR))["error"] == "api_token_not_configured"
     assert client.get("/v1/users/alice/access", headers=bearer(token)).status_code == 200
 
 

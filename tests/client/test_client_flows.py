@@ -84,12 +84,17 @@ def test_pending_and_failed_client_statuses_are_answered_without_the_provider():
     pending = parse_validation(android_payload("a", "t", status="PurchaseStatus.pending"))
     deferred = parse_validation(ios_payload("a", "r", status="SKPaymentTransactionStateDeferred"))
     failed = parse_validation(android_payload("a", "t", status="PurchaseStatus.error"))
+    completed = parse_validation(android_payload("a", "t"))
+    assert isinstance(pending, ValidationRequest) and isinstance(deferred, ValidationRequest)
+    assert isinstance(failed, ValidationRequest) and isinstance(completed, ValidationRequest)
     for req in (pending, deferred):
         refusal = client_status_refusal(req)
+        assert refusal is not None
         assert refusal.pending and refusal.reason == "purchase_pending" and refusal_status(refusal) == 202
     refusal = client_status_refusal(failed)
+    assert refusal is not None
     assert refusal.reason == "purchase_not_completed" and not refusal.retryable and refusal_status(refusal) == 422
-    assert client_status_refusal(parse_validation(android_payload("a", "t"))) is None
+    assert client_status_refusal(completed) is None
 
 
 @pytest.mark.parametrize(
@@ -130,11 +135,13 @@ def test_provider_refusals_become_reasons(status, text, reason, retryable, pendi
 
 def test_a_purchase_counts_as_granted_only_when_each_of_its_accesses_comes_from_it():
     product = CATALOG.product_named("h01enb")
+    assert product is not None
     granted = [Access("course:H01ENB", "paid", None, ("tx-1",))]
     assert grants_purchase(granted, product, "tx-1", now_ms=0)
     assert not grants_purchase(granted, product, "tx-2", now_ms=0)
     assert not grants_purchase([], product, "tx-1", now_ms=0)
     pack = CATALOG.product_named("geometry_pack")
+    assert pack is not None
     assert not grants_purchase([Access("module:geometry", "basic", 10, ("tx-1",))], pack, "tx-1", now_ms=10)
 
 

@@ -6,32 +6,44 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from typing import Any
 
 import redis as redis_lib
 import requests
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
 
-from adapters.access_notifications import AccessNotifier, AccessWatch, channel_for
+from adapters.access_notifications import AccessNotifier, AccessWatch, channel_for, wait_for_change
 from adapters.embedded_redis import redis_url
 from persistence.models import Grant
 from persistence.unit_of_work import unit_of_work
 from services.clock import wall_clock_ms
 from services.inbox import process_inbox_event
 from tests.client.support import OPERATOR, WEBHOOK
-from tests.support import celery_worker, wait_for
+from tests.support import answer, celery_worker, wait_for
 
 
 class Timed:
     """A long-poll run in a thread: its answer, and how long after ``mark()`` it came."""
 
-    def __init__(self, client, path: str):
-        self.response = None
+    def __init__(self, client: FlaskClient, path: str):
+        self._response: TestResponse | None = None
         self.marked = self.done = 0.0
         self.thread = threading.Thread(target=self._run, args=(client, path))
         self.thread.start()
 
-    def _run(self, client, path: str) -> None:
-        self.response = client.get(path, headers=OPERATOR)
+    def _run(self, client: FlaskClient, path: str) -> None:
+        self._response = client.get(path, headers=OPERATOR)
         self.done = time.monotonic()
+
+    @property
+    def response(self) -> TestResponse:
+        assert self._response is not None, "the long-poll has not answered"
+        return self._response
+
+    @property
+    def access(self) -> list[dict[str, Any]]:
+        return answer(self.response)["access"]
 
     def mark(self) -> None:
         self.marked = time.monotonic()
@@ -62,7 +74,7 @@ def test_wait_answers_as_soon_as_the_grant_is_committed(app, client, runtime, si
     purchase_processed(client, runtime, simulator, "alice")
     poll.join(timeout=15)  # it waits 20 s for a change: answering at all means it woke on the grant
     assert poll.response.status_code == 200
-    assert [a["resource"] for a in poll.response.json["access"]] == ["course:H01ENB"]
+    assert [a["resource"] for a in poll.access] == ["course:H01ENB"]
 
 
 def test_a_waiter_on_an_alias_wakes_on_its_customers_change(app, client, runtime, simulator):
@@ -75,7 +87,7 @@ def test_a_waiter_on_an_alias_wakes_on_its_customers_change(app, client, runtime
     inbox_id = client.post("/webhooks/revenuecat", json=body, headers=WEBHOOK).json["inbox_id"]
     process_inbox_event(inbox_id, runtime.event_processing)
     poll.join(timeout=15)  # woken by the change, well before its 20 s ran out
-    assert sorted(a["resource"] for a in poll.response.json["access"]) == ["course:H01ENB", "module:geometry"]
+    assert sorted(a["resource"] for a in poll.access) == ["course:H01ENB", "module:geometry"]
 
 
 def test_wait_runs_out_when_nothing_changes(client):
@@ -90,7 +102,7 @@ def test_a_change_for_someone_else_does_not_end_the_wait(app, client, runtime, s
     waiting(runtime)
     poll.mark()
     purchase_processed(client, runtime, simulator, "bob")
-    assert poll.join() >= 1.0 and poll.response.json["access"] == []
+    assert poll.join() >= 1.0 and poll.access == []
 
 
 def test_since_answers_at_once_when_the_access_already_differs(client, runtime, simulator):
@@ -99,11 +111,10 @@ def test_since_answers_at_once_when_the_access_already_differs(client, runtime, 
     purchase_processed(client, runtime, simulator, "alice")  # between the app's two requests
     answered = Timed(client, f"/v1/users/alice/access?wait=20&since={etag.strip(chr(34))}")
     answered.join(timeout=15)  # no wait: the access already differs from what the app has
-    response = answered.response
-    assert response.json["access"] and response.headers["ETag"] != etag
+    assert answered.access and answered.response.headers["ETag"] != etag
     # With the current version, the wait holds.
     started = time.monotonic()
-    client.get(f"/v1/users/alice/access?wait=0.4&since={response.headers['ETag']}", headers=OPERATOR)
+    client.get(f"/v1/users/alice/access?wait=0.4&since={answered.response.headers['ETag']}", headers=OPERATOR)
     assert time.monotonic() - started >= 0.35
 
 
@@ -122,7 +133,7 @@ def test_an_access_expiring_during_the_wait_ends_it(app, client, runtime):
     poll = Timed(app.test_client(), "/v1/users/alice/access?wait=10")
     poll.mark()
     assert poll.join() < 3.0
-    assert poll.response.json["access"] == []
+    assert poll.access == []
 
 
 def test_invalid_wait_is_400(client):
@@ -173,13 +184,16 @@ def test_waiters_poll_while_the_subscription_is_down():
         return redis_lib.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, socket_timeout=0.2)
 
     watch = AccessWatch(unreachable, retry_s=0.1)
-    reads = []
-    from adapters.access_notifications import wait_for_change
+    reads: list[int] = []
+
+    def read() -> int:
+        reads.append(1)
+        return len(reads)
 
     result = wait_for_change(
         watch,
         "alice",
-        lambda: reads.append(1) or len(reads),
+        read,
         lambda n: "changed" if n >= 3 else "same",
         baseline=None,
         wait_s=5,

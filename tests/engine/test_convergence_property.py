@@ -23,6 +23,7 @@ from engine.errors import TransientError
 from engine.facts import observe_all
 from engine.ports import Cause
 from engine.projection import project_access
+from engine.provider_values import parse_instant_ms
 from engine.revenuecat import parse_subscriber
 from persistence.ledger_store import grant_to_access
 from persistence.models import Base, Grant
@@ -140,9 +141,9 @@ def _apply_op(state, op: Op) -> dict | None:
 
 
 def _ms(iso: str) -> int:
-    from engine.revenuecat import parse_instant_ms
-
-    return parse_instant_ms(iso)  # type: ignore[return-value]
+    ms = parse_instant_ms(iso)
+    assert ms is not None, iso
+    return ms
 
 
 def wipe(runtime) -> None:

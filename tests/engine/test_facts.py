@@ -67,9 +67,9 @@ def test_state_fields_newest_observation_wins_in_any_order(field, older, newer):
 
 def test_purchase_fields_first_known_value_kept_and_unknowns_filled():
     sparse = merge_observation(None, obs(20, refunded_ms=15))  # a refund event seen first
-    assert sparse.product_id is None
+    assert sparse is not None and sparse.product_id is None
     filled = merge_observation(sparse, obs(10, **PURCHASE))  # older, but knows the purchase
-    assert filled.product_id == "premium_monthly" and filled.purchased_ms == 1_000
+    assert filled is not None and filled.product_id == "premium_monthly" and filled.purchased_ms == 1_000
     assert filled.refunded_ms == 15  # the older observation did not touch state
     assert merge_observation(filled, obs(30, product_id="other")) is None
 
@@ -77,7 +77,7 @@ def test_purchase_fields_first_known_value_kept_and_unknowns_filled():
 def test_unknown_fields_are_not_asserted():
     tx = merge_observation(None, obs(10, expires_ms=5_000, **PURCHASE))
     later = merge_observation(tx, obs(20, refunded_ms=UNKNOWN, owner="alice"))
-    assert later.expires_ms == 5_000 and later.owner == "alice"
+    assert later is not None and later.expires_ms == 5_000 and later.owner == "alice"
 
 
 def test_access_end_includes_grace():

@@ -11,6 +11,7 @@ from engine.catalog import DAY_MS, load_catalog
 from engine.facts import TransactionObservation
 from engine.ports import Cause
 from engine.reconcile import Reading, ReconcilePolicy, reconcile, settle_unchanged
+from engine.revenuecat import parse_subscriber
 from tests.memory_store import MemoryDatabase, MemoryUnitOfWork
 
 CATALOG = load_catalog(Path(__file__).resolve().parents[1] / "fixtures" / "catalog.toml")
@@ -152,10 +153,7 @@ def test_settling_unchanged_customers_is_the_fast_path_in_bulk():
     for user, body in bodies.items():
         run(db, Reading.from_provider(user, body))
     changed = subscriber("ben", refunded=True)
-    snapshots = {
-        "ann": Reading.from_provider("ann", bodies["ann"]).snapshot,
-        "ben": Reading.from_provider("ben", changed).snapshot,
-    }
+    snapshots = {"ann": parse_subscriber(bodies["ann"]), "ben": parse_subscriber(changed)}
     settled = settle_unchanged(snapshots, unit_of_work=db.unit_of_work, catalog=CATALOG, now_ms=NOW + 1, policy=POLICY)
     assert settled == {"ann"}  # ben's purchases changed: he goes through reconcile
 
@@ -170,6 +168,7 @@ def test_a_failed_unit_of_work_announces_nothing():
             def fail(*args: object) -> None:
                 raise ZeroDivisionError("the unit of work fails after the grant was applied")
 
+            # the store's method replaced on this instance, to fail on purpose
             uow.ledger.record_unknown_products = fail  # type: ignore[method-assign,assignment]
             return uow
 

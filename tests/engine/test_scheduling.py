@@ -1,9 +1,19 @@
 """next_check_ms: when a customer is read from the provider again."""
 
+from dataclasses import replace
+
 from engine.catalog import DAY_MS
-from engine.facts import Transaction
+from engine.facts import SubscriberSnapshot, Transaction
+from engine.ports import CustomerState
 from engine.projection import Projection
-from engine.reconcile import RECHECK_AFTER_EXPIRY_MS, RECHECK_AFTER_PURCHASE_MS, ReconcilePolicy, next_check_ms
+from engine.reconcile import (
+    RECHECK_AFTER_EXPIRY_MS,
+    RECHECK_AFTER_PURCHASE_MS,
+    ReconcilePolicy,
+    next_check_ms,
+    unchanged_check_ms,
+)
+from tests.engine.test_projection import CATALOG
 
 NOW = 1_800_000_000_000
 POLICY = ReconcilePolicy(max_staleness_ms=DAY_MS)
@@ -42,11 +52,6 @@ def test_otherwise_no_later_than_the_maximum_staleness():
 
 # unchanged_check_ms: the fast path shared by reconcile_user and the sweep's batches
 
-from engine.facts import SubscriberSnapshot  # noqa: E402
-from engine.ports import CustomerState  # noqa: E402
-from engine.reconcile import unchanged_check_ms  # noqa: E402
-from tests.engine.test_projection import CATALOG  # noqa: E402
-
 KEY = POLICY.projection_key(CATALOG)
 
 
@@ -54,17 +59,16 @@ def snapshot(digest="d1"):
     return SubscriberSnapshot("alice", NOW, (), frozenset(), digest)
 
 
-def state(**changes):
-    values = {
-        "customer_id": "alice",
-        "last_snapshot_ms": NOW - DAY_MS,
-        "snapshot_digest": "d1",
-        "dirty": False,
-        "next_change_ms": NOW + 5 * DAY_MS,
-        "projection_key": KEY,
-    }
-    values.update(changes)
-    return CustomerState(**values)
+def state(**changes) -> CustomerState:
+    unchanged = CustomerState(
+        customer_id="alice",
+        last_snapshot_ms=NOW - DAY_MS,
+        snapshot_digest="d1",
+        dirty=False,
+        next_change_ms=NOW + 5 * DAY_MS,
+        projection_key=KEY,
+    )
+    return replace(unchanged, **changes)
 
 
 def test_nothing_to_do_when_the_snapshot_catalog_and_policy_are_unchanged_and_no_expiry_came_due():

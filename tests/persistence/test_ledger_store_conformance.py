@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from typing import Any
 
 import pytest
 
@@ -27,8 +28,8 @@ def uow(request) -> UowFactory:
     return unit_of_work(wiring.session_factory)
 
 
-def tx(tx_id: str, owner: str | None, **fields: object) -> Transaction:
-    return Transaction(tx_id, product_id="premium_monthly", kind="subscription", owner=owner, **fields)  # type: ignore[arg-type]
+def tx(tx_id: str, owner: str | None, **fields: Any) -> Transaction:
+    return Transaction(tx_id, product_id="premium_monthly", kind="subscription", owner=owner, **fields)
 
 
 def test_locking_an_unknown_customer_creates_it_clean(uow):

@@ -21,6 +21,7 @@ from services.inbox import holder_gone, process_inbox_event, this_worker
 from services.wiring import Wiring
 from tasks.celery_app import create_celery
 from tests.services.inbox_support import intake, row, set_row
+from tests.support import queued_messages
 
 MINUTE_MS = 60_000
 
@@ -58,7 +59,7 @@ def test_a_retry_whose_message_was_lost_is_redriven_and_processed(settings, clie
     queue = redis_lib.Redis.from_url(redis_url(settings))
     queue.delete("celery")
     assert app.tasks["inbox.redrive"].apply().get() == 1
-    [message] = [json.loads(m) for m in queue.lrange("celery", 0, -1)]
+    [message] = queued_messages(settings)
     assert (message["headers"]["task"], message["headers"]["argsrepr"]) == ("inbox.process", f"({inbox_id},)")
     assert process_inbox_event(inbox_id, runtime.event_processing).status == "processed"
 
@@ -69,7 +70,7 @@ def test_a_leased_row_is_never_processed_twice_at_once(client, runtime, simulato
     first = claim_row(runtime.session_factory, inbox_id, now_ms=now, holder="other-host:1", holder_gone=holder_gone)
     assert first.outcome == "claimed"
     held = process_inbox_event(inbox_id, runtime.event_processing)
-    assert held.status == "held" and 0 < held.retry_in_ms <= PROCESSING_LEASE_MS
+    assert held.status == "held" and held.retry_in_ms is not None and 0 < held.retry_in_ms <= PROCESSING_LEASE_MS
     assert row(runtime, inbox_id).attempts == 1
 
 
@@ -115,7 +116,9 @@ def test_the_reads_of_one_event_resume_where_they_stopped(settings, client, runt
     try:
         before = simulator.state.request_count
         assert process_inbox_event(inbox_id, scarce.event_processing).status == "retrying"
-        done = json.loads(row(runtime, inbox_id).progress)
+        progress = row(runtime, inbox_id).progress
+        assert progress is not None
+        done = json.loads(progress)
         assert 1 <= len(done) < len(users) and done == users[: len(done)]
         assert simulator.state.request_count - before == len(done)
     finally:
@@ -131,6 +134,7 @@ def test_an_event_naming_too_many_users_is_a_clear_terminal_error(client, runtim
     before = simulator.state.request_count
     assert process_inbox_event(inbox_id, runtime.event_processing).status == "dead"
     dead = row(runtime, inbox_id)
+    assert dead.last_error is not None
     assert dead.error_kind == "terminal" and f"at most {MAX_USERS_PER_EVENT}" in dead.last_error
     assert simulator.state.request_count == before  # no phantom subscriber was read, or created
 

@@ -134,8 +134,11 @@ def test_no_call_deactivates_paid_access_trips_the_guard_or_takes_a_detour(creds
             if not c.is_active:
                 assert c.mode is None, "a deactivation names no mode: neither the mode check nor the guard"
             assert c.credential in creds and (not c.force or c.credential == JWT)
-            assert state is not None or c.mode is not None, "a new enrollment names its mode"
-            state = E(c.mode if c.mode is not None else state.mode, c.is_active)
+            mode = c.mode
+            if mode is None:
+                assert state is not None, "a new enrollment names its mode"
+                mode = state.mode
+            state = E(mode, c.is_active)
         assert in_sync(state, desired), (current, desired, run, plan)
 
 

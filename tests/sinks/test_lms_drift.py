@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 
-import redis as redis_lib
 from sqlalchemy import select, update
 
-from adapters.embedded_redis import redis_url
 from persistence.models import AuditEntry, SinkOutboxRow
 from services.clock import wall_clock_ms
 from services.outbox import repair_lms_drift
 from tasks.celery_app import create_celery
 from tests.sinks.conftest import COURSE, drain, map_course, one_time_tx, sync
+from tests.support import queued_messages
 
 
 def repair(rt, customer_id: str):
@@ -125,10 +124,8 @@ def test_the_task_repairs_counts_and_enqueues_a_drain(lms_settings, lms_runtime,
     lms.state.set_enrollment("bob", COURSE, "honor")
     app = create_celery(lms_settings)
     assert app.tasks["lms.repair"].apply(args=(["bob"],)).get() == {"lms_wrong_mode": 1}
-    queued = redis_lib.Redis.from_url(redis_url(lms_settings)).lrange("celery", 0, -1)
-    assert [(json.loads(m)["headers"]["task"], json.loads(m)["headers"]["kwargsrepr"]) for m in queued] == [
-        ("lms.drain", "{'customer_id': 'bob'}")
-    ]
+    queued = [m["headers"] for m in queued_messages(lms_settings)]
+    assert [(h["task"], h["kwargsrepr"]) for h in queued] == [("lms.drain", "{'customer_id': 'bob'}")]
     assert lms_runtime.metrics.counters().get('engine_drift_repaired_total{kind="lms_wrong_mode"}') == 1
     assert app.tasks["lms.drain"].apply(args=("bob",)).get() == 1
     assert lms.state.enrollment("bob", COURSE) == ("professional", True)

@@ -3,7 +3,6 @@ budget, and one beat scheduling at a time."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
@@ -15,7 +14,7 @@ from config.settings import PROJECT_ROOT
 from persistence.models import AuditEntry, Grant, LedgerTransaction
 from services.clock import wall_clock_ms
 from tasks.celery_app import create_celery
-from tests.support import settings_env, wait_for
+from tests.support import queued_messages, settings_env, wait_for
 from tests.tasks.sweep_support import count, known_customer, set_next_check
 
 
@@ -48,8 +47,7 @@ def test_sweep_task_fans_out_due_customers_within_the_budget(client, runtime, si
     small = settings.with_(provider_rate_per_minute=3)  # sweep share: 2 per minute
     app = create_celery(small)
     assert app.tasks["sweep.run"].apply().get() == 2
-    queued = redis_lib.Redis.from_url(redis_url(settings)).lrange("sweep", 0, -1)
-    assert [json.loads(m)["headers"]["task"] for m in queued] == ["sweep.reconcile_batch"]
+    assert [m["headers"]["task"] for m in queued_messages(settings, "sweep")] == ["sweep.reconcile_batch"]
 
 
 def test_only_one_of_two_beats_schedules(settings, runtime, tmp_path):
@@ -81,7 +79,7 @@ def test_only_one_of_two_beats_schedules(settings, runtime, tmp_path):
         )
 
     def sweeps() -> int:
-        return sum(1 for m in client.lrange("celery", 0, -1) if json.loads(m)["headers"]["task"] == "sweep.run")
+        return sum(1 for m in queued_messages(settings) if m["headers"]["task"] == "sweep.run")
 
     first, second = beat(1), beat(2)
     try:

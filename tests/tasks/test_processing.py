@@ -109,6 +109,7 @@ def test_transient_provider_error_degrades_then_retries(client, runtime, simulat
     assert result.status == "retrying"
     assert result.retry_in_ms is not None and result.retry_in_ms >= (retry_after or 0) * 1000
     failed = row(runtime, inbox_id)
+    assert failed.last_error is not None
     assert (failed.status, failed.attempts) == ("retrying", 1) and str(status) in failed.last_error
     assert failed.next_attempt_ms is not None and failed.error_kind == "transient"
     # Degraded mode: the event's own facts granted access, and the customer is dirty.
@@ -141,7 +142,7 @@ def test_provider_timeout_is_transient(client, settings, simulator):
     simulator.state.latency_ms = 1000
     try:
         assert process(slow, inbox_id) == "retrying"
-        assert "unreachable" in row(slow, inbox_id).last_error
+        assert "unreachable" in (row(slow, inbox_id).last_error or "")
     finally:
         simulator.state.latency_ms = 0
         slow.close()

@@ -63,11 +63,9 @@ def test_an_unchanged_snapshot_costs_no_writes_beyond_the_check_time(client, run
 
     def record(conn, cursor, statement, *args):
         if re.match(r"\s*(INSERT|UPDATE|DELETE)", statement, re.I):
-            writes.append(
-                statement.split()[0].upper()
-                + " "
-                + re.search(r"(?:INTO|UPDATE|FROM)\s+(\w+)", statement, re.I).group(1)
-            )
+            table = re.search(r"(?:INTO|UPDATE|FROM)\s+(\w+)", statement, re.I)
+            assert table is not None, statement
+            writes.append(statement.split()[0].upper() + " " + table.group(1))
 
     event.listen(runtime.db, "before_cursor_execute", record)
     try:

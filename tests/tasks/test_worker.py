@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from persistence.models import AuditEntry, Grant, InboxEvent
 from tasks.celery_app import create_celery
 from tests.conftest import API_TOKEN, WEBHOOK_AUTH
-from tests.support import celery_worker, wait_for
+from tests.support import answer, celery_worker, wait_for
 from web.app import create_app
 
 
@@ -56,7 +56,7 @@ def test_broker_down_at_intake_loses_nothing(settings, runtime, simulator):
     body = simulator.state.purchase_subscription("alice", "premium_monthly")
     response = client.post("/webhooks/revenuecat", json=body, headers={"Authorization": WEBHOOK_AUTH})
     assert response.status_code == 200
-    inbox_id = response.json["inbox_id"]
+    inbox_id = answer(response)["inbox_id"]
     assert inbox_row(runtime, inbox_id).status == "received"
     # The broker is back: the beat redrive job re-enqueues the waiting row and a worker runs it.
     app = create_celery(settings.with_(redrive_after_s=0))
@@ -71,7 +71,7 @@ def test_worker_child_killed_mid_task_processes_the_event_once(settings, runtime
     simulator.state.latency_ms = 1500  # the task is inside the provider call when it is killed
     with celery_worker(settings, concurrency=1) as worker:
         response = client.post("/webhooks/revenuecat", json=body, headers={"Authorization": WEBHOOK_AUTH})
-        inbox_id = response.json["inbox_id"]
+        inbox_id = answer(response)["inbox_id"]
         wait_for(lambda: inbox_row(runtime, inbox_id).status == "processing", what="the task to start")
         children = psutil.Process(worker.pid).children()
         assert children, "prefork worker has no child process"

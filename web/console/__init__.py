@@ -54,6 +54,7 @@ def init_console(app: Flask, settings: Settings) -> None:
         WTF_CSRF_SSL_STRICT=True,  # over HTTPS the Referer must be this host too
     )
     if settings.trust_proxy_headers:
+        # Flask's documented way to put middleware around the app (wsgi_app is typed as a method)
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)  # type: ignore[method-assign]
     csrf.init_app(app)
     register_filters(app)

@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache, wraps
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard, get_args
 from urllib.parse import urlsplit
 
 from flask import Flask, Request, current_app, g, redirect, render_template, request, session, url_for
@@ -27,7 +27,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from services.clock import wall_clock_ms
 
 Role = Literal["viewer", "admin"]
-ROLES = ("viewer", "admin")
+ROLES: tuple[Role, ...] = get_args(Role)
 # werkzeug's strong hashes only: a plain or weak entry is a configuration error, not a password.
 HASH_METHODS = ("scrypt:", "pbkdf2:")
 MAX_FAILED_SIGN_INS = 10  # per name and client address, then refused for the rest of the window
@@ -58,6 +58,10 @@ class Operator:
         return f"console:{self.name}"
 
 
+def is_role(text: str) -> TypeGuard[Role]:
+    return text in ROLES
+
+
 def parse_operators(text: str) -> dict[str, Operator]:
     """``name:role:hash,...`` -> operators by name (a hash holds colons, never commas)."""
     operators: dict[str, Operator] = {}
@@ -67,14 +71,14 @@ def parse_operators(text: str) -> dict[str, Operator]:
         name, _, rest = entry.partition(":")
         role, _, password_hash = rest.partition(":")
         name, role = name.strip(), role.strip()
-        if not name or role not in ROLES or not password_hash.startswith(HASH_METHODS):
+        if not name or not is_role(role) or not password_hash.startswith(HASH_METHODS):
             raise ConsoleConfigError(
                 f"CONSOLE_USERS entry {position} ({name or '?'}) is not name:viewer|admin:<scrypt or pbkdf2 hash> "
                 "(make one with: flask --app web.app:create_app console-hash-password)"
             )
         if name in operators:
             raise ConsoleConfigError(f"CONSOLE_USERS names {name!r} twice")
-        operators[name] = Operator(name, role, password_hash)  # type: ignore[arg-type]
+        operators[name] = Operator(name, role, password_hash)
     return operators
 
 
