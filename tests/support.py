@@ -15,6 +15,7 @@ from engine.catalog import Catalog
 from engine.ports import Cause, SubscriberSource
 from engine.reconcile import Reading, ReconcileOutcome
 from services.wiring import Wiring
+from tasks.launch import celery_beat as _launch_beat
 from tasks.launch import celery_worker as _launch_worker
 
 T = TypeVar("T")
@@ -45,6 +46,11 @@ def wait_for(
 def celery_worker(settings: Settings, *, concurrency: int = 1, log_path=None):
     """A real ``celery worker`` process on the configured broker (see tasks.launch)."""
     return _launch_worker(settings_env(settings), settings.instance_path, concurrency=concurrency, log_path=log_path)
+
+
+def celery_beat(settings: Settings, *, log_path=None):
+    """A real ``celery beat`` process on the configured broker (see tasks.launch)."""
+    return _launch_beat(settings_env(settings), settings.instance_path, log_path=log_path)
 
 
 def reconcile_now(

@@ -88,9 +88,10 @@ def register(app: Flask) -> None:
     @click.option(
         "--lookup",
         is_flag=True,
-        help="without REST API v2: read the provider even for an id the engine never saw; RevenueCat's v1 "
-        "GET /subscribers creates the customer there if it does not exist, and the engine then checks it like "
-        "any other (with v2 configured, an unknown id is looked up without this flag and nothing is created)",
+        help="read the provider even for an id the engine never saw; RevenueCat's v1 GET /subscribers "
+        "creates the customer there if it does not exist, and the engine then checks it like any other "
+        "(needed with v1 only: with REST API v2 configured, an unknown id is looked up without this flag and "
+        "nothing is created)",
     )
     def reconcile_one(app_user_id: str, lookup: bool) -> None:
         """Re-read one user from the provider and converge their access now.

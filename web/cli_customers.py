@@ -30,7 +30,8 @@ def import_command(id_file: BinaryIO, skip_invalid: bool, actor: str | None) -> 
     cannot be an id (over 255 characters, control characters such as NUL, not UTF-8, a lone
     surrogate) is reported with its number and nothing is imported, unless --skip-invalid.
     """
-    name = getattr(id_file, "name", "-")
+    name = str(getattr(id_file, "name", "-"))
+    name = "stdin" if name in ("-", "<stdin>") else name
     listed = read_id_lines(id_file.read())
     for problem in listed.problems[:MAX_PROBLEMS_SHOWN]:
         click.echo(f"{name}: {problem}", err=True)
@@ -47,7 +48,7 @@ def import_command(id_file: BinaryIO, skip_invalid: bool, actor: str | None) -> 
         current_app.extensions["engine_wiring"].session_factory,
         list(listed.ids),
         actor=actor or f"cli:{getpass.getuser()}",
-        source=str(name),
+        source=name,
         detail={
             "duplicates": listed.duplicates,
             "skipped_lines": skipped[:MAX_PROBLEMS_SHOWN],

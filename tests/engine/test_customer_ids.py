@@ -8,7 +8,9 @@ from engine.customer_ids import id_problem, read_id_lines
 
 
 def test_ids_one_per_line_with_blanks_comments_and_duplicates():
-    data = b"# exported 2024-01-02\nalice\r\n\n   \n  bob  \n#carol\n$RCAnonymousID:ab12\nalice\nd\xc3\xa9j\xc3\xa0 vu\n"
+    data = (
+        b"# exported 2024-01-02\nalice\r\n\n   \n  bob  \n#carol\n$RCAnonymousID:ab12\nalice\nd\xc3\xa9j\xc3\xa0 vu\n"
+    )
     listed = read_id_lines(data)
     assert listed.ids == ("alice", "bob", "$RCAnonymousID:ab12", "déjà vu")
     assert listed.duplicates == 1 and listed.problems == ()
