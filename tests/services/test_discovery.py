@@ -63,7 +63,7 @@ def history_reads_of(simulator, customer_id: str) -> int:
 
 def the_pass(rt: Wiring) -> DiscoveryPass:
     with rt.session_factory() as session:
-        return session.scalars(select(DiscoveryPass).order_by(DiscoveryPass.id.desc())).first()
+        return session.scalars(select(DiscoveryPass).order_by(DiscoveryPass.id.desc()).limit(1)).one()
 
 
 def test_a_pass_over_several_pages_heals_the_customers_whose_every_webhook_was_lost(
