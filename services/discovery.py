@@ -138,7 +138,6 @@ def run_discovery(reads: DiscoveryReads) -> DiscoveryRun:
                 break
             ids = listed_ids(page.customers)
             new = unknown_ids(ids, known_app_user_ids(factory, ids))
-            tally.metrics.append(("engine_discovery_customers", {"outcome": "known"}, len(ids) - len(new)))
             for customer_id in new:
                 if reads.monotonic() >= deadline:
                     raise _Stop("")  # the time box: the rest of this page waits for the next run
@@ -158,6 +157,7 @@ def run_discovery(reads: DiscoveryReads) -> DiscoveryRun:
             run.pages += 1
             run.customers += len(ids)
             tally.metrics.append(("engine_discovery_pages", {}, 1))
+            tally.metrics.append(("engine_discovery_customers", {"outcome": "known"}, len(ids) - len(new)))
             cursor = page.next_cursor
             if cursor is None:
                 run.finished = True
