@@ -85,7 +85,7 @@ FAMILIES: dict[str, Family] = {
         Family(
             "engine_reconciles",
             "counter",
-            "Reconciles of one customer, by cause (event, sweep, request, expiry, operator, degraded).",
+            "Reconciles of one customer, by cause (event, sweep, request, expiry, operator, degraded, discovery).",
             ("cause",),
         ),
         Family(
@@ -97,7 +97,7 @@ FAMILIES: dict[str, Family] = {
         Family(
             "engine_drift_repaired",
             "counter",
-            "Access changes no webhook asked for (a sweep, an operator, the LMS read-back), by drift kind.",
+            "Access changes no webhook asked for (a sweep, discovery, an operator, the LMS read-back), by drift kind.",
             ("kind",),
         ),
         Family(
@@ -107,6 +107,14 @@ FAMILIES: dict[str, Family] = {
             ("status",),
         ),
         Family("engine_sweep_selected", "counter", "Customers the sweep selected for a provider read."),
+        Family("engine_discovery_pages", "counter", "Pages of the provider's customer list read by discovery."),
+        Family(
+            "engine_discovery_customers",
+            "counter",
+            "Customers discovery listed, by outcome: known (the sweep covers them), new (unknown to the "
+            "engine: their history read and reconciled), failed (left to the sweep).",
+            ("outcome",),
+        ),
         Family(
             "engine_lms_refusals",
             "counter",
@@ -199,8 +207,7 @@ class Metrics:
     def reconciled(self, cause: Cause, actions: Sequence[Action]) -> None:
         """One reconcile; its actions are drift when no webhook asked for them."""
         items: list[tuple[str, Mapping[str, str], float]] = [("engine_reconciles", {"cause": cause.kind}, 1)]
-        if cause.is_drift_repair:
-            items += [("engine_drift_repaired", {"kind": a.drift_kind}, 1) for a in actions]
+        items += [("engine_drift_repaired", {"kind": kind}, 1) for a in actions if (kind := cause.drift_kind(a))]
         self.incr_many(items)
 
     def access_granted(self, seconds: float) -> None:

@@ -116,14 +116,20 @@ def cli_command_scope(command: str) -> Iterator[None]:
         yield
 
 
-def report_drift(repairs: Iterable[tuple[str, Any]], *, cause_ref: str = "") -> None:
+def report_drift(
+    repairs: Iterable[tuple[str, Any]], *, cause_ref: str = "", kind_of: Callable[[Any], str | None] | None = None
+) -> None:
     """One Sentry event per drift kind for a batch of repairs (``(customer_id, action)`` pairs):
-    how many, for how many customers, and a few examples. Sentry groups them by kind."""
+    how many, for how many customers, and a few examples. Sentry groups them by kind.
+    ``kind_of(action)``: the drift kind under the repairs' cause (``Cause.drift_kind``); by
+    default the action's own (``Action.drift_kind``)."""
     import sentry_sdk
 
     by_kind: dict[str, list[tuple[str, Any]]] = {}
     for customer_id, action in repairs:
-        by_kind.setdefault(action.drift_kind, []).append((customer_id, action))
+        kind = kind_of(action) if kind_of is not None else action.drift_kind
+        if kind:
+            by_kind.setdefault(kind, []).append((customer_id, action))
     for kind, found in sorted(by_kind.items()):
         customers = {customer_id for customer_id, _ in found}
         sentry_sdk.capture_message(

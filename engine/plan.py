@@ -19,6 +19,9 @@ DRIFT_KIND_OF_ACTION: dict[str, str] = {
     "shorten": "wrong_expiry",
     "change_mode": "wrong_mode",
 }
+# Access granted to a customer the engine never knew of, found by listing the provider's
+# customers: every webhook of theirs was lost (engine.ports.Cause.drift_kind).
+UNDISCOVERED_CUSTOMER = "undiscovered_customer"
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ from typing import Any, Literal, Protocol
 
 from engine.access import Access
 from engine.facts import SubscriberSnapshot, Transaction
-from engine.plan import Action
+from engine.plan import UNDISCOVERED_CUSTOMER, Action
 
-CauseKind = Literal["event", "sweep", "request", "expiry", "operator", "degraded"]
+CauseKind = Literal["event", "sweep", "request", "expiry", "operator", "degraded", "discovery"]
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,17 @@ class Cause:
     @property
     def is_drift_repair(self) -> bool:
         """Changes made without a webhook telling us are drift: something was missed."""
-        return self.kind in {"sweep", "operator"}
+        return self.kind in {"sweep", "operator", "discovery"}
+
+    def drift_kind(self, action: Action) -> str | None:
+        """The drift ``action`` repairs when made for this cause; None when it is no drift (a
+        webhook, a client or an expiry asked for it). Access granted by discovery is a customer
+        no webhook ever named: ``undiscovered_customer``, whatever the resource."""
+        if not self.is_drift_repair:
+            return None
+        if self.kind == "discovery" and action.kind == "grant":
+            return UNDISCOVERED_CUSTOMER
+        return action.drift_kind
 
 
 @dataclass(frozen=True)

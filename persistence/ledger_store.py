@@ -264,7 +264,7 @@ class SqlLedgerStore:
                     "after": _access_json(action.after),
                     "cause_kind": cause.kind,
                     "cause_ref": cause.ref[:255],
-                    "drift_kind": action.drift_kind if cause.is_drift_repair else None,
+                    "drift_kind": cause.drift_kind(action),
                 }
                 for action in actions
             ],

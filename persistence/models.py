@@ -259,3 +259,33 @@ class SinkOutboxRow(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_ms: Mapped[int] = mapped_column(BigInteger)
     done_ms: Mapped[int | None] = mapped_column(BigInteger)
+
+
+# --- Discovery (REST API v2): passes over the provider's customer list (migration 0007) -------
+
+
+class DiscoveryPass(Base):
+    """One pass over the provider's customer list: where it stands (``cursor``, the last
+    customer id of the last page done) and what it found. At most one pass is open at a time
+    (``open`` is True while it runs, NULL once finished: the unique index admits one True)."""
+
+    __tablename__ = "discovery_passes"
+    __table_args__ = (
+        UniqueConstraint("open", name="uq_discovery_passes_open"),
+        Index("ix_discovery_passes_finished", "finished_ms"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    open: Mapped[bool | None] = mapped_column(Boolean)
+    started_ms: Mapped[int] = mapped_column(BigInteger)
+    finished_ms: Mapped[int | None] = mapped_column(BigInteger)
+    cursor: Mapped[str | None] = mapped_column(String(255))  # None: from the first page
+    pages: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    customers: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # listed
+    new_customers: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # unknown to the engine
+    repaired: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # of them, granted access
+    failed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # left to the sweep
+    # The run working on the pass holds it until then (a crashed run's lease runs out).
+    leased_until_ms: Mapped[int | None] = mapped_column(BigInteger)
+    last_error: Mapped[str | None] = mapped_column(Text)  # why the last run stopped early
+    updated_ms: Mapped[int] = mapped_column(BigInteger)

@@ -14,7 +14,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from persistence.ledger_store import SqlLedgerStore
-from persistence.models import Grant, Subscriber
+from persistence.models import Grant, Identity, Subscriber
+
+ID_CHUNK = 500  # ids per IN list (well inside every database's bound on parameters)
 
 
 def select_due(factory: sessionmaker[Session], *, now_ms: int, limit: int, lease_ms: int) -> list[str]:
@@ -138,3 +140,49 @@ def mark_dirty(factory: sessionmaker[Session], app_user_id: str, *, now_ms: int)
         session.execute(
             update(Subscriber).where(Subscriber.customer_id == customer_id).values(dirty=True, next_check_ms=now_ms)
         )
+
+
+def known_app_user_ids(factory: sessionmaker[Session], app_user_ids: list[str]) -> set[str]:
+    """The ids among ``app_user_ids`` the engine knows: a customer of its own, or any id
+    recorded as one of a customer's (an alias, an original id)."""
+    known: set[str] = set()
+    with factory() as session:
+        for start in range(0, len(app_user_ids), ID_CHUNK):
+            chunk = app_user_ids[start : start + ID_CHUNK]
+            known.update(session.scalars(select(Identity.app_user_id).where(Identity.app_user_id.in_(chunk))))
+            known.update(session.scalars(select(Subscriber.customer_id).where(Subscriber.customer_id.in_(chunk))))
+    return known
+
+
+def register_customers(session: Session, app_user_ids: list[str], *, now_ms: int) -> tuple[int, int]:
+    """In the caller's transaction: every id due for a check now; an id the engine does not
+    know becomes a customer of its own, one it knows (an alias too) makes its customer due.
+    Returns (new, already known)."""
+    store = SqlLedgerStore(session)
+    new = known = 0
+    for start in range(0, len(app_user_ids), ID_CHUNK):
+        chunk = app_user_ids[start : start + ID_CHUNK]
+        customer_of = dict(
+            session.execute(select(Identity.app_user_id, Identity.customer_id).where(Identity.app_user_id.in_(chunk)))
+            .tuples()
+            .all()
+        )
+        customers = set(session.scalars(select(Subscriber.customer_id).where(Subscriber.customer_id.in_(chunk))))
+        due = set()
+        for app_user_id in chunk:
+            customer_id = customer_of.get(app_user_id) or (app_user_id if app_user_id in customers else None)
+            if customer_id is None:
+                store.lock_customer(app_user_id)
+                store.record_identities({app_user_id: app_user_id})
+                customer_id = app_user_id
+                new += 1
+            else:
+                known += 1
+            due.add(customer_id)
+        session.execute(
+            update(Subscriber)
+            .where(Subscriber.customer_id.in_(sorted(due)))
+            .values(next_check_ms=now_ms)
+            .execution_options(synchronize_session=False)
+        )
+    return new, known

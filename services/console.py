@@ -37,7 +37,7 @@ from services.client import sync_user
 from services.clock import wall_clock_ms
 from services.dead_letters import replay_dead_letters
 from services.pipeline_state import PipelineState, pipeline_state
-from services.wiring import Wiring
+from services.wiring import Wiring, discovery_tick_s
 
 HOUR_MS = 3_600_000
 # Window -> (length, chart bucket): about 12 to 28 bars whatever the window.
@@ -135,6 +135,8 @@ def beat_jobs(wiring: Wiring) -> dict[str, int]:
     jobs = {"sweep": s.sweep_interval_s, "inbox-redrive": max(15, s.redrive_after_s // 2), "grants-expire": 60}
     if s.openedx_enabled:
         jobs["lms-drain"] = s.sink_drain_interval_s
+    if s.revenuecat_v2_enabled:
+        jobs["discovery"] = discovery_tick_s(s)
     return jobs
 
 

@@ -33,12 +33,18 @@ from persistence.database import make_engine, make_session_factory
 from services.client import CLIENT_BUDGET_WAIT_S, ClientFlows
 from services.clock import wall_clock_ms
 from services.convergence import Convergence
+from services.discovery import DiscoveryReads
 from services.inbox import EventProcessing
 from services.sweep import SweepReads
 from services.sweep_connections import RECONCILE_OVERLAP
 
 EVENT_BUDGET_WAIT_S = 5.0  # events wait a little for budget (they come before the sweep), then retry
 SWEEP_BUDGET_WAIT_S = 20.0
+# Discovery comes last: it waits this long for a slot at most, then its run ends (cursor kept).
+DISCOVERY_BUDGET_WAIT_S = 10.0
+# Beat asks discovery to work on its pass this often (at most; the sweep's interval if shorter),
+# and a run stops a little before the next one is due.
+DISCOVERY_TICK_MAX_S = 30
 
 
 class Wiring:
@@ -204,6 +210,20 @@ class Wiring:
         )
 
     @cached_property
+    def discovery(self) -> DiscoveryReads | None:
+        """Discovery over the provider's customer list, when REST API v2 is configured."""
+        if self.provider_v2 is None:
+            return None
+        pacer = BudgetedProvider(self.provider, self.budget, "discovery", max_wait_s=DISCOVERY_BUDGET_WAIT_S)
+        return DiscoveryReads(
+            convergence=self.convergence,
+            client=self.provider_v2.paced(pacer),
+            metrics=self.metrics,
+            interval_s=self.settings.discovery_interval_s,
+            run_s=discovery_run_s(self.settings),
+        )
+
+    @cached_property
     def client_flows(self) -> ClientFlows:
         return ClientFlows(self.convergence, self.budgeted_provider("sync", max_wait_s=CLIENT_BUDGET_WAIT_S))
 
@@ -236,6 +256,17 @@ class Wiring:
             self.db.dispose()
         if "redis" in built:
             self.redis.close()
+
+
+def discovery_tick_s(settings: Settings) -> int:
+    """How often beat runs discovery (tasks/celery_app.py): as often as the sweep, at most every
+    DISCOVERY_TICK_MAX_S, so that a pass advances about all the time while one is open."""
+    return max(1, min(settings.sweep_interval_s, DISCOVERY_TICK_MAX_S))
+
+
+def discovery_run_s(settings: Settings) -> float:
+    """The time box of one discovery run: until a little before the next tick, at least 5 s."""
+    return float(max(5, discovery_tick_s(settings) - 5))
 
 
 _wirings: dict[tuple[int, Settings], Wiring] = {}

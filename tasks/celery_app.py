@@ -1,19 +1,29 @@
 """The Celery application, built from the Settings (the worker and beat entry module is
-tasks/worker.py). The tasks are declared at module level in tasks/inbox.py, sweep.py, lms.py
-and grants.py, named by area, and registered with every app built here."""
+tasks/worker.py). The tasks are declared at module level in tasks/inbox.py, sweep.py, lms.py,
+grants.py and discovery.py, named by area, and registered with every app built here."""
 
 from __future__ import annotations
 
 from celery import Celery
 
 # Imported for their task declarations (shared tasks join every app created afterwards).
+import tasks.discovery
 import tasks.grants
 import tasks.inbox
 import tasks.lms
 import tasks.sweep  # noqa: F401
 from adapters.embedded_redis import broker_url
 from config.settings import Settings
-from tasks.names import GRANTS_EXPIRE, INBOX_REDRIVE, LMS_DRAIN, SWEEP_QUEUE, SWEEP_RECONCILE_BATCH, SWEEP_RUN
+from services.wiring import discovery_tick_s
+from tasks.names import (
+    DISCOVERY_RUN,
+    GRANTS_EXPIRE,
+    INBOX_REDRIVE,
+    LMS_DRAIN,
+    SWEEP_QUEUE,
+    SWEEP_RECONCILE_BATCH,
+    SWEEP_RUN,
+)
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -80,6 +90,18 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
             "schedule": expire_every,
             "options": {"expires": expire_every},
         },
+        # Discovery needs REST API v2 (the customer list); a run works on the open pass.
+        **(
+            {
+                "discovery": {
+                    "task": DISCOVERY_RUN,
+                    "schedule": float(discovery_tick_s(settings)),
+                    "options": {"expires": float(discovery_tick_s(settings))},
+                }
+            }
+            if settings.revenuecat_v2_enabled
+            else {}
+        ),
         # LMS changes are also drained right after each event; this is the net under that.
         **(
             {

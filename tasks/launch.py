@@ -1,4 +1,4 @@
-"""Starting a real Celery worker process (the demo and the tests use it)."""
+"""Starting a real Celery worker or beat process (the demo and the tests use them)."""
 
 from __future__ import annotations
 
@@ -46,11 +46,35 @@ def celery_worker(
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _stop(proc)
         log.close()
+
+
+@contextmanager
+def celery_beat(
+    env: Mapping[str, str], instance_path: Path, *, log_path: Path | None = None
+) -> Iterator[subprocess.Popen]:
+    """A ``celery beat`` process (the Procfile's, with its single-beat lock); stopped on exit."""
+    log = open(log_path or instance_path / "beat.log", "ab")  # noqa: SIM115 - held for the beat's life, closed on exit
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tasks.worker", "beat", "--loglevel=INFO"],
+        cwd=PROJECT_ROOT,
+        env=dict(env),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield proc
+    finally:
+        _stop(proc)
+        log.close()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -7,5 +7,6 @@ SWEEP_RECONCILE_BATCH = "sweep.reconcile_batch"
 GRANTS_EXPIRE = "grants.expire"
 LMS_DRAIN = "lms.drain"
 LMS_REPAIR = "lms.repair"
+DISCOVERY_RUN = "discovery.run"
 
 SWEEP_QUEUE = "sweep"

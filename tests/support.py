@@ -19,6 +19,7 @@ from engine.catalog import Catalog
 from engine.ports import Cause, SubscriberSource
 from engine.reconcile import Reading, ReconcileOutcome
 from services.wiring import Wiring
+from tasks.launch import celery_beat as _launch_beat
 from tasks.launch import celery_worker as _launch_worker
 
 T = TypeVar("T")
@@ -63,6 +64,11 @@ def queued_messages(settings: Settings, queue: str = "celery") -> list[dict[str,
 def celery_worker(settings: Settings, *, concurrency: int = 1, log_path=None):
     """A real ``celery worker`` process on the configured broker (see tasks.launch)."""
     return _launch_worker(settings_env(settings), settings.instance_path, concurrency=concurrency, log_path=log_path)
+
+
+def celery_beat(settings: Settings, *, log_path=None):
+    """A real ``celery beat`` process on the configured broker (see tasks.launch)."""
+    return _launch_beat(settings_env(settings), settings.instance_path, log_path=log_path)
 
 
 def reconcile_now(

@@ -10,7 +10,7 @@ from config.observability import init_sentry
 from config.settings import Settings
 from services.wiring import wiring_for
 from tasks.celery_app import create_celery
-from web import api, cli, cli_inbox, cli_outbox, health, intake, openapi, purchases, sync
+from web import api, cli, cli_customers, cli_inbox, cli_outbox, health, intake, openapi, purchases, sync
 from web.client_limits import ClientLimits
 from web.console import init_console
 from web.errors import register_error_handlers
@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None, *, celery: Celery | None = None
 
     cli.register(app)
     app.cli.add_command(cli_inbox.inbox_cli)
+    app.cli.add_command(cli_customers.customers_cli)
     app.cli.add_command(cli_outbox.outbox_cli)
     init_console(app, settings)
 

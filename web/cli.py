@@ -13,6 +13,7 @@ import click
 from flask import Flask, current_app
 from sqlalchemy import select
 
+from adapters.revenuecat_v2 import CustomerNotFound
 from engine.course_mapping_csv import MappingCsvError, decode_mapping_file
 from engine.ports import Cause
 from engine.reconcile import Reading
@@ -63,6 +64,17 @@ def _describe(action) -> str:
     return f"{action.kind:<11} {action.resource:<28} {side(action.before)} -> {side(action.after)}"
 
 
+def _unknown_note(lookup_by: str, purchases: bool) -> str:
+    """What reconcile-user says of an id the engine had never seen."""
+    listed = "" if purchases else "; the provider lists no purchase for it"
+    if lookup_by == "v2":
+        return f"unknown to the engine until now; found at the provider with REST API v2 (nothing created){listed}"
+    return (
+        "unknown to the engine until now; read with v1's GET /subscribers, which creates a customer at RevenueCat "
+        f"for an id it does not know, so one exists there now even if there was none before{listed}"
+    )
+
+
 def register(app: Flask) -> None:
     @operator_command(app.cli, "migrate", needs_catalog=False)
     @click.option("--revision", default="head", show_default=True)
@@ -77,32 +89,50 @@ def register(app: Flask) -> None:
         "--lookup",
         is_flag=True,
         help="read the provider even for an id the engine never saw; RevenueCat's v1 GET /subscribers "
-        "creates the customer there if it does not exist, and the engine then checks it like any other",
+        "creates the customer there if it does not exist, and the engine then checks it like any other "
+        "(needed with v1 only: with REST API v2 configured, an unknown id is looked up without this flag and "
+        "nothing is created)",
     )
     def reconcile_one(app_user_id: str, lookup: bool) -> None:
         """Re-read one user from the provider and converge their access now.
 
-        Only users the engine knows (from a webhook, a sync or the user list) unless --lookup.
+        A user the engine never saw (no webhook, sync or import named it) is looked up with REST API
+        v2 when it is configured, which creates nothing: an id the provider does not know is said to
+        be unknown and nothing is written. Without v2, only with --lookup (v1 creates the customer).
         """
         checked_app_user_id(app_user_id)
         rt = current_app.extensions["engine_wiring"]
-        if not lookup and known_customer(rt.session_factory, app_user_id) is None:
-            raise OperatorInputError(
-                f"{app_user_id!r} is not a user the engine knows (no webhook, sync or import named it); "
-                "check the id, or pass --lookup to read it from the provider (which creates it at RevenueCat)"
-            )
-        body = rt.budgeted_provider("sync", max_wait_s=60).get_subscriber(app_user_id)
-        outcome = rt.convergence.reconcile(Reading.from_provider(app_user_id, body), Cause("operator", "cli"))
-        click.echo(
-            json.dumps(
-                {
-                    "customer_id": outcome.customer_id,
-                    "changes": [{"action": a.kind, "resource": a.resource} for a in outcome.actions],
-                    "unknown_products": list(outcome.unknown_products),
-                },
-                indent=2,
-            )
-        )
+        known = known_customer(rt.session_factory, app_user_id) is not None
+        lookup_by = None if known else ("v2" if rt.provider_v2 is not None else "v1")
+        if lookup_by == "v2":
+            pacer = rt.budgeted_provider("sync", max_wait_s=60)
+            try:
+                read = rt.provider_v2.paced(pacer).read_history(app_user_id, look_up=True)
+            except CustomerNotFound:
+                raise OperatorInputError(
+                    f"{app_user_id!r} is unknown to the provider: RevenueCat has no customer with this id "
+                    "(looked up with REST API v2, which creates none; nothing was written)"
+                ) from None
+            reading = Reading.from_history(app_user_id, read)
+        else:
+            if lookup_by == "v1" and not lookup:
+                raise OperatorInputError(
+                    f"{app_user_id!r} is not a user the engine knows (no webhook, sync or import named it); "
+                    "check the id, or pass --lookup to read it from the provider (REST API v2 is not configured, "
+                    "and v1's GET /subscribers creates the customer at RevenueCat)"
+                )
+            body = rt.budgeted_provider("sync", max_wait_s=60).get_subscriber(app_user_id)
+            reading = Reading.from_provider(app_user_id, body)
+        outcome = rt.convergence.reconcile(reading, Cause("operator", "cli"))
+        answer: dict[str, object] = {
+            "customer_id": outcome.customer_id,
+            "changes": [{"action": a.kind, "resource": a.resource} for a in outcome.actions],
+            "unknown_products": list(outcome.unknown_products),
+        }
+        if lookup_by is not None:
+            purchases = bool(reading.snapshot and reading.snapshot.observations)
+            answer.update(known_to_engine=False, looked_up_with=lookup_by, note=_unknown_note(lookup_by, purchases))
+        click.echo(json.dumps(answer, indent=2))
 
     @operator_command(app.cli, "reconcile-all")
     @click.option(

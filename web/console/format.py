@@ -19,6 +19,7 @@ KIND_COLOURS = {
     "missed_revocation": "#7048e8",
     "wrong_expiry": "#f08c00",
     "wrong_mode": "#c2255c",
+    "undiscovered_customer": "#e03131",
     "lms_missing": "#1971c2",
     "lms_inactive": "#0c8599",
     "lms_wrong_mode": "#2f9e44",
