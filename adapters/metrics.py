@@ -244,7 +244,10 @@ class Metrics:
     def _flush_loop(self) -> None:
         stop = self._stop
         while not stop.wait(self.flush_interval_s):
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # a background thread must outlive any one failed flush
+                log.warning("metrics not flushed", exc_info=True)
 
     def flush(self) -> None:
         """Add what this process recorded to Redis; kept for the next flush if Redis fails."""
@@ -284,7 +287,11 @@ class Metrics:
         """Flush and stop the flusher (a closing wiring); recording again starts another."""
         with self._lock:
             self._stop.set()
+            flusher = self._flusher
             self._flusher, self._stop, self._started = None, threading.Event(), False
+        if flusher is not None and flusher is not threading.current_thread():
+            # A flush in progress finishes before the caller closes the Redis client under it.
+            flusher.join(timeout=5)
         atexit.unregister(self._flush_at_exit)
         self.flush()
 
