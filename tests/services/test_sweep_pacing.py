@@ -74,7 +74,7 @@ def test_no_more_reads_in_flight_than_the_fetch_concurrency(runtime, simulator, 
     provider = roomy.sweep_reads.provider
     monkey = replace(roomy.sweep_reads, fetch_concurrency=3)
     try:
-        provider.get_subscriber_reserved = counted  # type: ignore[method-assign]
+        provider.get_subscriber_reserved = counted
         result = reconcile_customers(USERS, monkey)
     finally:
         del provider.get_subscriber_reserved
