@@ -271,6 +271,8 @@ def run(args: argparse.Namespace, sup: Supervisor, instance: Path) -> Figures:
     for path, cause in (("event", "event"), ("sweep", "sweep")):
         n, r = taken.get(path, 0), reconciles[cause]
         figures.add(f"requests per reconcile, {path}", f"{n}/{r} = {n / r:.2f}" if r else f"{n}/0")
+    for path in sorted(set(taken) - {"event", "sweep"}):  # discovery pages, client syncs
+        figures.add(f"provider requests, {path}", str(taken[path]))
     return figures
 
 
