@@ -47,9 +47,11 @@ PRIORITIES: tuple[Priority, ...] = ("event", "sync", "sweep", "discovery")  # hi
 
 # The Lua decision. KEYS: pace (the global theoretical arrival time), paused (until when),
 # lanes (hash: priority -> its lane's arrival time), counts (hash: second -> slots granted),
-# provider (hash: the provider's limit and the others' usage, and until when they hold).
+# provider (hash: the provider's limit and the others' usage, and until when they hold), taken
+# (hash: priority -> slots granted since the budget was made: what each path spends).
 _TAKE = """
 local pace_key, pause_key, lanes_key, counts_key, provider_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local taken_key = KEYS[6]
 local now = tonumber(ARGV[1])
 if not now then
   local t = redis.call('TIME')
@@ -106,6 +108,7 @@ if granted > 0 then
   redis.call('PEXPIRE', lanes_key, math.ceil(math.max(lane - now, 0)) + 10 * period_ms)
   local second = math.floor(now / 1000)
   redis.call('HINCRBY', counts_key, second, granted)
+  redis.call('HINCRBY', taken_key, priority, granted)
   local pruned = tonumber(redis.call('HGET', counts_key, 'pruned') or '0')
   if second - pruned >= 60 then
     for _, name in ipairs(redis.call('HKEYS', counts_key)) do
@@ -212,7 +215,14 @@ class RateBudget:
         if self.burst <= 0:
             self.burst = default_burst(self.per_minute)
         prefix = f"budget:{self.name}"
-        self._keys = [f"{prefix}:pace", f"{prefix}:paused", f"{prefix}:lanes", f"{prefix}:counts", f"{prefix}:provider"]
+        self._keys = [
+            f"{prefix}:pace",
+            f"{prefix}:paused",
+            f"{prefix}:lanes",
+            f"{prefix}:counts",
+            f"{prefix}:provider",
+            f"{prefix}:taken",
+        ]
 
     @property
     def interval_ms(self) -> float:
@@ -293,6 +303,12 @@ class RateBudget:
         counts = cast("dict[bytes | str, bytes | str]", self.client.hgetall(self._keys[3]))
         seconds = {(s.decode() if isinstance(s, bytes) else s): int(n) for s, n in counts.items()}
         return sum(n for s, n in seconds.items() if s != "pruned" and int(s) > second - 60)
+
+    def taken_by_priority(self) -> dict[str, int]:
+        """Slots granted to each priority since the budget's keys were made, by every process:
+        the provider requests each path sent (every slot taken is spent on one request)."""
+        taken: Mapping[Any, Any] = self.client.hgetall(self._keys[5])  # type: ignore[assignment]
+        return {(p.decode() if isinstance(p, bytes) else str(p)): int(n) for p, n in taken.items()}
 
     def _clock_arg(self) -> str:
         return "" if self.clock is None else str(int(self.clock()))

@@ -115,7 +115,10 @@ class Settings:
     # before it is sent), overlapping the provider's latency with the database work.
     provider_fetch_concurrency: int = 8
     max_staleness_s: int = 24 * 3600
-    sweep_interval_s: int = 60
+    # Often enough that the sweep starts on a customer within seconds of it falling due (a
+    # dirty mark, an operator's import, an expiry); each run selects only what the budget can
+    # read before the next (tasks/sweep.py).
+    sweep_interval_s: int = 10
     beat_lock_ttl_s: int = 30
     # Open edX sink (adapters/openedx.py): off unless the LMS URL and either OAuth2
     # client credentials (a global-staff service user) or an API key are set.

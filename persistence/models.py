@@ -16,6 +16,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -91,6 +92,23 @@ class Subscriber(Base):
     """A customer as the provider knows it (keyed by RevenueCat's original_app_user_id)."""
 
     __tablename__ = "subscribers"
+    __table_args__ = (
+        # The urgent checks the sweep selects first (persistence/subscribers.py select_due):
+        # dirty customers by check time, and customers whose projected expiry has passed since
+        # their last read, by that expiry.
+        Index(
+            "ix_subscribers_dirty_check",
+            "next_check_ms",
+            postgresql_where=text("dirty"),
+            sqlite_where=text("dirty = 1"),
+        ),
+        Index(
+            "ix_subscribers_next_change",
+            "next_change_ms",
+            postgresql_where=text("next_change_ms IS NOT NULL"),
+            sqlite_where=text("next_change_ms IS NOT NULL"),
+        ),
+    )
 
     customer_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     last_snapshot_ms: Mapped[int | None] = mapped_column(BigInteger)

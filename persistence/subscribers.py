@@ -1,38 +1,62 @@
 """The subscribers table as the sweep sees it: which customers are due for a provider read, their
 leases and check times.
 
-Selection walks the ``next_check_ms`` index from its low end, so its cost depends on the batch
-size, not on how many subscribers exist. Selected customers are leased (their next check is
-pushed out) so a backlog is not selected twice while its reconcile tasks wait in the queue.
+Selection serves the urgent checks first (dirty customers, customers whose expiry or renewal
+passed since their last read) and then the rest, each walking an index from its low end, so its
+cost depends on the batch size, not on how many subscribers exist or are overdue. Selected
+customers are leased (their next check is pushed out) so a backlog is not selected twice while
+its reconcile tasks wait in the queue.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
+from engine.reconcile import RECHECK_AFTER_EXPIRY_MS
 from persistence.ledger_store import SqlLedgerStore
 from persistence.models import Grant, Identity, Subscriber
 
 ID_CHUNK = 500  # ids per IN list (well inside every database's bound on parameters)
 
 
+def _due_in_order(session: Session, *, now_ms: int, limit: int, lock: bool) -> list[str]:
+    """Up to ``limit`` due customers, the urgent first: dirty ones (a degraded event, a failed
+    read, a refused sync), most overdue first; then those whose projected expiry or renewal
+    passed more than RECHECK_AFTER_EXPIRY_MS ago and who were not read since (where a lost
+    RENEWAL or EXPIRATION shows), earliest expiry first, whatever their check time says; then
+    the rest, most overdue first. Each is a walk of an index from its low end, so the cost
+    follows ``limit``, not how many subscribers exist or are overdue."""
+    chosen: list[str] = []
+
+    def walk(*criteria: ColumnElement[bool], order: InstrumentedAttribute[Any]) -> None:
+        stmt = select(Subscriber.customer_id).where(Subscriber.next_check_ms <= now_ms, *criteria)
+        if chosen:
+            stmt = stmt.where(Subscriber.customer_id.not_in(chosen))
+        stmt = stmt.order_by(order).limit(limit - len(chosen))
+        if lock and session.get_bind().dialect.name == "postgresql":
+            stmt = stmt.with_for_update(skip_locked=True)
+        chosen.extend(session.scalars(stmt))
+
+    walk(Subscriber.dirty.expression, order=Subscriber.next_check_ms)
+    # (a reconcile always sets next_change_ms in its future: one in the past is unread)
+    if len(chosen) < limit:
+        walk(Subscriber.next_change_ms <= now_ms - RECHECK_AFTER_EXPIRY_MS, order=Subscriber.next_change_ms)
+    if len(chosen) < limit:
+        walk(order=Subscriber.next_check_ms)
+    return chosen
+
+
 def select_due(factory: sessionmaker[Session], *, now_ms: int, limit: int, lease_ms: int) -> list[str]:
-    """Up to ``limit`` customers whose check is due, most overdue first; leased for ``lease_ms``."""
+    """Up to ``limit`` customers whose check is due, the urgent ones first (dirty, then an
+    expiry passed since the last read), then the most overdue; leased for ``lease_ms``."""
     if limit <= 0:
         return []
     with factory() as session, session.begin():
-        stmt = (
-            select(Subscriber.customer_id)
-            .where(Subscriber.next_check_ms <= now_ms)
-            .order_by(Subscriber.next_check_ms)
-            .limit(limit)
-        )
-        if session.get_bind().dialect.name == "postgresql":
-            stmt = stmt.with_for_update(skip_locked=True)
-        ids = list(session.scalars(stmt))
+        ids = _due_in_order(session, now_ms=now_ms, limit=limit, lock=True)
         if ids:
             session.execute(
                 update(Subscriber).where(Subscriber.customer_id.in_(ids)).values(next_check_ms=now_ms + lease_ms)
@@ -43,14 +67,7 @@ def select_due(factory: sessionmaker[Session], *, now_ms: int, limit: int, lease
 def peek_due(factory: sessionmaker[Session], *, now_ms: int, limit: int) -> list[str]:
     """The customers a sweep would select now, without leasing them (dry runs)."""
     with factory() as session:
-        return list(
-            session.scalars(
-                select(Subscriber.customer_id)
-                .where(Subscriber.next_check_ms <= now_ms)
-                .order_by(Subscriber.next_check_ms)
-                .limit(limit)
-            )
-        )
+        return _due_in_order(session, now_ms=now_ms, limit=limit, lock=False)
 
 
 def customers_with_due_expiry(factory: sessionmaker[Session], *, now_ms: int, limit: int = 1000) -> list[str]:

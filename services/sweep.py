@@ -1,8 +1,7 @@
 """The sweep: customers due for a provider read, read within the shared budget and reconciled.
 
-A batch reads the provider ``fetch_concurrency`` customers at a time, each on a budget slot
-taken just before its request is sent, and reads the next group while the current one is
-written. Customers whose snapshot is the one their grants were converged from are settled
+A batch sends its provider reads as budget slots come, each on a slot taken just before it is
+sent, up to ``fetch_concurrency`` in flight, and writes what has been read meanwhile. Customers whose snapshot is the one their grants were converged from are settled
 together (``Convergence.settle_unchanged``: the same pure rule as every reconcile's fast path);
 the others go through ``Convergence.reconcile`` with the body already read.
 
@@ -16,7 +15,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import queue
 import random
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -72,52 +73,27 @@ class BatchResult:
 def reconcile_customers(customer_ids: list[str], sweep: SweepReads, *, cause_kind: CauseKind = "sweep") -> BatchResult:
     """Reconcile each customer from the provider, spending the budget at sweep priority.
 
-    The next group is read while this one is written when the budget has slots free now;
-    otherwise this group is written first and the wait comes after, so repairs already read are
-    never held back by the budget. A failure costs only its own customer; an exhausted budget
-    or a held provider defers the rest of the batch instead of failing it.
+    Reads are sent as budget slots come (``_ReadSender``, a thread of its own), up to
+    ``fetch_concurrency`` in flight, while this thread writes what has been read, every read
+    completed since the last write settled together. Neither waits for the other: the pace of
+    reads is the budget's, whatever the writes cost and however slow one read is. A failure
+    costs only its own customer; an exhausted budget or a held provider defers the rest of the
+    batch instead of failing it.
     """
-    clock_ms = sweep.convergence.clock_ms
     result = BatchResult()
     metrics: list[tuple[str, dict[str, str], int]] = []
-    group_size = max(1, sweep.fetch_concurrency)
-    waiting = list(dict.fromkeys(customer_ids))  # a customer listed twice is read once
-
-    def defer_rest(seconds: float) -> None:
-        nonlocal waiting
-        result.deferred.extend(waiting)
-        defer_checks(sweep.convergence.session_factory, waiting, clock_ms() + int(max(1.0, seconds) * 1000))
-        waiting = []
-
-    def send_next_group(*, wait: bool) -> list[tuple[str, Future[Mapping[str, Any]]]]:
-        if not waiting:
-            return []
-        held = sweep.health.held_for_s()
-        if held > 0:
-            defer_rest(held)
-            return []
-        wanted = min(group_size, len(waiting))
-        try:
-            granted = sweep.provider.reserve(wanted) if wait else sweep.provider.try_reserve(wanted)
-        except BudgetExhausted as exc:
-            defer_rest(exc.retry_after_s or 1.0)
-            return []
-        group = waiting[:granted]
-        del waiting[:granted]
-        return [(c, sweep.fetch_pool.submit(sweep.provider.get_subscriber_reserved, c)) for c in group]
-
-    in_flight = send_next_group(wait=True)
+    sender = _ReadSender(list(dict.fromkeys(customer_ids)), sweep)  # a customer listed twice is read once
+    sender.start()
     try:
-        while in_flight:
+        while groups := sender.next_groups():
+            in_flight = [read for group in groups for read in group]
             bodies = _collect(in_flight, sweep, result, metrics)
-            in_flight = send_next_group(wait=False)  # read the next group while this one is written
             _settle_group(bodies, sweep, Cause(cause_kind, cause_kind), result, metrics)
-            if not in_flight:
-                in_flight = send_next_group(wait=True)
     finally:
         # Reads already sent spent their slots: let them finish before anything else is sent
         # from this process (a later batch must not queue behind them past its slots' times).
-        concurrent.futures.wait([future for _, future in in_flight])
+        sender.stop()
+    result.deferred.extend(sender.deferred)
     try:
         sweep.metrics.incr_many(metrics)
     except Exception:
@@ -125,6 +101,101 @@ def reconcile_customers(customer_ids: list[str], sweep: SweepReads, *, cause_kin
     if result.repairs:
         report_drift(result.repairs, cause_ref=cause_kind)
     return result
+
+
+Read = tuple[str, Future[Mapping[str, Any]]]
+
+
+class _ReadSender:
+    """Sends a batch's provider reads as budget slots come, in a thread of its own.
+
+    Before each send it takes a place among the ``fetch_concurrency`` reads in flight, then as
+    many budget slots as are free now up to the free places (at least one: it waits up to the
+    budget's ``max_wait_s`` for it), and sends that many reads at once: the reads sent together
+    form a group, handed to the writer in order. A held provider or an exhausted budget defers
+    the customers not yet sent (due again when a read may go out).
+    """
+
+    def __init__(self, customer_ids: list[str], sweep: SweepReads):
+        self.sweep = sweep
+        self.waiting = customer_ids
+        self.deferred: list[str] = []
+        self._sent: queue.SimpleQueue[list[Read] | None] = queue.SimpleQueue()
+        self._places = threading.Semaphore(max(1, sweep.fetch_concurrency))
+        self._stopping = threading.Event()
+        self._reads: list[Future[Mapping[str, Any]]] = []
+        self._thread = threading.Thread(target=self._run, name="sweep-sender", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def next_groups(self) -> list[list[Read]]:
+        """The groups sent since the last call (waits for one); [] once every read is sent."""
+        groups: list[list[Read]] = []
+        item = self._sent.get()
+        while item is not None:
+            groups.append(item)
+            try:
+                item = self._sent.get_nowait()
+            except queue.Empty:
+                return groups
+        self._sent.put(None)  # the end stays visible to the next call
+        return groups
+
+    def stop(self) -> None:
+        """Send nothing more (what is left is deferred) and wait for the reads already sent."""
+        self._stopping.set()
+        self._thread.join()
+        concurrent.futures.wait(self._reads)
+
+    def _run(self) -> None:
+        try:
+            try:
+                while self.waiting and not self._stopping.is_set():
+                    self._send_next_group()
+            except Exception:
+                log.warning("the sweep's sender stopped; the customers not sent are deferred", exc_info=True)
+            if self.waiting:  # stopped early: read again soon, not left until the lease runs out
+                self._defer_rest(1.0)
+        except Exception:
+            log.warning("could not defer the customers not sent; their lease runs out", exc_info=True)
+        finally:
+            self._sent.put(None)
+
+    def _send_next_group(self) -> None:
+        held = self.sweep.health.held_for_s()
+        if held > 0:
+            self._defer_rest(held)
+            return
+        self._places.acquire()  # a place among the reads in flight: wait for one
+        places = 1
+        while places < len(self.waiting) and self._places.acquire(blocking=False):
+            places += 1
+        granted = 0
+        try:
+            granted = self.sweep.provider.reserve(places)
+        except BudgetExhausted as exc:
+            self._defer_rest(exc.retry_after_s or 1.0)
+        finally:
+            for _ in range(places - granted):
+                self._places.release()
+        group: list[Read] = []
+        for customer_id in self.waiting[:granted]:
+            future = self.sweep.fetch_pool.submit(self.sweep.provider.get_subscriber_reserved, customer_id)
+            future.add_done_callback(lambda _: self._places.release())
+            group.append((customer_id, future))
+        del self.waiting[:granted]
+        self._reads.extend(future for _, future in group)
+        if group:
+            self._sent.put(group)
+
+    def _defer_rest(self, seconds: float) -> None:
+        rest, self.waiting = self.waiting, []
+        if not rest:
+            return
+        self.deferred.extend(rest)
+        clock_ms = self.sweep.convergence.clock_ms
+        defer_checks(self.sweep.convergence.session_factory, rest, clock_ms() + int(max(1.0, seconds) * 1000))
 
 
 def _collect(

@@ -9,6 +9,7 @@ import pytest
 
 from adapters.rate_budget import BudgetedProvider, BudgetExhausted, RateBudget
 from engine.errors import TransientError
+from simulators.revenuecat.rate_limit import TokenBucket
 from tests.adapters.pacing import START_MS, FakeClock, Requester, drive, max_in_window
 
 MINUTE = 60_000
@@ -145,3 +146,30 @@ def test_takers_in_many_threads_stay_within_the_pace_on_redis_clock(redis_client
     most = 1000 / budget.interval_ms + budget.burst
     assert max(per_second.values()) <= most
     assert sum(per_second.values()) >= 100  # and used, not wasted
+
+
+@pytest.mark.parametrize("per_minute", [60, 120, 480, 1200])
+def test_a_token_bucket_of_the_same_rate_no_deeper_than_the_burst_never_refuses(redis_client, per_minute):
+    # Every priority asking in bursts, rested in between (where a bucket refills and a budget
+    # could let a burst out): a provider bucket at the nominal rate holding only the budget's
+    # own burst never refuses a request that arrives when its slot was granted.
+    budget, clock = fake_budget(redis_client, per_minute)
+    asking = [
+        Requester(p, arrivals=[START_MS + round(k * 21_000 + j * 7_000) for k in range(6) for _ in range(20)], batch=b)
+        for j, (p, b) in enumerate(zip(("event", "sync", "sweep", "discovery"), (1, 8, 8, 4), strict=True))
+    ]
+    drive(budget, clock, asking, until_ms=START_MS + 20 * MINUTE)
+    grants = sorted(t for r in asking for t in r.grants)
+    assert len(grants) == 6 * 20 * 4  # all served
+    provider_now = [START_MS / 1000]
+    bucket = TokenBucket(per_minute, budget.burst, clock=lambda: provider_now[0])
+    for at in grants:
+        provider_now[0] = at / 1000
+        assert bucket.take() == 0.0, f"refused at {at - START_MS} ms"
+
+
+def test_slots_are_counted_by_the_priority_that_took_them(redis_client):
+    budget, clock = fake_budget(redis_client)
+    event, sweep = Requester("event", arrivals=[START_MS] * 5), Requester("sweep", arrivals=[START_MS] * 7, batch=3)
+    drive(budget, clock, [event, sweep], until_ms=START_MS + MINUTE)
+    assert budget.taken_by_priority() == {"event": 5, "sweep": 7}

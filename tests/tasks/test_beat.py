@@ -44,10 +44,28 @@ def test_sweep_task_fans_out_due_customers_within_the_budget(client, runtime, si
     for user in ["a", "b", "c"]:
         known_customer(client, runtime, simulator, user)
     set_next_check(runtime, {"a": 0, "b": 0, "c": 0})
-    small = settings.with_(provider_rate_per_minute=3)  # sweep share: 2 per minute
+    small = settings.with_(provider_rate_per_minute=3, sweep_interval_s=60)  # sweep share: 2 per minute
     app = create_celery(small)
     assert app.tasks["sweep.run"].apply().get() == 2
     assert [m["headers"]["task"] for m in queued_messages(settings, "sweep")] == ["sweep.reconcile_batch"]
+
+
+def test_the_sweep_selects_less_while_its_batches_wait_in_the_queue(client, runtime, simulator, settings):
+    for user in ["a", "b", "c", "d"]:
+        known_customer(client, runtime, simulator, user)
+    set_next_check(runtime, {"a": 0, "b": 0, "c": 0, "d": 0})
+    # 60/min for 60 s: 60 customers a run; two batches of SWEEP_CHUNK still queued read more.
+    paced = settings.with_(provider_rate_per_minute=60, sweep_interval_s=60)
+    app = create_celery(paced)
+    broker = redis_lib.Redis.from_url(redis_url(settings))
+    broker.delete("sweep")
+    for _ in range(2):
+        app.send_task("sweep.reconcile_batch", args=([],), queue="sweep")
+    assert app.tasks["sweep.run"].apply().get() == 0
+    assert broker.llen("sweep") == 2
+    broker.delete("sweep")  # a worker took them: the budget until the next run is free again
+    assert app.tasks["sweep.run"].apply().get() == 4
+    assert broker.llen("sweep") == 1
 
 
 def test_only_one_of_two_beats_schedules(settings, runtime, tmp_path):
