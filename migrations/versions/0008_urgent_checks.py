@@ -1,15 +1,15 @@
 """partial indexes of the urgent subscriber checks (dirty customers by check time, projected
 expiries by time), so that the sweep selects them before staleness-driven checks at any size
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
