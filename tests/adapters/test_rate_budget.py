@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from adapters.rate_budget import BudgetedProvider, BudgetExhausted, RateBudget
+from adapters.rate_budget import BudgetedProvider, BudgetExhausted, Priority, RateBudget
 from engine.errors import TransientError
 from simulators.revenuecat.rate_limit import TokenBucket
 from tests.adapters.pacing import START_MS, FakeClock, Requester, drive, max_in_window
@@ -154,9 +154,10 @@ def test_a_token_bucket_of_the_same_rate_no_deeper_than_the_burst_never_refuses(
     # could let a burst out): a provider bucket at the nominal rate holding only the budget's
     # own burst never refuses a request that arrives when its slot was granted.
     budget, clock = fake_budget(redis_client, per_minute)
+    lanes: tuple[tuple[Priority, int], ...] = (("event", 1), ("sync", 8), ("sweep", 8), ("discovery", 4))
     asking = [
         Requester(p, arrivals=[START_MS + round(k * 21_000 + j * 7_000) for k in range(6) for _ in range(20)], batch=b)
-        for j, (p, b) in enumerate(zip(("event", "sync", "sweep", "discovery"), (1, 8, 8, 4), strict=True))
+        for j, (p, b) in enumerate(lanes)
     ]
     drive(budget, clock, asking, until_ms=START_MS + 20 * MINUTE)
     grants = sorted(t for r in asking for t in r.grants)

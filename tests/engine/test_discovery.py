@@ -36,7 +36,15 @@ def test_the_next_pass_starts_after_the_interval_or_as_the_engine_chooses(starte
 
 
 def test_a_listed_page_gives_each_customer_once_in_order_and_the_new_ones():
-    page: list[dict[str, object]] = [{"id": "b"}, {"id": "a"}, {"id": "b"}, {"object": "customer"}, {"id": ""}, {"id": 7}, {"id": "c"}]
+    page: list[dict[str, object]] = [
+        {"id": "b"},
+        {"id": "a"},
+        {"id": "b"},
+        {"object": "customer"},
+        {"id": ""},
+        {"id": 7},
+        {"id": "c"},
+    ]
     assert listed_ids(page) == ["b", "a", "c"]
     assert unknown_ids(["b", "a", "c"], {"a"}) == ["b", "c"]
     assert unknown_ids([], {"a"}) == []
