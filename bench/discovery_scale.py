@@ -48,6 +48,7 @@ from bench.harness import Figures, percentile, say
 from config.settings import Settings
 from engine.projection import Projection
 from engine.reconcile import RECHECK_AFTER_EXPIRY_MS, ReconcilePolicy, next_check_ms
+from services.discovery import PAGE_SIZE
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
@@ -317,15 +318,13 @@ def report(args: argparse.Namespace, policy: str, run: Run, figures: Figures, el
 
 
 def main(argv: list[str] | None = None) -> int:
-    from simulators.revenuecat.customers_v2 import MAX_LIMIT
-
     parser = argparse.ArgumentParser(prog="python -m bench.discovery_scale", description=__doc__.split("\n\n")[0])
     parser.add_argument("--subscribers", type=int, default=1_000_000)
     parser.add_argument("--renewals", type=int, default=10_000, help="renewals a day")
     parser.add_argument("--budget", type=int, default=480, help="provider requests per minute")
     parser.add_argument("--discovery-share", type=float, default=Settings.from_env({}).discovery_budget_share)
     parser.add_argument("--discovery-interval", type=float, default=24.0, help="hours between discovery passes")
-    parser.add_argument("--page-size", type=int, default=MAX_LIMIT, help="customers per list page (v2 maximum)")
+    parser.add_argument("--page-size", type=int, default=PAGE_SIZE, help="customers per list page (the engine's)")
     parser.add_argument("--lose", type=float, default=0.1, help="share of renewal webhooks lost")
     parser.add_argument("--days", type=int, default=4, help="simulated days")
     parser.add_argument("--warmup", type=int, default=2, help="days before measuring (the backlog settles)")
