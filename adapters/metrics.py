@@ -27,6 +27,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL_S = 1.0
 _PREFIX = "metrics:v2:"
+_recorders: weakref.WeakSet[Metrics] = weakref.WeakSet()
 _JOBS_KEY = "metrics:v2:job_last_run_ms"
 KNOWN_EVENT_TYPES = RECONCILE_EVENT_TYPES | INFORMATIONAL_EVENT_TYPES
 
@@ -161,6 +163,13 @@ def _label_key(family: Family, labels: Mapping[str, str]) -> str:
     return json.dumps([str(labels[n]) for n in family.labels])
 
 
+def flush_all() -> None:
+    """Flush every recorder of this process, waiting for flushes in progress (before a test
+    empties Redis: a recorder's late flush would otherwise land in the next test's counts)."""
+    for recorder in list(_recorders):
+        recorder.flush()
+
+
 class Metrics:
     """Record counters and histograms for the whole system (see the module docstring)."""
 
@@ -173,6 +182,8 @@ class Metrics:
         self._flusher: threading.Thread | None = None
         self._started = False  # the flusher runs and the last flush at exit is registered
         self._stop = threading.Event()
+        self._flushing = threading.Lock()  # one flush at a time: a flush returns once it landed
+        _recorders.add(self)
 
     # -- recording --------------------------------------------------------------------------
     def incr(self, name: str, labels: Mapping[str, str] | None = None, amount: float = 1) -> None:
@@ -251,6 +262,10 @@ class Metrics:
 
     def flush(self) -> None:
         """Add what this process recorded to Redis; kept for the next flush if Redis fails."""
+        with self._flushing:
+            self._flush()
+
+    def _flush(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, {}
         if not pending:
