@@ -104,13 +104,14 @@ def history_need(owned: Iterable[Transaction], snapshot: SubscriberSnapshot, cat
         known = periods.get(product, {})
         latest_start = obs.purchased_ms
         earlier = [
-            (start, end)
-            for tx_id, (start, end, _) in known.items()
+            (start, end, refunded)
+            for tx_id, (start, end, refunded) in known.items()
             if tx_id != obs.transaction_id and start < latest_start
         ]
         if earlier:
-            _, end = max(earlier)
-            if end is not None and latest_start > end + CONTIGUOUS_WITHIN_MS:
+            # A refund cut its period short: where the next one began says nothing then.
+            _, end, refunded = max(earlier, key=lambda times: times[0])
+            if refunded is None and end is not None and latest_start > end + CONTIGUOUS_WITHIN_MS:
                 reasons.setdefault("missed_periods", set()).add(product)
         else:
             began = snapshot.chain_starts.get(product)

@@ -15,6 +15,9 @@ reconcile. What to read is the cheapest answer to the need (engine/history.py):
   product ids to store ids). Purchases and aliases are never read here: v1 lists every one-time
   purchase, and the v1 read has recorded the customer's identity.
 
+When the history gives this customer older periods the ledger held for another (a transfer whose
+webhook was lost), that other customer's grants are converged again from the ledger at once.
+
 A failed history read (the provider, or the budget) backs the customer off like a failed sweep
 read, so that the sweep reads it again later; the v1 reconcile already done stands. Every read
 is counted by path: customers, v1 and v2 requests, and history reads by reason (metrics, and a
@@ -34,11 +37,13 @@ from typing import Literal
 from adapters.metrics import Metrics
 from adapters.revenuecat_v2 import RequestPacer, RevenueCatV2Client
 from engine.backoff import backoff_ms
+from engine.client_flows import moved_from
 from engine.errors import TerminalError, TransientError
 from engine.history import HistoryMark, history_check_due, history_need, history_products
 from engine.ports import Cause
 from engine.reconcile import Reading, ReconcileOutcome
 from persistence.history_marks import load_mark, owned_transactions, save_mark
+from persistence.ledger_store import ledger_owners
 from persistence.subscribers import record_read_failures
 from services.convergence import Convergence
 
@@ -165,8 +170,14 @@ class HistoryReads:
             save_mark(factory, customer_id, HistoryMark(snapshot.digest, now_ms, need.reason, False, last_read))
             self._count([("v2", pacer.sent), ("failed", 1)], reason="failed")
             return HistoryFollowUp("failed", need.reason, pacer.sent)
-        outcome = convergence.reconcile(history, cause)
         assert history.snapshot is not None
+        tx_ids = [o.transaction_id for o in history.snapshot.observations]
+        before = ledger_owners(factory, tx_ids)
+        outcome = convergence.reconcile(history, cause)
+        # Older periods the ledger gave to someone else are this customer's now (a transfer whose
+        # webhook was lost): that customer's grants are converged again from the ledger.
+        for previous in moved_from(before, ledger_owners(factory, tx_ids), outcome.customer_id):
+            convergence.reconcile(Reading.from_ledger(previous), cause)
         save_mark(
             factory,
             customer_id,
