@@ -36,7 +36,8 @@ from typing import Literal
 from engine.catalog import Catalog
 from engine.facts import SubscriberSnapshot, Transaction
 
-HistoryReason = Literal["missed_periods", "chain_start", "older_refund"]
+# ``transfer``: not decided here; a TRANSFER webhook names the receiving customer (services/history.py).
+HistoryReason = Literal["missed_periods", "chain_start", "older_refund", "transfer"]
 
 # Grant policies whose access depends on each transaction, not on the latest period alone.
 PER_TRANSACTION_POLICIES = frozenset({"credit", "lifetime"})

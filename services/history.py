@@ -39,7 +39,7 @@ from adapters.revenuecat_v2 import RequestPacer, RevenueCatV2Client
 from engine.backoff import backoff_ms
 from engine.client_flows import moved_from
 from engine.errors import TerminalError, TransientError
-from engine.history import HistoryMark, history_check_due, history_need, history_products
+from engine.history import HistoryMark, HistoryNeed, history_check_due, history_need, history_products
 from engine.ports import Cause
 from engine.reconcile import Reading, ReconcileOutcome
 from persistence.history_marks import load_mark, owned_transactions, save_mark
@@ -130,24 +130,31 @@ class HistoryReads:
     reread_ms: int = HISTORY_REREAD_MS
     jitter: Callable[[], float] = field(default=random.random)
 
-    def after_v1(self, reading: Reading, cause: Cause) -> HistoryFollowUp:
+    def after_v1(self, reading: Reading, cause: Cause, *, transferred_to: bool = False) -> HistoryFollowUp:
         """Count the v1 read behind ``reading`` (already reconciled), then read and reconcile the
-        history where it is needed. Provider and budget failures back the customer off and are
-        returned (``failed``); database errors propagate to the caller."""
+        history where it is needed. ``transferred_to``: a TRANSFER webhook names this customer
+        as the receiving side, whose v1 answer may not change at all (a newer period of the same
+        product hides the older ones it received): its history is read whatever the marks say.
+        Provider and budget failures back the customer off and are returned (``failed``);
+        database errors propagate to the caller."""
         self._count([("customers", 1), ("v1", 1)])
         snapshot = reading.snapshot
         if self.client is None or snapshot is None:
             return HistoryFollowUp("not_needed")
         convergence = self.convergence
-        if not history_products(snapshot, convergence.catalog):
+        products = history_products(snapshot, convergence.catalog)
+        if not products:
             return HistoryFollowUp("not_needed")
         customer_id = snapshot.customer_id
         factory = convergence.session_factory
         now_ms = convergence.clock_ms()
         mark = load_mark(factory, customer_id)
-        if not history_check_due(mark, snapshot.digest, now_ms, reread_ms=self.reread_ms):
+        if transferred_to:
+            need: HistoryNeed | None = HistoryNeed("transfer", products, recurring=False)
+        elif not history_check_due(mark, snapshot.digest, now_ms, reread_ms=self.reread_ms):
             return HistoryFollowUp("unchanged")
-        need = history_need(owned_transactions(factory, customer_id), snapshot, convergence.catalog)
+        else:
+            need = history_need(owned_transactions(factory, customer_id), snapshot, convergence.catalog)
         last_read = mark.read_ms if mark is not None else None
         if need is None:
             save_mark(factory, customer_id, HistoryMark(snapshot.digest, now_ms, None, False, last_read))

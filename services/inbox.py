@@ -181,7 +181,8 @@ def _read_and_reconcile(ctx: EventProcessing, row: ClaimedRow, event: WebhookEve
         reading = Reading.from_provider(app_user_id, body)
         outcomes.append(ctx.convergence.reconcile(reading, cause))
         if ctx.history is not None:
-            followed = ctx.history.after_v1(reading, cause).outcome
+            receiving = app_user_id in event.transferred_to
+            followed = ctx.history.after_v1(reading, cause, transferred_to=receiving).outcome
             if followed is not None:
                 outcomes.append(followed)
         done.append(app_user_id)

@@ -257,7 +257,7 @@ def test_a_reversal_seen_by_a_later_history_wins_in_either_order(order):
     assert merged is not None and merged.refunded_ms is None
     # A refund stated after that history holds.
     again = TransactionObservation("t0", observed_ms=at(1) + 2 * DAY_MS, refunded_ms=at(1) + 2 * DAY_MS)
-    assert merge_observation(merged, again).refunded_ms == at(1) + 2 * DAY_MS  # type: ignore[union-attr]
+    assert merge_observation(merged, again).refunded_ms == at(1) + 2 * DAY_MS
 
 
 def test_every_period_of_a_credit_subscription_is_one_package_whatever_reads_saw_it():

@@ -72,7 +72,7 @@ def owners(rt: Wiring, tx_ids) -> dict[str, str | None]:
                 LedgerTransaction.transaction_id.in_(list(tx_ids))
             )
         )
-        return dict(rows.all())
+        return {str(tx_id): owner for tx_id, owner in rows}
 
 
 def renewing(state, user: str, start: int, renewals: int) -> list[str]:
