@@ -123,7 +123,7 @@ FAMILIES: dict[str, Family] = {
         Family(
             "engine_history_reads",
             "counter",
-            "REST v2 history reads after a v1 read, by read path and reason (missed_periods, "
+            "REST v2 history reads after a v1 read, by read path and reason (missed_periods, transfer, "
             "chain_start, older_refund), and those that failed (reason failed).",
             ("path", "reason"),
         ),
