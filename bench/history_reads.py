@@ -79,7 +79,9 @@ def run(customers: int, *, v2: bool, workdir: Path) -> Figures:
             # processed as it happens: the event path reads the provider's state of that moment
             nonlocal delivered
             response = webhooks.post("/webhooks/revenuecat", json=body, headers={"Authorization": WEBHOOK_AUTH})
-            process_inbox_event(response.json["inbox_id"], rt.event_processing)
+            answer = response.get_json()
+            assert isinstance(answer, dict), response.status_code
+            process_inbox_event(answer["inbox_id"], rt.event_processing)
             delivered += 1
 
         def at(ms: int) -> int:
