@@ -108,6 +108,27 @@ FAMILIES: dict[str, Family] = {
             "HTTP requests to the provider (RevenueCat), by answer (2xx, an error status, or network).",
             ("status",),
         ),
+        Family(
+            "engine_customer_reads",
+            "counter",
+            "Customers read from the provider, by read path (event, sweep, sync): one v1 read each, "
+            "and a REST v2 history where access depends on more than the latest period.",
+            ("path",),
+        ),
+        Family(
+            "engine_provider_reads",
+            "counter",
+            "Provider requests of those customer reads, by read path and API (v1, v2): divided by "
+            "engine_customer_reads, the requests one customer's read costs on each path.",
+            ("path", "api"),
+        ),
+        Family(
+            "engine_history_reads",
+            "counter",
+            "REST v2 history reads after a v1 read, by read path and reason (missed_periods, transfer, "
+            "chain_start, older_refund), and those that failed (reason failed).",
+            ("path", "reason"),
+        ),
         Family("engine_sweep_selected", "counter", "Customers the sweep selected for a provider read."),
         Family("engine_discovery_pages", "counter", "Pages of the provider's customer list read by discovery."),
         Family(

@@ -19,7 +19,7 @@ import email.utils
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -222,13 +222,23 @@ class RevenueCatV2Client:
             self._products.update(mapping)
         return dict(mapping)
 
-    def read_history(self, customer_id: str, *, look_up: bool = False, with_aliases: bool = True) -> V2CustomerRead:
-        """Everything v2 says about one customer's purchases, for ``engine.revenuecat_v2``.
+    def read_history(
+        self,
+        customer_id: str,
+        *,
+        look_up: bool = False,
+        with_aliases: bool = True,
+        with_purchases: bool = True,
+        transactions_for: Collection[str] | None = None,
+    ) -> V2CustomerRead:
+        """Everything v2 says about one customer's purchases, for ``engine.revenuecat_v2``, or
+        only what a need asks for.
 
         Requests: the customer when ``look_up`` (an id that may be an alias, or unknown), its
-        subscriptions, the transactions of each App Store or Play Store one, its purchases, its
-        aliases when ``with_aliases``, and the product list when a product is not yet known.
-        CustomerNotFound when v2 has no such customer.
+        subscriptions, the transactions of each App Store or Play Store one (only of those whose
+        store product is in ``transactions_for``, when given: the others count as their latest
+        period), its purchases when ``with_purchases``, its aliases when ``with_aliases``, and the
+        product list when a product is not yet known. CustomerNotFound when v2 has no such customer.
         """
         first_ms: list[int] = []
         canonical = customer_id
@@ -239,18 +249,21 @@ class RevenueCatV2Client:
         subscriptions = self._all(
             "subscriptions", f"{self._customer_path(canonical)}/subscriptions", missing=customer_id, stamp=first_ms
         )
-        transactions = {
-            str(sub["id"]): self.list_transactions(str(sub["id"]))
-            for sub in subscriptions
-            if str(sub.get("store", "")).lower() in TRANSACTION_STORES and sub.get("id")
-        }
-        purchases = self.list_purchases(canonical)
-        aliases = self.list_aliases(canonical) if with_aliases else None
+        purchases = self.list_purchases(canonical) if with_purchases else None
         products = {
             str(p)
-            for p in [*(s.get("product_id") for s in subscriptions), *(p.get("product_id") for p in purchases)]
+            for p in [*(s.get("product_id") for s in subscriptions), *(p.get("product_id") for p in purchases or ())]
             if p
         }
+        store_ids = self.product_store_ids(products) if products else {}
+
+        def wanted(sub: Mapping[str, Any]) -> bool:
+            if str(sub.get("store", "")).lower() not in TRANSACTION_STORES or not sub.get("id"):
+                return False
+            return transactions_for is None or store_ids.get(str(sub.get("product_id"))) in transactions_for
+
+        transactions = {str(sub["id"]): self.list_transactions(str(sub["id"])) for sub in subscriptions if wanted(sub)}
+        aliases = self.list_aliases(canonical) if with_aliases else None
         return V2CustomerRead(
             customer_id=canonical,
             request_ms=first_ms[0] if first_ms else int(time.time() * 1000),
@@ -258,7 +271,7 @@ class RevenueCatV2Client:
             purchases=purchases,
             transactions=transactions,
             aliases=aliases,
-            product_store_ids=self.product_store_ids(products) if products else {},
+            product_store_ids=store_ids,
         )
 
     # ----- transport ------------------------------------------------------------------

@@ -22,6 +22,14 @@ idempotent and order-independent. The rules, field by field:
   depends on how much it lists (``SubscriberSnapshot.periods``): v1 lists the latest period of
   each subscription, so the earlier periods of a listed product stay accounted for; a v2
   history lists every period by transaction id.
+* A refund undone, from a v2 history (``unrefunded_until_ms``): v2 states no refund of a
+  subscription period, but a refund ends the period at the refund time, so a v2 transaction
+  whose period runs to ``h`` says "not refunded before ``h``" as of its read. The newest such
+  statement is kept (``unrefunded`` and ``unrefunded_until`` in ``observed``); a recorded refund
+  older than it and earlier than ``h`` (by more than ``REFUND_TIME_TOLERANCE_MS``: a webhook's
+  time and the provider's refund time may differ a little) no longer holds: it was reversed.
+  A refund at or after the period's end leaves the expiry as it was, so its reversal is not
+  seen this way (only its webhook states it).
 * Never a release on the absence of an id: a one-time purchase listed without ``id`` or
   ``store_transaction_id`` (its id synthesized from customer, product and purchase time) is
   first matched to a transaction of the same
@@ -71,6 +79,9 @@ PURCHASE_FIELDS = (
     "ownership",
 )
 STATE_FIELDS = ("expires_ms", "grace_expires_ms", "refunded_ms", "owner")
+# How far a refund's recorded time may lie before the end v2 reports for its period and still be
+# that same refund (webhook times and the provider's refund time differ a little).
+REFUND_TIME_TOLERANCE_MS = 60_000
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,8 @@ class TransactionObservation:
     refunded_ms: object = UNKNOWN
     owner: object = UNKNOWN
     released_by: object = UNKNOWN
+    # Not refunded before this instant, as of ``observed_ms`` (a v2 transaction's expiry).
+    unrefunded_until_ms: object = UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -173,6 +186,16 @@ def merge_observation(current: Transaction | None, obs: TransactionObservation) 
         observed[_released(str(obs.released_by))] = obs.observed_ms
         if changes.get("owner", base.owner) == obs.released_by:
             changes["owner"] = None
+    until = obs.unrefunded_until_ms
+    if isinstance(until, int) and obs.observed_ms >= observed.get("unrefunded", -1):
+        observed["unrefunded"], observed["unrefunded_until"] = obs.observed_ms, until
+    refunded = changes.get("refunded_ms", base.refunded_ms)
+    if (
+        isinstance(refunded, int)
+        and observed.get("unrefunded", -1) >= observed.get("refunded_ms", -1)
+        and refunded + REFUND_TIME_TOLERANCE_MS < observed.get("unrefunded_until", -1)
+    ):
+        changes["refunded_ms"] = None  # the period runs past the refund, as of later: reversed
     if current is not None and not changes and observed == dict(base.observed):
         return None
     return replace(base, observed=observed, **changes)
@@ -201,6 +224,11 @@ class SubscriberSnapshot:
     # It lists subscriptions whose store product it cannot name (v2 promotional grants): a
     # period of a product it does not name may be one of those.
     unnamed_subscriptions: bool = False
+    # Whether it lists the one-time purchases (a v2 history read without them says nothing of them).
+    lists_purchases: bool = True
+    # Store product -> when its subscription's first period was bought (v1's
+    # ``original_purchase_date``): the chain the latest period ends, as far as v1 says.
+    chain_starts: Mapping[str, int] = field(default_factory=dict)
 
     def lists(self, tx: Transaction) -> bool:
         """Whether this snapshot still accounts for ``tx``.
@@ -211,7 +239,7 @@ class SubscriberSnapshot:
         """
         listed = any(o.transaction_id == tx.transaction_id for o in self.observations)
         if tx.kind != "subscription" or listed:
-            return listed
+            return listed or (tx.kind != "subscription" and not self.lists_purchases)
         if tx.product_id not in self.subscription_products:
             return self.unnamed_subscriptions and self.periods == "all"
         return self.periods == "latest" or tx.product_id in self.latest_only_products

@@ -76,7 +76,7 @@ class Reading:
                 "request_ms": read.request_ms,
                 "subscriptions": list(read.subscriptions),
                 "transactions": {k: list(v) for k, v in read.transactions.items()},
-                "purchases": list(read.purchases),
+                "purchases": list(read.purchases) if read.purchases is not None else None,
                 "aliases": list(read.aliases) if read.aliases is not None else None,
                 "product_store_ids": dict(read.product_store_ids),
             }

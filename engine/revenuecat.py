@@ -131,12 +131,19 @@ def parse_subscriber(body: Mapping[str, Any]) -> SubscriberSnapshot:
         raise read.fail("subscriber.original_app_user_id", "missing")
     observations: list[TransactionObservation] = []
     unidentified: set[str] = set()
+    chain_starts: dict[str, int] = {}
     subscriptions = read.object(subscriber.get("subscriptions"), "subscriber.subscriptions")
     for product_id, entry in sorted(subscriptions.items()):
         path = f"subscriber.subscriptions[{shown(product_id)}]"
         read.identifier(product_id, path)
         sub = read.object(entry, path)
         purchased = read.instant(sub.get("purchase_date"), f"{path}.purchase_date")
+        try:
+            started = read.instant(sub.get("original_purchase_date"), f"{path}.original_purchase_date")
+        except UnreadableSubscriber:
+            started = None  # only a hint of earlier periods (engine/history.py): never worth refusing the body
+        if started is not None:
+            chain_starts[product_id] = started
         tx_id = read.identifier(sub.get("store_transaction_id"), f"{path}.store_transaction_id")
         observations.append(
             TransactionObservation(
@@ -204,6 +211,7 @@ def parse_subscriber(body: Mapping[str, Any]) -> SubscriberSnapshot:
         digest=digest,
         entitlements=entitlements if isinstance(entitlements, dict) else {},
         unidentified=frozenset(unidentified),
+        chain_starts=chain_starts,
     )
 
 

@@ -17,7 +17,9 @@ What v2 states, and what it does not (docs/provider-apis.md says it to operators
 * no refund of a subscription period: a transaction has no refund field. A refund shows only
   as a shorter expiry, like an expiration, so a v2 observation never asserts ``refunded_ms``
   of a subscription period (UNKNOWN), and the ledger keeps what v1 (latest period) or the
-  webhooks said;
+  webhooks said. What the expiry does say is that the period was not refunded before it
+  (``unrefunded_until_ms``): a recorded refund earlier than the period's end as v2 now reports
+  it was reversed (engine/facts.py);
 * whether an earlier period was a trial or an introductory offer: only the current period's
   ``status`` says ``trialing``; earlier periods leave ``period_type`` UNKNOWN;
 * the store product of a purchase or a non-App-Store/Play-Store subscription: only RevenueCat's
@@ -51,7 +53,7 @@ class V2CustomerRead:
     customer_id: str  # the customer's id as v2 names it (the listing's, or GET customer's ``id``)
     request_ms: int  # the provider's clock at the first request of the read
     subscriptions: Sequence[Mapping[str, Any]]
-    purchases: Sequence[Mapping[str, Any]]
+    purchases: Sequence[Mapping[str, Any]] | None  # None: not read (the read says nothing of them)
     # subscription id -> its transactions, for the subscriptions whose transactions were read
     transactions: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
     aliases: Sequence[Mapping[str, Any]] | None = None  # None: not read
@@ -138,10 +140,11 @@ def _parse(read: V2CustomerRead) -> CustomerHistory:
                     period_type=current_type if tx_id == latest_id else UNKNOWN,
                     expires_ms=expires,
                     grace_expires_ms=grace,
+                    unrefunded_until_ms=expires,
                     **common,
                 )
             )
-    for purchase in read.purchases:
+    for purchase in read.purchases or ():
         tx_id = _text(purchase.get("store_purchase_identifier") or purchase["id"])
         product = read.product_store_ids.get(purchase["product_id"]) if purchase.get("product_id") else None
         refunded = purchase.get("status") == "refunded"
@@ -176,10 +179,11 @@ def _parse(read: V2CustomerRead) -> CustomerHistory:
         request_ms=at,
         observations=ordered,
         subscription_products=frozenset(named),
-        digest=_digest(ordered, named, latest_only, unnamed),
+        digest=_digest(ordered, named, latest_only, unnamed, read.purchases is not None),
         periods="all",
         latest_only_products=frozenset(latest_only),
         unnamed_subscriptions=unnamed,
+        lists_purchases=read.purchases is not None,
     )
     return CustomerHistory(snapshot, identities)
 

@@ -126,6 +126,24 @@ class Subscriber(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
+class HistoryReadMark(Base):
+    """Per customer, the last decision on reading its REST v2 history (engine/history.py): the v1
+    answer it was taken on, why a history was needed, and what the last history read answered,
+    so that a history is read again only when v1 answers something new (or a recurring need's
+    interval has passed)."""
+
+    __tablename__ = "history_marks"
+
+    customer_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    v1_digest: Mapped[str] = mapped_column(String(64))  # the v1 snapshot the decision was taken on
+    checked_ms: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str | None] = mapped_column(String(32))  # None: no history needed at that digest
+    recurring: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    read_ms: Mapped[int | None] = mapped_column(BigInteger)  # the last v2 history read
+    answer_digest: Mapped[str | None] = mapped_column(String(64))  # what it answered
+    requests: Mapped[int | None] = mapped_column(Integer)  # what it cost
+
+
 class Identity(Base):
     """Any app_user_id (alias, original or last seen) → the customer it belongs to."""
 

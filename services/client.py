@@ -47,6 +47,7 @@ from persistence.grants import active_grants
 from persistence.ledger_store import ledger_owners
 from persistence.subscribers import mark_dirty
 from services.convergence import Convergence
+from services.history import HistoryReads
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ class ClientFlows:
 
     convergence: Convergence
     provider: BudgetedProvider  # at sync priority, waiting CLIENT_BUDGET_WAIT_S at most
+    # After the v1 read: the customer's v2 history where the latest period is not enough.
+    history: HistoryReads | None = None
 
     @property
     def session_factory(self) -> sessionmaker[Session]:
@@ -108,6 +111,11 @@ def reconcile_from_body(flows: ClientFlows, app_user_id: str, body: Mapping[str,
     factory = flows.session_factory
     before = ledger_owners(factory, tx_ids)
     outcome = flows.convergence.reconcile(reading, cause)
+    actions = outcome.actions
+    if flows.history is not None:
+        followed = flows.history.after_v1(reading, cause).outcome
+        if followed is not None:
+            actions += followed.actions
     previous = moved_from(before, ledger_owners(factory, tx_ids), outcome.customer_id)
     restored_by = Cause("request", f"restored-by:{outcome.customer_id}"[:255])
     for owner in previous:
@@ -117,7 +125,7 @@ def reconcile_from_body(flows: ClientFlows, app_user_id: str, body: Mapping[str,
         except (TransientError, TerminalError) as exc:
             log.warning("previous owner %s of a restored purchase left for the sweep: %s", owner, exc)
             mark_dirty(factory, owner, now_ms=flows.convergence.clock_ms())
-    return SyncResult(outcome.customer_id, outcome.actions, tuple(previous), reading.snapshot)
+    return SyncResult(outcome.customer_id, actions, tuple(previous), reading.snapshot)
 
 
 def sync_user(flows: ClientFlows, app_user_id: str) -> SyncResult:

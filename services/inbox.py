@@ -47,6 +47,7 @@ from engine.reconcile import Reading, ReconcileOutcome, event_readings
 from engine.revenuecat import INFORMATIONAL_EVENT_TYPES, WebhookEvent, parse_event
 from persistence.inbox_rows import ClaimedRow, claim_row, mark_row, record_progress, record_users, utcnow
 from services.convergence import Convergence
+from services.history import HistoryReads
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ class EventProcessing:
     retry_base_ms: int = 2_000
     jitter: Callable[[], float] = random.random
     metrics: Metrics | None = None  # purchase-to-access latency
+    # After each v1 read: the customer's v2 history where the latest period is not enough.
+    history: HistoryReads | None = None
 
     @property
     def clock_ms(self) -> Callable[[], int]:
@@ -175,7 +178,13 @@ def _read_and_reconcile(ctx: EventProcessing, row: ClaimedRow, event: WebhookEve
             body = ctx.provider.get_subscriber(app_user_id)
         except TransientError as exc:
             return _retry_later(ctx, row, event, exc, degraded=True, done=done)
-        outcomes.append(ctx.convergence.reconcile(Reading.from_provider(app_user_id, body), cause))
+        reading = Reading.from_provider(app_user_id, body)
+        outcomes.append(ctx.convergence.reconcile(reading, cause))
+        if ctx.history is not None:
+            receiving = app_user_id in event.transferred_to
+            followed = ctx.history.after_v1(reading, cause, transferred_to=receiving).outcome
+            if followed is not None:
+                outcomes.append(followed)
         done.append(app_user_id)
         if len(event.app_user_ids) > 1:
             record_progress(ctx.session_factory, row.inbox_id, done)

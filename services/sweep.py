@@ -36,6 +36,7 @@ from engine.ports import Cause, CauseKind
 from engine.reconcile import Reading, ReconcileOutcome
 from persistence.subscribers import defer_checks, record_read_failures
 from services.convergence import Convergence
+from services.history import HistoryReads
 from services.sweep_connections import GroupConnections
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ class SweepReads:
     metrics: Metrics
     health: ProviderHealth
     jitter: Callable[[], float] = random.random
+    # After each v1 read: the customer's v2 history where the latest period is not enough.
+    history: HistoryReads | None = None
 
 
 @dataclass
@@ -273,6 +276,41 @@ def _settle_group(
                 result.repairs.extend((outcome.customer_id, action) for action in outcome.actions)
         if outcome.unknown_products:
             report_unknown_products(outcome.customer_id, outcome.unknown_products)
+    if sweep.history is not None:
+        ok = {c: None if c in settled else done[c] for c in readings}
+        read = {c: readings[c] for c, v1 in ok.items() if not isinstance(v1, Exception)}
+        changed = {c for c, v1 in ok.items() if isinstance(v1, ReconcileOutcome) and v1.actions}
+        _follow_histories(
+            sweep.history, read, changed=changed, sweep=sweep, cause=cause, result=result, metrics=metrics
+        )
+
+
+def _follow_histories(
+    history: HistoryReads,
+    readings: dict[str, Reading],
+    *,
+    changed: set[str],
+    sweep: SweepReads,
+    cause: Cause,
+    result: BatchResult,
+    metrics: list,
+) -> None:
+    """After the group's v1 reads are written: the v2 histories some customers need
+    (services/history.py), read one after another at sweep priority; what they change is drift."""
+    for customer_id, reading in readings.items():
+        try:
+            outcome = history.after_v1(reading, cause).outcome
+        except Exception as exc:
+            _fail(sweep, customer_id, exc, result, metrics)
+            continue
+        if outcome is None or not outcome.actions:
+            continue
+        if customer_id not in changed:
+            result.changed += 1
+        if cause.is_drift_repair:
+            for action in outcome.actions:
+                result.drift[action.drift_kind] = result.drift.get(action.drift_kind, 0) + 1
+            result.repairs.extend((outcome.customer_id, action) for action in outcome.actions)
 
 
 def _fail(sweep: SweepReads, customer_id: str, exc: BaseException, result: BatchResult, metrics: list) -> None:

@@ -34,6 +34,7 @@ from services.client import CLIENT_BUDGET_WAIT_S, ClientFlows
 from services.clock import wall_clock_ms
 from services.convergence import Convergence
 from services.discovery import DiscoveryReads
+from services.history import HistoryReads, ReadPath, ReadTally
 from services.inbox import EventProcessing
 from services.sweep import SweepReads
 from services.sweep_connections import RECONCILE_OVERLAP
@@ -151,6 +152,23 @@ class Wiring:
         return BudgetedProvider(self.provider, self.budget, priority, max_wait_s=max_wait_s)
 
     @cached_property
+    def read_tally(self) -> ReadTally:
+        """This process's customer reads and their provider requests, by path."""
+        return ReadTally()
+
+    def history_reads(self, path: ReadPath, pacer: BudgetedProvider) -> HistoryReads:
+        """What follows a v1 read on ``path``: a v2 history where needed (when v2 is configured),
+        its requests paced by ``pacer`` (the path's budget priority), every read counted."""
+        v2 = self.provider_v2
+        return HistoryReads(
+            self.convergence,
+            v2.paced(pacer) if v2 is not None else None,
+            path,
+            metrics=self.metrics,
+            tally=self.read_tally,
+        )
+
+    @cached_property
     def course_sink(self) -> CourseSink | None:
         """The LMS that course grants land in (Open edX), or None when it is not configured."""
         s = self.settings
@@ -187,26 +205,30 @@ class Wiring:
     # -- services ---------------------------------------------------------------------------
     @cached_property
     def event_processing(self) -> EventProcessing:
+        provider = self.budgeted_provider("event", max_wait_s=EVENT_BUDGET_WAIT_S)
         return EventProcessing(
             session_factory=self.session_factory,
             convergence=self.convergence,
-            provider=self.budgeted_provider("event", max_wait_s=EVENT_BUDGET_WAIT_S),
+            provider=provider,
             max_attempts=self.settings.task_max_retries + 1,
             retry_cap_ms=self.settings.retry_backoff_max_s * 1000,
             metrics=self.metrics,
+            history=self.history_reads("event", provider),
         )
 
     @cached_property
     def sweep_reads(self) -> SweepReads:
+        provider = self.budgeted_provider("sweep", max_wait_s=SWEEP_BUDGET_WAIT_S)
         return SweepReads(
             convergence=self.convergence,
-            provider=self.budgeted_provider("sweep", max_wait_s=SWEEP_BUDGET_WAIT_S),
+            provider=provider,
             db=self.db,
             fetch_pool=self.fetch_pool,
             reconcile_pool=self.reconcile_pool,
             fetch_concurrency=self.settings.provider_fetch_concurrency,
             metrics=self.metrics,
             health=self.provider_health,
+            history=self.history_reads("sweep", provider),
         )
 
     @cached_property
@@ -225,7 +247,8 @@ class Wiring:
 
     @cached_property
     def client_flows(self) -> ClientFlows:
-        return ClientFlows(self.convergence, self.budgeted_provider("sync", max_wait_s=CLIENT_BUDGET_WAIT_S))
+        provider = self.budgeted_provider("sync", max_wait_s=CLIENT_BUDGET_WAIT_S)
+        return ClientFlows(self.convergence, provider, history=self.history_reads("sync", provider))
 
     def build(self) -> Wiring:
         """Build what every process needs now instead of on first use (after a fork: the first

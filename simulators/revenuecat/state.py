@@ -726,10 +726,20 @@ class ProviderState:
             body = self._event("REFUND_REVERSED", customer, app_user_id, record, now, price=record.price, metadata=None)
         return self._emit(body)
 
-    def transfer(self, from_app_user_id: str, to_app_user_id: str, *, now_ms: int | None = None) -> dict[str, Any]:
+    def transfer(
+        self,
+        from_app_user_id: str,
+        to_app_user_id: str,
+        *,
+        transaction_id: str | None = None,
+        now_ms: int | None = None,
+    ) -> dict[str, Any]:
         """Move every purchase of one customer to another (created if needed) → TRANSFER.
 
-        ``transferred_from``/``transferred_to`` list every id (sorted) of each customer.
+        With ``transaction_id``, only what one store receipt holds moves (a restore of it by the
+        other user): the one-time purchase, or the whole subscription that period belongs to
+        (every period of its chain, older ones included). ``transferred_from``/``transferred_to``
+        list every id (sorted) of each customer.
         """
         with self._lock:
             now = self._now(now_ms)
@@ -739,7 +749,11 @@ class ProviderState:
             target = self._touch(to_app_user_id, now, create=True)
             if source is target:
                 raise SimulatorError("both ids belong to the same customer")
-            body = self._transfer(source, target, now)
+            chain = None
+            if transaction_id is not None:
+                record = self._find_transaction(source, transaction_id)
+                chain = record.original_transaction_id if isinstance(record, SubscriptionPeriod) else transaction_id
+            body = self._transfer(source, target, now, transaction_id=chain)
         return self._emit(body)
 
     def _transfer(
