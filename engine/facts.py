@@ -30,6 +30,13 @@ idempotent and order-independent. The rules, field by field:
   time and the provider's refund time may differ a little) no longer holds: it was reversed.
   A refund at or after the period's end leaves the expiry as it was, so its reversal is not
   seen this way (only its webhook states it).
+* An event's word on an older period (``unlisted_statements``): a webhook naming a period the
+  provider's reading accounts for without listing it (v1 lists only the latest period) is merged
+  by the same rules, after the reading: its refund (``CANCELLATION`` with ``CUSTOMER_SUPPORT``)
+  or refund reversal (``REFUND_REVERSED``) is stated by nothing else. A later v1 read does not
+  list the period, so it cannot undo it; a v2 read lists it without a refund field (the refund
+  stays) and with its expiry, which undoes the refund only if the refund lies before that
+  expiry (then v2 would have cut the period at the refund, unless it was reversed).
 * Never a release on the absence of an id: a one-time purchase listed without ``id`` or
   ``store_transaction_id`` (its id synthesized from customer, product and purchase time) is
   first matched to a transaction of the same
@@ -304,6 +311,31 @@ def match_unidentified(known: Mapping[str, Transaction], snapshot: SubscriberSna
         matched[synthesized] = chosen.transaction_id
         candidates.remove(chosen)
     return matched
+
+
+def unlisted_statements(
+    known: Mapping[str, Transaction],
+    snapshot: SubscriberSnapshot,
+    observations: Iterable[TransactionObservation],
+) -> list[TransactionObservation]:
+    """The observations (a webhook's own statements) about transactions ``snapshot`` accounts
+    for without listing them by id: older periods of a subscription it lists (v1 lists only the
+    latest), whose refund or refund reversal no provider reading states.
+
+    What the snapshot lists by id is the provider's to say; what it does not account for at
+    all (another customer's, a refunded one-time purchase, a product it does not list) is not
+    added back on the event's word. ``known`` must hold the ledger's transactions they name.
+    """
+    listed = {o.transaction_id for o in snapshot.observations}
+    kept = []
+    for obs in observations:
+        if obs.transaction_id in listed:
+            continue
+        current = known.get(obs.transaction_id)
+        tx = merge_observation(current, obs) or current
+        if tx is not None and tx.owner == snapshot.customer_id and snapshot.lists(tx):
+            kept.append(obs)
+    return kept
 
 
 def observe_all(known: Mapping[str, Transaction], observations: Iterable[TransactionObservation]) -> list[Transaction]:

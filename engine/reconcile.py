@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from engine.catalog import Catalog
-from engine.facts import SubscriberSnapshot, Transaction, TransactionObservation, observe_all, observe_snapshot
+from engine.facts import (
+    SubscriberSnapshot,
+    Transaction,
+    TransactionObservation,
+    observe_all,
+    observe_snapshot,
+    unlisted_statements,
+)
 from engine.plan import Action, diff_access
 from engine.ports import Cause, CustomerState, LedgerStore, UnitOfWork, UnitOfWorkFactory
 from engine.projection import Projection, project_access
@@ -43,6 +50,10 @@ class Reading:
 
     * ``provider``: the provider's state of ``app_user_id`` (``snapshot``, parsed from ``body``,
       which is kept as the snapshot record). The truth: the customer is no longer dirty.
+      ``supplementary``: what the webhook that caused the read states about transactions the
+      snapshot accounts for without listing them (older periods: their refund or its reversal,
+      which no provider reading states), merged after the snapshot by the same timestamp rules
+      (engine/facts.py ``unlisted_statements``); the rest of the event is the provider's to say.
     * ``event``: degraded mode. The provider could not be read, so what an event itself asserts
       is applied (``observations``; ``claims_from``: a TRANSFER's previous owners, whose
       purchases this customer is assumed to take, as RevenueCat's default restore behaviour
@@ -58,11 +69,21 @@ class Reading:
     identities: Mapping[str, str] = field(default_factory=dict)
     claims_from: tuple[str, ...] = ()
     observed_ms: int = 0  # when an event's facts were true (degraded claims are stamped so)
+    supplementary: tuple[TransactionObservation, ...] = ()
 
     @classmethod
-    def from_provider(cls, app_user_id: str, body: Mapping[str, Any]) -> Reading:
-        """A provider answer; TerminalError when it is not a usable subscriber body."""
-        return cls("provider", app_user_id, snapshot=parse_subscriber(body), body=body)
+    def from_provider(
+        cls, app_user_id: str, body: Mapping[str, Any], *, supplementary: Sequence[TransactionObservation] = ()
+    ) -> Reading:
+        """A provider answer; TerminalError when it is not a usable subscriber body.
+        ``supplementary``: the observations of the webhook the read was made for, if any."""
+        return cls(
+            "provider",
+            app_user_id,
+            snapshot=parse_subscriber(body),
+            body=body,
+            supplementary=tuple(supplementary),
+        )
 
     @classmethod
     def from_history(cls, app_user_id: str, read: V2CustomerRead) -> Reading:
@@ -198,14 +219,17 @@ def reconcile(
         # Every customer whose rows this unit of work writes is locked, in one order.
         states = {c: ledger.lock_customer(c) for c in sorted({customer_id, *previous_owners})}
         state = states[customer_id]
+        supplement: list[TransactionObservation] = []
         if snapshot is not None:
             if reading.app_user_id != customer_id or state.last_snapshot_ms is None:
                 ledger.record_identities({reading.app_user_id: customer_id, customer_id: customer_id})
-            check_at = unchanged_check_ms(state, snapshot, now_ms, policy, catalog)
+            supplement = _supplement(ledger, reading, snapshot)
+            # An unchanged snapshot needs no work unless the event says something new beside it.
+            check_at = None if supplement else unchanged_check_ms(state, snapshot, now_ms, policy, catalog)
             if check_at is not None:
                 ledger.mark_checked(customer_id, now_ms=now_ms, next_check_ms=check_at, dirty=False)
                 return ReconcileOutcome(customer_id, (), (), False, check_at)
-        merged, changed = _merge_facts(ledger, reading, customer_id, state, previous_owners)
+        merged, changed = _merge_facts(ledger, reading, customer_id, state, previous_owners, supplement=supplement)
         owned = [t for t in merged.values() if t.owner == customer_id]
         projection, actions = _converge(
             uow, customer_id, owned, catalog=catalog, now_ms=now_ms, cause=cause, policy=policy
@@ -243,20 +267,43 @@ def settle_unchanged(
         return uow.ledger.settle_unchanged(snapshots, rule, now_ms)
 
 
+def _supplement(ledger: LedgerStore, reading: Reading, snapshot: SubscriberSnapshot) -> list[TransactionObservation]:
+    """The event's statements to merge beside ``snapshot``: about transactions it accounts for
+    without listing them, and only those that change the ledger."""
+    listed = {o.transaction_id for o in snapshot.observations}
+    named = [o for o in reading.supplementary if o.transaction_id not in listed]
+    if not named:
+        return []
+    known = ledger.transactions([], [o.transaction_id for o in named])
+    kept = unlisted_statements(known, snapshot, named)
+    return kept if observe_all(known, kept) else []
+
+
 def _merge_facts(
-    ledger: LedgerStore, reading: Reading, customer_id: str, state: CustomerState, previous_owners: Sequence[str]
+    ledger: LedgerStore,
+    reading: Reading,
+    customer_id: str,
+    state: CustomerState,
+    previous_owners: Sequence[str],
+    *,
+    supplement: Sequence[TransactionObservation] = (),
 ) -> tuple[dict[str, Transaction], bool]:
     """The customer's ledger after merging what was read; whether the ledger changed."""
     snapshot = reading.snapshot
     if snapshot is not None:
-        known = ledger.transactions([customer_id], [o.transaction_id for o in snapshot.observations])
+        ids = [o.transaction_id for o in (*snapshot.observations, *supplement)]
+        known = ledger.transactions([customer_id], ids)
         stale = state.last_snapshot_ms is not None and snapshot.request_ms < state.last_snapshot_ms
-        if stale or (state.snapshot_digest == snapshot.digest and not state.dirty):
-            return known, False  # older than what the ledger holds, or the very same purchases
-        changed = observe_snapshot(known, snapshot)
-        ledger.save_transactions(changed)
-        ledger.save_snapshot(customer_id, snapshot.request_ms, snapshot.digest, reading.body or {})
-        return {**known, **{t.transaction_id: t for t in changed}}, bool(changed)
+        from_snapshot: dict[str, Transaction] = {}
+        # Unless older than what the ledger holds, or the very same purchases.
+        if not stale and not (state.snapshot_digest == snapshot.digest and not state.dirty):
+            from_snapshot = {t.transaction_id: t for t in observe_snapshot(known, snapshot)}
+            ledger.save_snapshot(customer_id, snapshot.request_ms, snapshot.digest, reading.body or {})
+        # After the snapshot: its own timestamps decide against what the snapshot set.
+        stated = {t.transaction_id: t for t in observe_all({**known, **from_snapshot}, supplement)}
+        updated = {**from_snapshot, **stated}
+        ledger.save_transactions(sorted(updated.values(), key=lambda t: t.transaction_id))
+        return {**known, **updated}, bool(updated)
     observations = list(reading.observations)
     if previous_owners:
         # The event does not say which transactions moved: assume all of them, as the default

@@ -178,7 +178,9 @@ def _read_and_reconcile(ctx: EventProcessing, row: ClaimedRow, event: WebhookEve
             body = ctx.provider.get_subscriber(app_user_id)
         except TransientError as exc:
             return _retry_later(ctx, row, event, exc, degraded=True, done=done)
-        reading = Reading.from_provider(app_user_id, body)
+        # The event's word on periods the answer accounts for without listing them (an older
+        # period's refund or its reversal: no provider reading states those).
+        reading = Reading.from_provider(app_user_id, body, supplementary=event.observations)
         outcomes.append(ctx.convergence.reconcile(reading, cause))
         if ctx.history is not None:
             receiving = app_user_id in event.transferred_to

@@ -7,7 +7,9 @@ the customer's REST v2 history where access depends on more than the latest peri
 * a refund reversed after a renewal (its webhook lost) reaches the ledger;
 * an older subscription transferred to another user (its webhook lost) ends with one owner;
 * a history is not read again while v1 answers the same (simulator requests counted);
-* without v2 the engine credits what v1 can see, and sends no v2 request.
+* without v2 the engine credits what v1 can see, and sends no v2 request;
+* an older period refunded after it ended, stated by its webhook only, stays revoked after
+  sweeps with v1 and v2.
 """
 
 from __future__ import annotations
@@ -247,3 +249,50 @@ def test_without_v2_the_engine_credits_what_v1_can_see(settings, simulator):
         assert rt.read_tally.counts()["sweep"] == {"customers": 1, "v1": 1}
     finally:
         rt.close()
+
+
+def test_an_older_periods_refund_from_its_webhook_revokes_its_package_and_stays_revoked(
+    rt, webhooks, simulator, settings
+):
+    state, now = simulator.state, simulator.state.now_ms()
+    start = now - 2 * WEEK - 2 * DAY_MS
+    ids = []
+    # The provider's answers to these webhooks dated two days back: the refund below must be
+    # newer than the reads that listed its period unrefunded, and a webhook's time is bounded by
+    # its receipt, which SQLite stamps in whole seconds.
+    state.advance_clock(-2 * DAY_MS)
+    for k in range(3):  # bought, renewed twice; every webhook arrives
+        body = (
+            state.purchase_subscription("ana", PRODUCT, period_ms=WEEK, now_ms=start)
+            if k == 0
+            else state.renew("ana", PRODUCT, now_ms=start + k * WEEK)
+        )
+        process_inbox_event(intake(webhooks, body), rt.event_processing)
+        ids.append(body["event"]["transaction_id"])
+    assert lessons(rt, "ana") == (start + 3 * PACKAGE, set(ids))
+    state.advance_clock(2 * DAY_MS)
+    # The first period refunded after it ended: v1 lists the third period only, v2 has no
+    # refund field; the webhook is the only statement of it.
+    refund = state.refund("ana", ids[0])
+    process_inbox_event(intake(webhooks, refund), rt.event_processing)
+    revoked = (start + WEEK + 2 * PACKAGE, set(ids[1:]))  # t1 and t2, stacked from t1
+    assert lessons(rt, "ana") == revoked
+    with rt.session_factory() as session:
+        assert session.get(LedgerTransaction, ids[0]).refunded_ms is not None
+    # Read again by the sweep (v1, and the history where it decides one is needed), by v1 alone,
+    # and by a full v2 history of the product: the refund stays.
+    assert reconcile_customers(["ana"], rt.sweep_reads).changed == 0
+    v1_only = wiring_for(settings)
+    try:
+        assert reconcile_customers(["ana"], v1_only.sweep_reads).changed == 0
+    finally:
+        v1_only.close()
+    assert rt.sweep_reads.history is not None and rt.sweep_reads.history.client is not None
+    read = rt.sweep_reads.history.client.read_history(
+        "ana", with_aliases=False, with_purchases=False, transactions_for=[PRODUCT]
+    )
+    assert {t["id"] for ts in read.transactions.values() for t in ts} >= set(ids)  # t0 listed, unrefunded
+    assert rt.convergence.reconcile(Reading.from_history("ana", read), Cause("sweep")).actions == ()
+    assert lessons(rt, "ana") == revoked
+    with rt.session_factory() as session:
+        assert session.get(LedgerTransaction, ids[0]).refunded_ms is not None
