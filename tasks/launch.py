@@ -19,8 +19,7 @@ def celery_worker(
     env: Mapping[str, str], instance_path: Path, *, concurrency: int = 1, log_path: Path | None = None
 ) -> Iterator[subprocess.Popen]:
     """A ``celery worker`` process (prefork, queues celery and sweep); stopped on exit."""
-    log = open(log_path or instance_path / "worker.log", "ab")  # noqa: SIM115 - held for the worker's life, closed on exit
-    proc = subprocess.Popen(
+    with _celery_process(
         [
             sys.executable,
             "-m",
@@ -38,16 +37,10 @@ def celery_worker(
             "-n",
             f"w{os.getpid()}-{time.monotonic_ns()}@%h",
         ],
-        cwd=PROJECT_ROOT,
-        env=dict(env),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
+        env,
+        log_path or instance_path / "worker.log",
+    ) as proc:
         yield proc
-    finally:
-        _stop(proc)
-        log.close()
 
 
 @contextmanager
@@ -55,14 +48,19 @@ def celery_beat(
     env: Mapping[str, str], instance_path: Path, *, log_path: Path | None = None
 ) -> Iterator[subprocess.Popen]:
     """A ``celery beat`` process (the Procfile's, with its single-beat lock); stopped on exit."""
-    log = open(log_path or instance_path / "beat.log", "ab")  # noqa: SIM115 - held for the beat's life, closed on exit
-    proc = subprocess.Popen(
+    with _celery_process(
         [sys.executable, "-m", "celery", "-A", "tasks.worker", "beat", "--loglevel=INFO"],
-        cwd=PROJECT_ROOT,
-        env=dict(env),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+        env,
+        log_path or instance_path / "beat.log",
+    ) as proc:
+        yield proc
+
+
+@contextmanager
+def _celery_process(argv: list[str], env: Mapping[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
+    """A child process logging to ``log_path``; stopped (and its log closed) on exit."""
+    log = open(log_path, "ab")  # noqa: SIM115 - held for the process's life, closed on exit
+    proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT)
     try:
         yield proc
     finally:

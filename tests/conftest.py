@@ -107,6 +107,19 @@ def runtime(settings: Settings) -> Iterator[Wiring]:
 
 
 @pytest.fixture
+def v2_settings(settings: Settings, simulator) -> Settings:
+    """The same, with REST API v2 on against the simulator."""
+    return settings.with_(revenuecat_project_id=simulator.project_id, revenuecat_v2_api_key=simulator.v2_api_key)
+
+
+@pytest.fixture
+def v2_runtime(v2_settings: Settings) -> Iterator[Wiring]:
+    rt = wiring_for(v2_settings)
+    yield rt
+    rt.close()
+
+
+@pytest.fixture
 def app(settings: Settings, runtime: Wiring):
     from web.app import create_app
 

@@ -5,34 +5,19 @@ does not know is said to be unknown; with v1 alone, what v1's GET does is said."
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import func, select
 
-from config.settings import Settings
 from persistence.models import AuditEntry, Identity, OperatorAction, Subscriber
 from persistence.unit_of_work import unit_of_work
 from services.clock import wall_clock_ms
-from services.wiring import Wiring, wiring_for
 from tests.operators.test_cli_input import assert_one_line_refusal
 
 
 @pytest.fixture
 def cli(app):
     return app.test_cli_runner()
-
-
-@pytest.fixture
-def v2_settings(settings: Settings, simulator) -> Settings:
-    return settings.with_(revenuecat_project_id=simulator.project_id, revenuecat_v2_api_key=simulator.v2_api_key)
-
-
-@pytest.fixture
-def v2_runtime(v2_settings: Settings) -> Iterator[Wiring]:
-    rt = wiring_for(v2_settings)
-    yield rt
-    rt.close()
 
 
 @pytest.fixture

@@ -6,14 +6,12 @@ pass spends only its share of the budget."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
 from sqlalchemy import select
 
 from adapters.rate_budget import RateBudget
-from config.settings import Settings
 from demo.truth import granted_access, paid_access
 from persistence.discovery import claim_pass
 from persistence.models import AuditEntry, DiscoveryPass, Identity, Subscriber
@@ -23,18 +21,6 @@ from tests.adapters.pacing import START_MS, FakeClock
 from tests.tasks.sweep_support import known_customer
 
 LOST = ["lost-course", "lost-sub", "lost-pack", "lost-both"]
-
-
-@pytest.fixture
-def v2_settings(settings: Settings, simulator) -> Settings:
-    return settings.with_(revenuecat_project_id=simulator.project_id, revenuecat_v2_api_key=simulator.v2_api_key)
-
-
-@pytest.fixture
-def v2_runtime(v2_settings: Settings) -> Iterator[Wiring]:
-    rt = wiring_for(v2_settings)
-    yield rt
-    rt.close()
 
 
 def small_pages(rt: Wiring, **changes) -> DiscoveryReads:

@@ -4,33 +4,19 @@ lost and discovery alone (no client call, no operator) heals them: drift reaches
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from config.settings import Settings
 from demo.truth import drifting
 from persistence.audit import drift_report
 from persistence.models import AuditEntry, DiscoveryPass, InboxEvent
 from services.clock import wall_clock_ms
-from services.wiring import Wiring, discovery_tick_s, wiring_for
+from services.wiring import discovery_tick_s, wiring_for
 from simulators.serving import ServedApp
 from tasks.celery_app import beat_schedule, create_celery
 from tests.support import celery_beat, celery_worker, wait_for
-
-
-@pytest.fixture
-def v2_settings(settings: Settings, simulator) -> Settings:
-    return settings.with_(revenuecat_project_id=simulator.project_id, revenuecat_v2_api_key=simulator.v2_api_key)
-
-
-@pytest.fixture
-def v2_runtime(v2_settings: Settings) -> Iterator[Wiring]:
-    rt = wiring_for(v2_settings)
-    yield rt
-    rt.close()
 
 
 def test_discovery_is_scheduled_only_with_rest_api_v2(settings, v2_settings):
