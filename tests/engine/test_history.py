@@ -13,6 +13,7 @@ from engine.history import HistoryMark, history_check_due, history_need, history
 from engine.projection import project_access
 from engine.revenuecat import parse_subscriber
 from engine.revenuecat_v2 import V2CustomerRead, parse_customer_history
+from tests.engine.reconcile_support import lessons_history
 
 T0 = 1_800_000_000_000
 PERIOD = 7 * DAY_MS  # a weekly subscription, each paid week a 30-day package
@@ -169,32 +170,7 @@ def test_a_history_is_decided_again_only_when_v1_changed_or_a_recurring_need_is_
 
 def history(request_ms: int, periods: list[tuple[str, int, int]], *, purchases=None) -> V2CustomerRead:
     """ana's v2 history of one App Store lessons subscription: (tx id, start, expiry as v2 reports)."""
-    latest_id, latest_start, latest_end = periods[-1]
-    sub = {
-        "object": "subscription",
-        "id": "sub1",
-        "product_id": "prodL",
-        "store": "app_store",
-        "environment": "production",
-        "ownership": "purchased",
-        "status": "active",
-        "store_subscription_identifier": latest_id,
-        "current_period_starts_at": latest_start,
-        "current_period_ends_at": latest_end,
-    }
-    transactions = [
-        {
-            "id": tx_id,
-            "purchased_at": start,
-            "product_store_identifier": "lessons_monthly",
-            "expiration_date": end,
-            "effective_expiration_date": end,
-        }
-        for tx_id, start, end in periods
-    ]
-    return V2CustomerRead(
-        "ana", request_ms, [sub], purchases, {"sub1": transactions}, None, {"prodL": "lessons_monthly"}
-    )
+    return lessons_history(request_ms, periods, product="lessons_monthly", purchases=purchases)
 
 
 def merge_in(ledger: dict[str, Transaction], snapshot) -> dict[str, Transaction]:
