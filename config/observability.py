@@ -42,18 +42,25 @@ DATA_COLLECTION: dict[str, Any] = {
 DRIFT_EXAMPLES = 5
 
 
-def init_sentry(
-    settings: Settings, *, component: str, transport: Transport | None = None, patch_celery: bool = True
-) -> bool:
+# The processes that run Celery tasks: only there does Sentry's Celery integration report
+# anything (a task's failure, with the task's name and arguments' context).
+TASK_PROCESSES = frozenset({"worker", "beat"})
+
+
+def init_sentry(settings: Settings, *, component: str, transport: Transport | None = None) -> bool:
     """Initialise Sentry once per process when SENTRY_DSN is set (or a test transport is given);
     later calls register their settings' secrets for scrubbing and tag the process.
 
-    ``patch_celery=False`` leaves Celery's integration out: it wraps ``Celery.send_task`` for the
-    whole process, which a test session shares with tests of the intake's lean publishing path.
+    Celery's integration is loaded only in the processes that run tasks (TASK_PROCESSES). In
+    one that only sends them (the web, the CLI, the tests' process) all it does is wrap every
+    publish in a queue span and add trace headers to the message, for tracing, which is off:
+    half of what Sentry cost the intake per webhook (bench/intake.py, docs/benchmarks.md).
+    Nothing is lost by it: a publish that fails raises to its caller as before.
     """
     global _initialised  # noqa: PLW0603 - once per process
     register_secrets(settings)
     if not _initialised and (settings.sentry_dsn or transport is not None):
+        runs_tasks = component in TASK_PROCESSES
         import sentry_sdk
         from sentry_sdk.integrations.celery import CeleryIntegration
         from sentry_sdk.integrations.flask import FlaskIntegration
@@ -64,13 +71,13 @@ def init_sentry(
             transport=transport,
             integrations=[
                 # Beat jobs send their own check-ins (beat_check_in): one monitor per job.
-                *([CeleryIntegration(monitor_beat_tasks=False)] if patch_celery else []),
+                *([CeleryIntegration(monitor_beat_tasks=False)] if runs_tasks else []),
                 LoggingIntegration(level=logging.INFO, event_level=logging.ERROR),
                 # Errors only, no performance tracing: no transaction per request (the intake's
                 # hot path pays for each one, sampled or not).
                 FlaskIntegration(http_methods_to_capture=()),
             ],
-            disabled_integrations=[] if patch_celery else [CeleryIntegration],
+            disabled_integrations=[] if runs_tasks else [CeleryIntegration],
             data_collection=cast("DataCollectionUserOptions", DATA_COLLECTION),
             before_send=cast("EventProcessor", scrub_event),
             before_breadcrumb=cast("BreadcrumbProcessor", scrub_breadcrumb),

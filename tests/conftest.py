@@ -174,7 +174,6 @@ def sentry_events(base_settings: Settings) -> CapturingTransport:
             base_settings.with_(sentry_dsn="https://public@sentry.invalid/1"),
             component="tests",
             transport=LocalTransport(),
-            patch_celery=False,  # worker paths are tested in real worker processes (tests/operators)
         )
         _sentry_ready = True
     _CAPTURED.envelopes.clear()

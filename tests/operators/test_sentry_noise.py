@@ -4,6 +4,8 @@ monitors, and events from CLI commands marked as such."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from services.inbox import process_inbox_event
@@ -104,3 +106,29 @@ def test_events_from_a_cli_command_are_tagged_as_such(app, client, runtime, simu
     assert result.exit_code == 0, result.output
     [event] = events_about(sentry_events, "drift repaired")
     assert (event["tags"]["process"], event["tags"]["cli_command"]) == ("cli", "sweep")
+
+
+@pytest.mark.parametrize(("component", "loaded"), [("worker", True), ("beat", True), ("web", False), ("cli", False)])
+def test_celerys_integration_is_loaded_where_tasks_run_only(component, loaded):
+    """A process that only sends tasks (the web) would pay for a queue span around each publish,
+    for tracing that is off; a worker reports its tasks' failures through it. Sentry is set up
+    once per process, so each kind is set up in its own."""
+    import subprocess
+    import sys
+
+    script = (
+        "from sentry_sdk.transport import Transport\n"
+        "import sentry_sdk\n"
+        "from sentry_sdk.integrations.celery import CeleryIntegration\n"
+        "from config.observability import init_sentry\n"
+        "from config.settings import Settings\n"
+        "class Quiet(Transport):\n"
+        "    def capture_envelope(self, envelope): pass\n"
+        f"init_sentry(Settings.from_env({{}}), component={component!r}, transport=Quiet())\n"
+        "print(sentry_sdk.get_client().get_integration(CeleryIntegration) is not None)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == str(loaded)
