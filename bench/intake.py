@@ -14,7 +14,8 @@ For each app: webhooks/s at the maximum rate (closed loop, bench/webhook_load.py
 p50/p95/p99 latency, then an open-loop run paced at half the intake's maximum. The apps take
 turns in interleaved slices so that they meet the same machine. After every slice it counts in
 PostgreSQL and Redis what the intake stored and queued: each 200 answer must have left exactly
-one row and one queued task (no Celery worker runs). It shows where the CPU went (gunicorn,
+one row, named by exactly one queued message (``inbox.process`` for a row stored alone,
+``inbox.process_group`` for the rows of one commit; no Celery worker runs). It shows where the CPU went (gunicorn,
 PostgreSQL, Redis, the load generator, interrupts, anything else on the machine): on a 2-core
 machine shared with other work the figures only mean something when "other" stays near 0.
 
@@ -74,7 +75,7 @@ class Stores:
         self.redis = redis.Redis.from_url(redis_url)
 
     def mark(self) -> tuple[int, int, int, int]:
-        """(rows, rows 'received', tasks queued, last inbox id) now."""
+        """(rows, rows 'received', messages queued, last inbox id) now."""
         from sqlalchemy import text
 
         with self.engine.connect() as conn:
@@ -86,10 +87,10 @@ class Stores:
         queued = cast(int, self.redis.llen("celery"))  # redis-py types sync replies as Awaitable | reply
         return int(rows), int(received), queued, int(last)
 
-    def since(self, before: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
-        """(rows, received, queued, transactions that stored the rows) added since ``before``.
-        PostgreSQL's xmin is the id of the transaction that inserted a row (nothing updates
-        them here: no worker runs)."""
+    def since(self, before: tuple[int, int, int, int]) -> tuple[int, int, int, int, int]:
+        """(rows, received, rows named by the messages queued, transactions that stored the
+        rows, rows named by no message) added since ``before``. PostgreSQL's xmin is the id of
+        the transaction that inserted a row (nothing updates them here: no worker runs)."""
         from sqlalchemy import text
 
         rows, received, queued, _last = self.mark()
@@ -97,7 +98,23 @@ class Stores:
             commits = conn.execute(
                 text("SELECT count(DISTINCT xmin::text) FROM inbox_events WHERE id > :last"), {"last": before[3]}
             ).scalar_one()
-        return rows - before[0], received - before[1], queued - before[2], int(commits)
+            new_ids = set(
+                conn.execute(text("SELECT id FROM inbox_events WHERE id > :last"), {"last": before[3]}).scalars()
+            )
+        named = self.named_rows(queued - before[2])
+        return rows - before[0], received - before[1], len(named), int(commits), len(new_ids - set(named))
+
+    def named_rows(self, newest: int) -> list[int]:
+        """The inbox ids the ``newest`` messages queued name (LPUSH: the newest come first)."""
+        import base64
+        import json
+
+        ids: list[int] = []
+        raw_messages = cast(list[bytes], self.redis.lrange("celery", 0, newest - 1)) if newest > 0 else []
+        for raw in raw_messages:
+            (key,), _kwargs, _embed = json.loads(base64.b64decode(json.loads(raw)["body"]))
+            ids.extend(key if isinstance(key, list) else [key])
+        return ids
 
     def close(self) -> None:
         self.engine.dispose()
@@ -205,9 +222,10 @@ class Bench:
         counter.join()
         result.cpu, result.split = meter.window_cores(), split
         if not app.startswith("bare"):
-            rows, received, queued, commits = self.stores.since(before)
+            rows, received, queued, commits, unnamed = self.stores.since(before)
             result.stored = (rows, commits, queued)
             result.errors["received_rows"] = rows - received  # stays 0: none ignored or malformed
+            result.errors["unnamed_rows"] = unnamed  # stays 0: every row's task queued
         if mode == "paced":
             result.target_rate = round(rate, 1)
         return result

@@ -36,7 +36,7 @@ def _per_commit(r: RunResult) -> str:
 
 
 def _socket_errors(r: RunResult) -> int:
-    return sum(v for k, v in r.errors.items() if k != "received_rows")
+    return sum(v for k, v in r.errors.items() if k not in ("received_rows", "unnamed_rows"))
 
 
 ROWS: list[tuple[str, Callable[[RunResult], str] | None]] = [
@@ -60,17 +60,25 @@ HALF_ROWS: list[tuple[str, Callable[[RunResult], str] | None]] = [
 
 
 def check(r: RunResult) -> tuple[bool, str]:
-    """Every 200 answer left one stored row and one queued task. Proven when the rows match the
+    """Every 200 answer left one stored row named by one queued message. Proven when the rows match the
     200s one for one; a webhook whose answer was never seen (its connection closed) may have
     been stored, and then a 200 without a row can no longer be ruled out."""
     rows = sum(x.stored[0] for x in r.slices if x.stored)
     queued = sum(x.stored[2] for x in r.slices if x.stored)
     unanswered = r.errors.get("unanswered", 0)
-    consistent = queued == rows and r.errors.get("received_rows", 0) == 0 and r.ok <= rows <= r.sent
+    consistent = (
+        queued == rows
+        and r.errors.get("unnamed_rows", 0) == 0
+        and r.errors.get("received_rows", 0) == 0
+        and r.ok <= rows <= r.sent
+    )
     proven = consistent and rows == r.ok
     verdict = "OK (every 200 is stored and queued)" if proven else ("NOT PROVEN" if consistent else "MISMATCH")
     notes = f"; {unanswered} connections closed without an answer" if unanswered else ""
-    return proven, f"{r.sent} sent, {r.ok} answered 200, {rows} rows stored, {queued} tasks queued -> {verdict}{notes}"
+    return (
+        proven,
+        f"{r.sent} sent, {r.ok} answered 200, {rows} rows stored, {queued} named by queued tasks -> {verdict}{notes}",
+    )
 
 
 def report(

@@ -42,29 +42,41 @@ DATA_COLLECTION: dict[str, Any] = {
 DRIFT_EXAMPLES = 5
 
 
-# The processes that run Celery tasks: only there does Sentry's Celery integration report
-# anything (a task's failure, with the task's name and arguments' context).
+# Where the integrations that instrument Celery and the stores are loaded, by the process's
+# ``component``. Celery's reports only where tasks run (a task's failure, with its name); in a
+# process that only sends tasks it wraps each publish in a queue span and adds trace headers,
+# for tracing, which is off. SQL and Redis commands become breadcrumbs where an error follows a
+# long run of them worth retracing (a task, a CLI command), not in the web, whose requests are
+# a statement or two: there the intake's writer, which stores and publishes for every request
+# of its process, recorded them in its own scope, which no request's event carries.
 TASK_PROCESSES = frozenset({"worker", "beat"})
+STORE_BREADCRUMB_PROCESSES = frozenset({"worker", "beat", "cli"})
 
 
 def init_sentry(settings: Settings, *, component: str, transport: Transport | None = None) -> bool:
     """Initialise Sentry once per process when SENTRY_DSN is set (or a test transport is given);
     later calls register their settings' secrets for scrubbing and tag the process.
 
-    Celery's integration is loaded only in the processes that run tasks (TASK_PROCESSES). In
-    one that only sends them (the web, the CLI, the tests' process) all it does is wrap every
-    publish in a queue span and add trace headers to the message, for tracing, which is off:
-    half of what Sentry cost the intake per webhook (bench/intake.py, docs/benchmarks.md).
-    Nothing is lost by it: a publish that fails raises to its caller as before.
+    The Celery, SQLAlchemy and Redis integrations are loaded only where they report something
+    (TASK_PROCESSES, STORE_BREADCRUMB_PROCESSES): in the web they were most of what Sentry cost
+    the intake per webhook (bench/intake.py, docs/benchmarks.md). Its errors reach Sentry as
+    before, with the request, the stack and the log lines before them.
     """
     global _initialised  # noqa: PLW0603 - once per process
     register_secrets(settings)
     if not _initialised and (settings.sentry_dsn or transport is not None):
         runs_tasks = component in TASK_PROCESSES
         import sentry_sdk
+        from sentry_sdk.integrations import Integration
         from sentry_sdk.integrations.celery import CeleryIntegration
         from sentry_sdk.integrations.flask import FlaskIntegration
         from sentry_sdk.integrations.logging import LoggingIntegration
+        from sentry_sdk.integrations.redis import RedisIntegration
+        from sentry_sdk.integrations.sqlalchemy import SqlalchemyIntegration
+
+        left_out: list[type[Integration]] = [] if runs_tasks else [CeleryIntegration]
+        if component not in STORE_BREADCRUMB_PROCESSES:
+            left_out += [SqlalchemyIntegration, RedisIntegration]
 
         sentry_sdk.init(
             dsn=settings.sentry_dsn or None,
@@ -77,7 +89,7 @@ def init_sentry(settings: Settings, *, component: str, transport: Transport | No
                 # hot path pays for each one, sampled or not).
                 FlaskIntegration(http_methods_to_capture=()),
             ],
-            disabled_integrations=[] if runs_tasks else [CeleryIntegration],
+            disabled_integrations=left_out,
             data_collection=cast("DataCollectionUserOptions", DATA_COLLECTION),
             before_send=cast("EventProcessor", scrub_event),
             before_breadcrumb=cast("BreadcrumbProcessor", scrub_breadcrumb),

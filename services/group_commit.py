@@ -4,8 +4,8 @@ Under the web's gevent workers (the Procfile's) one process serves many webhooks
 each would pay for its own INSERT, commit and publish: round trips, a WAL flush, and the
 switches into the gevent hub and back around each. Here a request hands its webhook to the
 process's writer and waits; the writer takes everything waiting, stores it with one INSERT
-(one commit), publishes the new rows' tasks in one producer batch, and only then wakes each
-request, which answers 200. The order holds for every webhook: stored and committed, then
+(one commit), enqueues the new rows in one message (``inbox.process_group``), and only then
+wakes each request, which answers 200. The order holds for every webhook: stored and committed, then
 enqueued, then answered.
 
 A quiet intake pays nothing: a webhook arriving while the writer is idle is written at once,
@@ -69,7 +69,7 @@ class _Waiting:
 class GroupCommitter:
     """One per process (services.intake.WebhookIntake makes it).
 
-    ``publish_many(ids)`` enqueues the tasks of new rows; its errors are logged, never raised
+    ``publish_group(ids)`` enqueues the new rows (one message); its errors are logged, never raised
     to the requests (the redrive re-enqueues rows left waiting). ``max_rows`` and ``max_bytes``
     bound a batch (the statement holds every body). ``settle()``, when given, is called before
     each batch that follows a batch of more than one webhook; it must return within a bounded
@@ -79,7 +79,7 @@ class GroupCommitter:
     def __init__(
         self,
         engine: Engine,
-        publish_many: Callable[[list[int]], None],
+        publish_group: Callable[[list[int]], None],
         *,
         max_rows: int = 64,
         max_bytes: int = 4 << 20,
@@ -88,7 +88,7 @@ class GroupCommitter:
         settle: Callable[[], None] | None = None,
     ):
         self.engine = engine
-        self.publish_many = publish_many
+        self.publish_group = publish_group
         self.max_rows = max_rows
         self.max_bytes = max_bytes
         self.answer_timeout_s = answer_timeout_s
@@ -216,7 +216,7 @@ class GroupCommitter:
             log.warning("broker unavailable; inbox rows %s wait for redrive", new_ids)
         elif new_ids:
             try:
-                self.publish_many(new_ids)
+                self.publish_group(new_ids)
             except Exception:
                 # One writer publishes for every request of the process: a broker that is down
                 # or hanging would hold each batch for its connect/socket timeouts, and the

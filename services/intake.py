@@ -4,8 +4,8 @@ published, before the intake answers 200 (web/intake.py).
 One ``WebhookIntake`` per process holds everything the path keeps between webhooks: the engine
 it stores with (the process's Wiring.intake_db), the publisher (Celery's producer pool, which
 Celery rebuilds in a forked child) and, where requests are served concurrently by greenlets,
-the group committer that stores the webhooks arriving together with one statement and publishes
-their tasks in one producer batch. The committer is made on the first webhook and its writer
+the group committer that stores the webhooks arriving together with one statement and enqueues
+them in one message. The committer is made on the first webhook and its writer
 starts there, so in the process that serves: nothing of it crosses a fork.
 """
 
@@ -55,7 +55,7 @@ class WebhookIntake:
         the grouping saves (bench/intake.py); SQLite takes one writer at a time anyway."""
         if self.db.dialect.name != "postgresql" or not self._grouped():
             return None
-        return GroupCommitter(self.db, self.publisher.publish_many, settle=self._settle)
+        return GroupCommitter(self.db, self.publisher.publish_group, settle=self._settle)
 
     def accept(self, body: bytes, event_id: str, event_type: str) -> Stored:
         """Store a well-formed webhook and commit, then publish its task when it is new and to

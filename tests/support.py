@@ -3,6 +3,7 @@ polling for an end state, JSON answers and queued Celery messages read back."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -59,6 +60,26 @@ def queued_messages(settings: Settings, queue: str = "celery") -> list[dict[str,
     client = redis_lib.Redis.from_url(redis_url(settings))
     # redis-py types a synchronous client's replies as ``Awaitable | reply``
     return [json.loads(m) for m in cast("list[bytes]", client.lrange(queue, 0, -1))]
+
+
+def queued_tasks(settings: Settings, queue: str = "celery") -> list[tuple[str, list[Any], str | None]]:
+    """(task name, positional arguments, eta) of each message waiting in a queue, oldest first."""
+    found = []
+    for message in reversed(queued_messages(settings, queue)):
+        args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        found.append((message["headers"]["task"], args, message["headers"].get("eta")))
+    return found
+
+
+def inbox_ids_queued(settings: Settings) -> list[int]:
+    """The inbox rows the queued ``inbox.process`` and ``inbox.process_group`` messages name."""
+    ids: list[int] = []
+    for task, args, _eta in queued_tasks(settings):
+        if task == "inbox.process":
+            ids.append(args[0])
+        elif task == "inbox.process_group":
+            ids.extend(args[0])
+    return ids
 
 
 def celery_worker(settings: Settings, *, concurrency: int = 1, log_path=None):

@@ -21,7 +21,7 @@ from adapters.task_publisher import TaskPublisher
 from engine.revenuecat import MalformedEvent, envelope_key
 from services.intake import IntakeUnavailable, WebhookIntake
 from services.wiring import Wiring
-from tasks.names import INBOX_PROCESS
+from tasks.names import INBOX_PROCESS, INBOX_PROCESS_GROUP
 from web.greenlets import serve_requests, wait_until_idle
 from web.openapi import documented_only
 from web.payloads import load_json, read_body
@@ -113,7 +113,7 @@ def install(app: Flask, wiring: Wiring, celery: Celery) -> None:
     """Build this process's WebhookIntake with its Wiring (the app factory, which gunicorn runs
     in each worker). Its engine is built now, not on the first webhook: that one would also pay
     for importing the database driver."""
-    publisher = TaskPublisher(celery, INBOX_PROCESS)
+    publisher = TaskPublisher(celery, INBOX_PROCESS, INBOX_PROCESS_GROUP)
     app.extensions["intake"] = WebhookIntake(
         wiring.intake_db, publisher, grouped=serve_requests, settle=settle_greenlets
     )

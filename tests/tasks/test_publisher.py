@@ -1,5 +1,6 @@
-"""The intake's publisher sends exactly the message celery.send_task would, several per call in
-the order given, and fails loudly (nothing half-sent silently) when the broker is down."""
+"""The intake's publisher sends exactly the message celery.send_task would: one key as
+``inbox.process``, several as one ``inbox.process_group`` in the order given; it fails loudly
+(nothing half-sent silently) when the broker is down."""
 
 import base64
 import json
@@ -11,7 +12,7 @@ from kombu.exceptions import OperationalError
 from adapters.embedded_redis import redis_url
 from adapters.task_publisher import TaskPublisher
 from tasks.celery_app import create_celery
-from tasks.names import INBOX_PROCESS
+from tasks.names import INBOX_PROCESS, INBOX_PROCESS_GROUP
 
 
 def normalised(raw: bytes) -> dict:
@@ -32,9 +33,13 @@ def queue(settings, runtime):
     client.close()
 
 
+def publisher(app) -> TaskPublisher:
+    return TaskPublisher(app, INBOX_PROCESS, INBOX_PROCESS_GROUP)
+
+
 def test_the_message_is_the_one_send_task_sends(settings, queue):
     app = create_celery(settings)
-    TaskPublisher(app, INBOX_PROCESS).publish(41)
+    publisher(app).publish(41)
     app.send_task(INBOX_PROCESS, args=(41,), retry=False)
     published, reference = queue.lrange("celery", 0, -1)  # LPUSH: newest first
     assert normalised(published) == normalised(reference)
@@ -42,19 +47,28 @@ def test_the_message_is_the_one_send_task_sends(settings, queue):
     assert json.loads(published)["headers"]["task"] == "inbox.process"
 
 
-def test_many_keys_are_queued_in_order_each_its_own_task(settings, queue):
+def test_keys_stored_together_are_one_group_message_in_order(settings, queue):
     app = create_celery(settings)
-    TaskPublisher(app, INBOX_PROCESS).publish_many([7, 8, 9])
-    # a worker pops from the right: the first key published is the first taken
-    taken = [normalised(m) for m in reversed(queue.lrange("celery", 0, -1))]
-    assert [m["body"][0] for m in taken] == [[7], [8], [9]]
-    assert len({json.loads(m)["headers"]["id"] for m in queue.lrange("celery", 0, -1)}) == 3
+    publisher(app).publish_group([7, 8, 9])
+    app.send_task(INBOX_PROCESS_GROUP, args=([7, 8, 9],), retry=False)
+    published, reference = queue.lrange("celery", 0, -1)
+    assert normalised(published) == normalised(reference)
+    assert normalised(published)["body"][0] == [[7, 8, 9]]  # the order a worker takes them in
+    assert json.loads(published)["headers"]["task"] == "inbox.process_group"
+
+
+def test_a_group_of_one_is_a_plain_message_and_none_is_nothing(settings, queue):
+    app = create_celery(settings)
+    publisher(app).publish_group([])
+    assert queue.llen("celery") == 0
+    publisher(app).publish_group([5])
+    [message] = queue.lrange("celery", 0, -1)
+    assert json.loads(message)["headers"]["task"] == "inbox.process" and normalised(message)["body"][0] == [5]
 
 
 def test_broker_down_raises_every_time_and_sends_nothing(settings, queue):
     app = create_celery(settings.with_(redis_url="redis://127.0.0.1:1/0"))
-    publisher = TaskPublisher(app, INBOX_PROCESS)
     for _ in range(2):  # the next publish tries again, and fails again
         with pytest.raises(OperationalError):
-            publisher.publish_many([1, 2])
+            publisher(app).publish_group([1, 2])
     assert queue.llen("celery") == 0

@@ -9,8 +9,10 @@ import psutil
 import requests
 from sqlalchemy import func, select
 
+from adapters.task_publisher import TaskPublisher
 from persistence.models import AuditEntry, Grant, InboxEvent
 from tasks.celery_app import create_celery
+from tasks.names import INBOX_PROCESS, INBOX_PROCESS_GROUP
 from tests.conftest import API_TOKEN, WEBHOOK_AUTH
 from tests.support import answer, celery_worker, wait_for
 from web.app import create_app
@@ -82,3 +84,21 @@ def test_worker_child_killed_mid_task_processes_the_event_once(settings, runtime
     row = inbox_row(runtime, inbox_id)
     assert row.attempts == 2  # killed once, then run to the end once
     assert counts(runtime) == (1, 1)  # one grant, one audit entry: no double grant
+
+
+def test_a_group_message_from_the_intakes_publisher_is_processed_by_a_real_worker(settings, runtime, simulator, client):
+    dead_broker = create_app(settings, celery=create_celery(settings.with_(redis_url="redis://127.0.0.1:1/0")))
+    stored = [
+        answer(
+            dead_broker.test_client().post(
+                "/webhooks/revenuecat",
+                json=simulator.state.purchase_subscription(user, "premium_monthly"),
+                headers={"Authorization": WEBHOOK_AUTH},
+            )
+        )["inbox_id"]
+        for user in ("ann", "ben")
+    ]  # stored, no message sent: only the group below names them
+    TaskPublisher(create_celery(settings), INBOX_PROCESS, INBOX_PROCESS_GROUP).publish_group(stored)
+    with celery_worker(settings):
+        wait_for(lambda: all(inbox_row(runtime, i).status == "processed" for i in stored), what="the group's rows")
+    assert counts(runtime)[0] == 2
