@@ -257,6 +257,11 @@ class Wiring:
         return self
 
     def close(self) -> None:
+        """Release what was built; ``wiring_for`` then builds a new Wiring for these settings
+        (a closed one handed out again would fail on its shut pools)."""
+        for key, wiring in list(_wirings.items()):
+            if wiring is self:
+                del _wirings[key]
         built = self.__dict__
         if "provider" in built:
             self.provider.close()
