@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import bisect
+import functools
 import json
 import logging
 import os
@@ -179,6 +180,15 @@ def family_of(name: str) -> Family:
 
 
 def _label_key(family: Family, labels: Mapping[str, str]) -> str:
+    """The series' field in the family's Redis hash: its label values, in the family's order."""
+    return _series_key(family.name, tuple(labels.items()))
+
+
+@functools.lru_cache(maxsize=4096)
+def _series_key(name: str, items: tuple[tuple[str, str], ...]) -> str:
+    # Cached: label values come from small fixed sets, and the intake records two series per
+    # webhook. Checked here, on the first use of each combination.
+    family, labels = FAMILIES[name], dict(items)
     if set(labels) != set(family.labels):
         raise ValueError(f"{family.name} takes labels {family.labels}, got {sorted(labels)}")
     return json.dumps([str(labels[n]) for n in family.labels])
