@@ -13,8 +13,9 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, Table, and_, func, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from persistence.models import InboxEvent, InboxEventUser
@@ -23,6 +24,13 @@ FINAL_STATUSES = frozenset({"processed", "degraded", "ignored", "malformed", "de
 # Longer than a processing task may run (its hard time limit): a row whose lease lapsed has no
 # worker left on it, so taking it again never processes it twice at once.
 PROCESSING_LEASE_MS = 180_000
+
+
+# Rows are read and written with Core statements on the tables: the ORM would also load an
+# object per row and, for an UPDATE by WHERE, look for it among the session's loaded objects;
+# that was most of what a row's bookkeeping cost a worker per event.
+_INBOX = cast(Table, InboxEvent.__table__)
+_INBOX_USERS = cast(Table, InboxEventUser.__table__)
 
 
 @dataclass(frozen=True)
@@ -60,11 +68,13 @@ def claim_row(
     holder is known to be dead (a killed worker on this host: its message comes back at once).
 
     Raises LookupError when no such row exists."""
+    c = _INBOX.c
     with factory() as session, session.begin():
-        stmt = select(InboxEvent).where(InboxEvent.id == inbox_id)
+        stmt = select(c.status, c.attempts, c.lease_until_ms, c.lease_holder, c.progress, c.received_at, c.body)
+        stmt = stmt.where(c.id == inbox_id)
         if session.get_bind().dialect.name == "postgresql":
             stmt = stmt.with_for_update()
-        row = session.scalars(stmt).first()
+        row = session.execute(stmt).first()
         if row is None:
             raise LookupError(f"inbox row {inbox_id} does not exist")
         if row.status in FINAL_STATUSES:
@@ -72,12 +82,21 @@ def claim_row(
         leased = row.lease_until_ms is not None and row.lease_until_ms > now_ms
         if row.status == "processing" and leased and not (row.lease_holder and holder_gone(row.lease_holder)):
             return Claim("held", retry_in_ms=(row.lease_until_ms or now_ms) - now_ms)
-        row.status, row.attempts, row.lease_until_ms = "processing", row.attempts + 1, now_ms + lease_ms
-        row.lease_holder = holder
-        row.next_attempt_ms = None
+        attempts = row.attempts + 1
+        session.execute(
+            update(_INBOX)
+            .where(c.id == inbox_id)
+            .values(
+                status="processing",
+                attempts=attempts,
+                lease_until_ms=now_ms + lease_ms,
+                lease_holder=holder,
+                next_attempt_ms=None,
+            )
+        )
         done = tuple(json.loads(row.progress)) if row.progress else ()
         received_ms = _epoch_ms(row.received_at) or now_ms
-        return Claim("claimed", ClaimedRow(inbox_id, row.body, row.attempts, done, received_ms))
+        return Claim("claimed", ClaimedRow(inbox_id, bytes(row.body), attempts, done, received_ms))
 
 
 def _epoch_ms(at: datetime | None) -> int | None:
@@ -89,16 +108,14 @@ def mark_row(factory: sessionmaker[Session], inbox_id: int, **values: object) ->
     """Record a row's fate (status, last_error, processed_at...); its lease ends."""
     with factory() as session, session.begin():
         session.execute(
-            update(InboxEvent).where(InboxEvent.id == inbox_id).values(lease_until_ms=None, lease_holder=None, **values)
+            update(_INBOX).where(_INBOX.c.id == inbox_id).values(lease_until_ms=None, lease_holder=None, **values)
         )
 
 
 def record_progress(factory: sessionmaker[Session], inbox_id: int, done_users: Sequence[str]) -> None:
     """The users of a row already read: a retry goes on from there instead of starting over."""
     with factory() as session, session.begin():
-        session.execute(
-            update(InboxEvent).where(InboxEvent.id == inbox_id).values(progress=json.dumps(list(done_users)))
-        )
+        session.execute(update(_INBOX).where(_INBOX.c.id == inbox_id).values(progress=json.dumps(list(done_users))))
 
 
 def record_users(factory: sessionmaker[Session], inbox_id: int, app_user_ids: Sequence[str]) -> None:
@@ -107,8 +124,11 @@ def record_users(factory: sessionmaker[Session], inbox_id: int, app_user_ids: Se
     if not names:
         return
     with factory() as session, session.begin():
-        known = set(session.scalars(select(InboxEventUser.app_user_id).where(InboxEventUser.inbox_id == inbox_id)))
-        session.add_all(InboxEventUser(inbox_id=inbox_id, app_user_id=u) for u in names if u not in known)
+        # an earlier attempt (or the attempt before a replay) may have recorded them
+        known = set(session.scalars(select(_INBOX_USERS.c.app_user_id).where(_INBOX_USERS.c.inbox_id == inbox_id)))
+        missing = [{"inbox_id": inbox_id, "app_user_id": u} for u in names if u not in known]
+        if missing:
+            session.execute(insert(_INBOX_USERS), missing)
 
 
 def utcnow() -> datetime:
