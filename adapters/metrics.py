@@ -127,7 +127,7 @@ FAMILIES: dict[str, Family] = {
             "engine_history_reads",
             "counter",
             "REST v2 history reads after a v1 read, by read path and reason (missed_periods, transfer, "
-            "chain_start, older_refund), and those that failed (reason failed).",
+            "chain_start, seen_before, older_refund), and those that failed (reason failed).",
             ("path", "reason"),
         ),
         Family("engine_sweep_selected", "counter", "Customers the sweep selected for a provider read."),

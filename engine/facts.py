@@ -236,6 +236,8 @@ class SubscriberSnapshot:
     # Store product -> when its subscription's first period was bought (v1's
     # ``original_purchase_date``): the chain the latest period ends, as far as v1 says.
     chain_starts: Mapping[str, int] = field(default_factory=dict)
+    # When the provider first saw the customer (v1's ``first_seen``; None: not stated).
+    first_seen_ms: int | None = None
 
     def lists(self, tx: Transaction) -> bool:
         """Whether this snapshot still accounts for ``tx``.

@@ -17,6 +17,12 @@ shows that the ledger lacks something, for the products concerned:
 * ``chain_start``: the ledger holds no period of the product before the latest, yet v1 says the
   subscription began earlier (``original_purchase_date``): the customer's every webhook was
   lost, or the subscription's older periods were transferred to this customer.
+* ``seen_before``: the ledger holds no period of the product before the latest, v1 says its
+  chain began with it, yet the customer was seen (v1's ``first_seen``) before it began and no
+  history read has looked since: an earlier subscription of the product may have ended unseen
+  (every webhook of it lost) before this new one was bought; v1 lists only the new one. Most new
+  subscribers were seen before buying: this costs one history read on a customer's first
+  subscription of such a product (a read marks the time, so that period needs no other).
 * ``older_refund``: the ledger holds a refund of an older period (not the one v1 lists) made
   before that period ended. Only v2 can show its reversal (the period's expiry growing back;
   engine/facts.py), and nothing in v1 changes when it happens: this need recurs, the history is
@@ -37,7 +43,7 @@ from engine.catalog import Catalog
 from engine.facts import SubscriberSnapshot, Transaction
 
 # ``transfer``: not decided here; a TRANSFER webhook names the receiving customer (services/history.py).
-HistoryReason = Literal["missed_periods", "chain_start", "older_refund", "transfer"]
+HistoryReason = Literal["missed_periods", "chain_start", "seen_before", "older_refund", "transfer"]
 
 # Grant policies whose access depends on each transaction, not on the latest period alone.
 PER_TRANSACTION_POLICIES = frozenset({"credit", "lifetime"})
@@ -45,7 +51,7 @@ PER_TRANSACTION_POLICIES = frozenset({"credit", "lifetime"})
 # dates read through v1 may be rounded, and a store may charge a little after the expiry).
 CONTIGUOUS_WITHIN_MS = 60 * 60 * 1000
 # Reasons in the order they are reported when several hold.
-_ORDER: tuple[HistoryReason, ...] = ("chain_start", "missed_periods", "older_refund")
+_ORDER: tuple[HistoryReason, ...] = ("chain_start", "seen_before", "missed_periods", "older_refund")
 
 
 @dataclass(frozen=True)
@@ -79,11 +85,18 @@ def history_products(snapshot: SubscriberSnapshot, catalog: Catalog) -> frozense
     return frozenset(found)
 
 
-def history_need(owned: Iterable[Transaction], snapshot: SubscriberSnapshot, catalog: Catalog) -> HistoryNeed | None:
+def history_need(
+    owned: Iterable[Transaction],
+    snapshot: SubscriberSnapshot,
+    catalog: Catalog,
+    *,
+    history_read_ms: int | None = None,
+) -> HistoryNeed | None:
     """Why this customer's v2 history must be read, or None when v1 and the ledger say enough.
 
     ``owned``: the ledger's transactions of the snapshot's customer (read after or before the
-    snapshot was merged: the latest period counts either way).
+    snapshot was merged: the latest period counts either way). ``history_read_ms``: when the
+    customer's history was last read (``HistoryMark.read_ms``; None: never).
     """
     products = history_products(snapshot, catalog)
     if not products:
@@ -96,6 +109,10 @@ def history_need(owned: Iterable[Transaction], snapshot: SubscriberSnapshot, cat
                 tx.access_end_ms,
                 tx.refunded_ms,
             )
+    # Since when a subscription could have come and gone unseen by v1 and by any history read.
+    seen_since = snapshot.first_seen_ms
+    if seen_since is not None and history_read_ms is not None:
+        seen_since = max(seen_since, history_read_ms)
     reasons: dict[HistoryReason, set[str]] = {}
     for obs in snapshot.observations:
         product = obs.product_id
@@ -118,6 +135,8 @@ def history_need(owned: Iterable[Transaction], snapshot: SubscriberSnapshot, cat
             began = snapshot.chain_starts.get(product)
             if began is not None and latest_start > began + CONTIGUOUS_WITHIN_MS:
                 reasons.setdefault("chain_start", set()).add(product)
+            elif seen_since is not None and latest_start > seen_since + CONTIGUOUS_WITHIN_MS:
+                reasons.setdefault("seen_before", set()).add(product)
         for tx_id, (_, end, refunded) in known.items():
             # Refunded before its period ended (v2 shows the period cut at the refund): a
             # reversal would show as the period running to its end again.

@@ -197,6 +197,10 @@ def parse_subscriber(body: Mapping[str, Any]) -> SubscriberSnapshot:
                     owner=customer_id,
                 )
             )
+    try:
+        first_seen = read.instant(subscriber.get("first_seen"), "subscriber.first_seen")
+    except UnreadableSubscriber:
+        first_seen = None  # only a hint of earlier subscriptions (engine/history.py), as above
     stable = {k: v for k, v in subscriber.items() if k not in _VOLATILE_SUBSCRIBER_FIELDS}
     try:
         digest = hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()
@@ -212,6 +216,7 @@ def parse_subscriber(body: Mapping[str, Any]) -> SubscriberSnapshot:
         entitlements=entitlements if isinstance(entitlements, dict) else {},
         unidentified=frozenset(unidentified),
         chain_starts=chain_starts,
+        first_seen_ms=first_seen,
     )
 
 

@@ -154,7 +154,12 @@ class HistoryReads:
         elif not history_check_due(mark, snapshot.digest, now_ms, reread_ms=self.reread_ms):
             return HistoryFollowUp("unchanged")
         else:
-            need = history_need(owned_transactions(factory, customer_id), snapshot, convergence.catalog)
+            need = history_need(
+                owned_transactions(factory, customer_id),
+                snapshot,
+                convergence.catalog,
+                history_read_ms=mark.read_ms if mark is not None else None,
+            )
         last_read = mark.read_ms if mark is not None else None
         if need is None:
             save_mark(factory, customer_id, HistoryMark(snapshot.digest, now_ms, None, False, last_read))

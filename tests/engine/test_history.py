@@ -5,6 +5,8 @@ read without purchases that says nothing of them."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from engine.catalog import DAY_MS, parse_catalog
@@ -144,6 +146,23 @@ def test_when_the_latest_period_is_not_enough(ledger, snapshot, expected):
     else:
         reason, products, recurring = expected
         assert need is not None and (need.reason, set(need.products), need.recurring) == (reason, products, recurring)
+
+
+def test_a_customer_seen_before_a_new_chain_began_has_its_history_read_once():
+    # A new chain (v1: begun with its latest period), nothing earlier in the ledger, but the
+    # customer was seen a week before: an earlier subscription may have ended unseen.
+    snapshot = replace(v1(("lessons_monthly", "t1", at(1), at(1))), first_seen_ms=at(0))
+    need = history_need([period("t1", 1)], snapshot, CATALOG)
+    assert need is not None and (need.reason, set(need.products), need.recurring) == (
+        "seen_before",
+        {"lessons_monthly"},
+        False,
+    )
+    # Read since the chain began (or seen only as it began): nothing can have been missed.
+    assert history_need([period("t1", 1)], snapshot, CATALOG, history_read_ms=at(1) + DAY_MS) is None
+    assert history_need([], replace(snapshot, first_seen_ms=at(1)), CATALOG) is None
+    # A read before the new chain began does not cover it.
+    assert history_need([], snapshot, CATALOG, history_read_ms=at(0) + DAY_MS) is not None
 
 
 def test_only_products_granting_per_transaction_can_need_a_history():

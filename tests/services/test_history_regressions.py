@@ -1,0 +1,19 @@
+"""Histories the v2 property test (tests/services/test_history_property.py) once failed on, run
+deterministically."""
+
+from __future__ import annotations
+
+from tests.services.test_history_property import Op, run_history
+
+
+def test_lost_first_subscription_then_a_new_one_after_it_ended(base_settings, clean_state):
+    # ana's first purchase webhook is lost; ben's renewal moves the clock past ana's period end;
+    # ana then buys a new subscription (a new chain): v1 lists only it, the first one only v2.
+    history = [
+        Op("buy", 0, 0, 0, True, 1),
+        *[Op("buy", 0, 0, 0, False, 1)] * 7,  # no-ops: ana's subscription runs
+        Op("buy", 1, 0, 0, False, 1),
+        Op("renew", 1, 0, 0, False, 1),
+        Op("buy", 0, 0, 0, False, 1),
+    ]
+    run_history(base_settings, history, v1_only=False)
