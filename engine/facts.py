@@ -28,6 +28,8 @@ idempotent and order-independent. The rules, field by field:
   statement is kept (``unrefunded`` and ``unrefunded_until`` in ``observed``); a recorded refund
   older than it and earlier than ``h`` (by more than ``REFUND_TIME_TOLERANCE_MS``: a webhook's
   time and the provider's refund time may differ a little) no longer holds: it was reversed.
+  Observed as of the same millisecond, the later-processed wins, as for the state fields: a
+  refund read after a history read (in the same second of the provider's clock) stands.
   A refund at or after the period's end leaves the expiry as it was, so its reversal is not
   seen this way (only its webhook states it).
 * An event's word on an older period (``unlisted_statements``): a webhook naming a period the
@@ -194,12 +196,20 @@ def merge_observation(current: Transaction | None, obs: TransactionObservation) 
         if changes.get("owner", base.owner) == obs.released_by:
             changes["owner"] = None
     until = obs.unrefunded_until_ms
+    states_unrefunded = False
     if isinstance(until, int) and obs.observed_ms >= observed.get("unrefunded", -1):
+        states_unrefunded = True
         observed["unrefunded"], observed["unrefunded_until"] = obs.observed_ms, until
     refunded = changes.get("refunded_ms", base.refunded_ms)
+    unrefunded_at, refund_at = observed.get("unrefunded", -1), observed.get("refunded_ms", -1)
+    # Ties go to the later-processed here too: a "not refunded" as old as the refund reverses it
+    # only when it is the one merged now (a refund read in the second of a history read stands).
     if (
         isinstance(refunded, int)
-        and observed.get("unrefunded", -1) >= observed.get("refunded_ms", -1)
+        and (
+            unrefunded_at > refund_at
+            or (unrefunded_at == refund_at and states_unrefunded and obs.refunded_ms is UNKNOWN)
+        )
         and refunded + REFUND_TIME_TOLERANCE_MS < observed.get("unrefunded_until", -1)
     ):
         changes["refunded_ms"] = None  # the period runs past the refund, as of later: reversed

@@ -256,6 +256,20 @@ def test_a_reversal_seen_by_a_later_history_wins_in_either_order(order):
     assert refunded is not None and refunded.refunded_ms == at(1) + 2 * DAY_MS
 
 
+@pytest.mark.parametrize("order", ["refund first", "history first"])
+def test_statements_of_the_same_millisecond_go_to_the_later_processed(order):
+    """A history read then a refund read in the same second: the refund stands (and the reverse)."""
+    now = at(0) + DAY_MS
+    refund = TransactionObservation("t0", observed_ms=now, refunded_ms=now, expires_ms=now)
+    runs_on = TransactionObservation("t0", observed_ms=now, unrefunded_until_ms=at(1))
+    first, second = (refund, runs_on) if order == "refund first" else (runs_on, refund)
+    merged = merge_observation(merge_observation(None, first), second)
+    assert merged is not None and merged.refunded_ms == (None if order == "refund first" else now)
+    # A later statement of neither changes nothing.
+    owner = merge_observation(merged, TransactionObservation("t0", observed_ms=now, owner="ana"))
+    assert owner is not None and owner.refunded_ms == merged.refunded_ms
+
+
 def test_every_period_of_a_credit_subscription_is_one_package_whatever_reads_saw_it():
     three = history(at(3) + 2 * DAY_MS, [(f"t{k}", at(k), at(k + 1)) for k in range(4)])
     ledger = merge_in({}, v1(("lessons_monthly", "t3", at(3), at(0))))

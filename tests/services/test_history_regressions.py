@@ -17,3 +17,16 @@ def test_lost_first_subscription_then_a_new_one_after_it_ended(base_settings, cl
         Op("buy", 0, 0, 0, False, 1),
     ]
     run_history(base_settings, history, v1_only=False)
+
+
+def test_refund_of_a_renewal_after_a_lost_purchase(base_settings, clean_state):
+    # ana's subscription runs (the buys after the first are no-ops); ben's purchase webhook is
+    # lost, his renewal's arrives, then he refunds the renewal (its webhook arrives): the refunded
+    # period must not be credited.
+    history = [
+        *[Op("buy", 0, 0, 0, False, 1)] * 8,
+        Op("buy", 1, 0, 0, True, 1),
+        Op("renew", 1, 0, 0, False, 1),
+        Op("refund", 1, 0, 0, False, 1),
+    ]
+    run_history(base_settings, history, v1_only=False)
