@@ -799,6 +799,13 @@ class ProviderState:
 
     # ----- read-only views (tests and the demo) -------------------------------------------
 
+    def first_seen_ms(self, app_user_id: str) -> int | None:
+        """When the customer of ``app_user_id`` was first seen (v1's ``first_seen``); None for an
+        unknown id (nothing is created)."""
+        with self._lock:
+            customer = self._customers.get(app_user_id)
+            return None if customer is None else customer.first_seen_ms
+
     def purchase_history(self, app_user_id: str) -> tuple[list[SubscriptionPeriod], list[OneTimePurchase]]:
         """Every subscription period and one-time purchase the customer of ``app_user_id`` holds,
         refunded ones included, as copies; ([], []) for an unknown id.

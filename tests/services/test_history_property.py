@@ -14,7 +14,10 @@ What no API states is left out of the generated histories: a refund is made whil
 runs and its webhook is delivered at once (v2 states no refund; v1 only the latest period's), and
 a subscription is transferred only to a user without one of the same product (v1 and v2 answers
 of a receiver holding a newer period of the product do not change when older ones arrive, and
-the TRANSFER webhook may be lost).
+the TRANSFER webhook may be lost). For the same reason a receiver buys the product again no
+sooner than an hour after it was first seen: the history read that finds what a lost TRANSFER
+moved to it (``seen_before``, engine/history.py) needs v1's ``first_seen`` to predate the chain
+v1 lists, by more than the hour dates are matched within.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from sqlalchemy import delete, select
 from engine.catalog import DAY_MS
 from engine.errors import TransientError
 from engine.facts import Transaction
+from engine.history import CONTIGUOUS_WITHIN_MS
 from engine.projection import project_access
 from persistence.models import Base, Grant, LedgerTransaction
 from persistence.subscribers import track_customers
@@ -101,6 +105,9 @@ def apply_op(state: ProviderState, op: Op, *, v1_only: bool) -> tuple[dict | Non
             state.advance_clock((op.pick % 10 + 1) * DAY_MS)
             return None, False
         if op.kind == "buy" and not running:  # one subscription of a product at a time
+            seen = state.first_seen_ms(user)
+            if mine and seen is not None and now - seen <= CONTIGUOUS_WITHIN_MS:
+                state.advance_clock(seen + CONTIGUOUS_WITHIN_MS + 60_000 - now)  # see the docstring
             return state.purchase_subscription(user, PRODUCT, period_ms=WEEK), False
         if op.kind == "renew" and mine:
             latest = max((c[-1] for c in mine), key=lambda p: p.purchased_at_ms)

@@ -30,3 +30,17 @@ def test_refund_of_a_renewal_after_a_lost_purchase(base_settings, clean_state):
         Op("refund", 1, 0, 0, False, 1),
     ]
     run_history(base_settings, history, v1_only=False)
+
+
+def test_an_ended_subscription_transferred_with_its_webhook_lost_then_a_new_one_bought(base_settings, clean_state):
+    # ben's week ends; he transfers the ended subscription to ana (first seen then) and the
+    # TRANSFER webhook is lost; ana buys a new one (an hour on: see the property test's docstring):
+    # v1 lists only her new chain, v2 the transferred one too (read: seen_before).
+    history = [
+        *[Op("buy", 1, 0, 0, False, 1)] * 5,
+        Op("wait", 0, 0, 0, False, 1),
+        Op("wait", 0, 0, 5, False, 1),
+        Op("transfer", 1, 0, 0, True, 1),
+        Op("buy", 0, 0, 0, False, 1),
+    ]
+    run_history(base_settings, history, v1_only=False)
