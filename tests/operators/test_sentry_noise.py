@@ -4,6 +4,8 @@ monitors, and events from CLI commands marked as such."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -123,9 +125,6 @@ def test_celery_and_store_integrations_are_loaded_only_where_they_report(compone
     ever reaching an event (the intake's writer records them in a scope of its own); a worker
     reports its tasks' failures, and the statements before them. Flask's and logging's are
     loaded everywhere. Sentry is set up once per process, so each kind is set up in its own."""
-    import subprocess
-    import sys
-
     script = (
         "import sentry_sdk\n"
         "from sentry_sdk.transport import Transport\n"
